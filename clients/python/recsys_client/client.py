@@ -1,0 +1,158 @@
+"""Synchronous client of the recsys.v1 API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from recsys.v1 import (
+    common_pb2,
+    ingest_service_pb2,
+    ingest_service_pb2_grpc,
+    interaction_event_pb2,
+    rank_service_pb2,
+    rank_service_pb2_grpc,
+    recommend_service_pb2,
+    recommend_service_pb2_grpc,
+    retrieve_service_pb2,
+    retrieve_service_pb2_grpc,
+)
+from recsys_client import _requests
+from recsys_client.errors import RecsysClientError
+from recsys_client.options import ClientOptions
+
+ResponseT = TypeVar("ResponseT")
+
+
+class RecsysClient:
+    """Blocking client. Every call has a deadline (`timeout` or the options' default); idempotent
+    calls are retried on UNAVAILABLE by the channel; failures raise RecsysClientError."""
+
+    def __init__(
+        self, options: ClientOptions | None = None, *, channel: grpc.Channel | None = None
+    ) -> None:
+        self.options = options or ClientOptions()
+        if channel is None:
+            credentials = _requests.channel_credentials(self.options)
+            channel_options = self.options.channel_options()
+            channel = (
+                grpc.secure_channel(self.options.target, credentials, channel_options)
+                if credentials is not None
+                else grpc.insecure_channel(self.options.target, channel_options)
+            )
+        self.channel = channel
+        self.recommend_stub = recommend_service_pb2_grpc.RecommendServiceStub(channel)
+        self.ingest_stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+        self.retrieve_stub = retrieve_service_pb2_grpc.RetrieveServiceStub(channel)
+        self.rank_stub = rank_service_pb2_grpc.RankServiceStub(channel)
+        self.health_stub = health_pb2_grpc.HealthStub(channel)
+
+    def _call(
+        self,
+        method: Callable[..., ResponseT],
+        request: Any,
+        timeout: float | None,
+        request_id: str | None,
+    ) -> ResponseT:
+        try:
+            return method(
+                request,
+                timeout=timeout if timeout is not None else self.options.timeout_seconds,
+                metadata=self.options.call_metadata(request_id),
+            )
+        except grpc.RpcError as error:
+            raise RecsysClientError.from_rpc_error(
+                error.code(), error.details(), error.trailing_metadata()
+            ) from error
+
+    def recommend(
+        self,
+        user_id: str,
+        *,
+        surface: str = "homepage",
+        limit: int = 20,
+        context: common_pb2.RequestContext | None = None,
+        excluded_item_ids: Iterable[int] = (),
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> recommend_service_pb2.RecommendResponse:
+        request = _requests.recommend_request(user_id, surface, limit, context, excluded_item_ids)
+        response: recommend_service_pb2.RecommendResponse = self._call(self.recommend_stub.Recommend, request, timeout, request_id)
+        return response
+
+    def delete_user_data(
+        self, user_id: str, *, timeout: float | None = None, request_id: str | None = None
+    ) -> recommend_service_pb2.DeleteUserDataResponse:
+        request = recommend_service_pb2.DeleteUserDataRequest(user_id=user_id)
+        response: recommend_service_pb2.DeleteUserDataResponse = self._call(self.recommend_stub.DeleteUserData, request, timeout, request_id)
+        return response
+
+    def record_interactions(
+        self,
+        events: Iterable[interaction_event_pb2.InteractionEvent],
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> ingest_service_pb2.RecordInteractionsResponse:
+        request = _requests.record_interactions_request(events)
+        response: ingest_service_pb2.RecordInteractionsResponse = self._call(self.ingest_stub.RecordInteractions, request, timeout, request_id)
+        return response
+
+    def retrieve(
+        self,
+        *,
+        user_id: str | None = None,
+        query_vector: Iterable[float] | None = None,
+        embedding_version: str = "",
+        k: int = 1000,
+        require_all_shards: bool = False,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> retrieve_service_pb2.RetrieveResponse:
+        request = _requests.retrieve_request(
+            user_id=user_id,
+            query_vector=query_vector,
+            embedding_version=embedding_version,
+            k=k,
+            require_all_shards=require_all_shards,
+        )
+        response: retrieve_service_pb2.RetrieveResponse = self._call(self.retrieve_stub.Retrieve, request, timeout, request_id)
+        return response
+
+    def rank(
+        self,
+        user_id: str,
+        candidates: Iterable[tuple[int, float]],
+        *,
+        context: common_pb2.RequestContext | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> rank_service_pb2.RankResponse:
+        request = _requests.rank_request(user_id, candidates, context)
+        response: rank_service_pb2.RankResponse = self._call(self.rank_stub.Rank, request, timeout, request_id)
+        return response
+
+    def check_health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The health status name of a service ("" for the whole server): SERVING, ..."""
+        response = self._call(
+            self.health_stub.Check, health_pb2.HealthCheckRequest(service=service), timeout, None
+        )
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> RecsysClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

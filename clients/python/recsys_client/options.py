@@ -1,0 +1,93 @@
+"""Connection options shared by the sync and asyncio clients."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+
+# RPCs that are safe to repeat: read-only, or idempotent by contract (erasure, interactions
+# deduplicated by event_id). Only these are retried, and only on UNAVAILABLE.
+IDEMPOTENT_METHODS: tuple[tuple[str, str], ...] = (
+    ("recsys.v1.RecommendService", "Recommend"),
+    ("recsys.v1.RecommendService", "DeleteUserData"),
+    ("recsys.v1.IngestService", "RecordInteractions"),
+    ("recsys.v1.RetrieveService", "Retrieve"),
+    ("recsys.v1.RankService", "Rank"),
+    ("recsys.v1.IndexShardService", "Search"),
+    ("recsys.v1.IndexShardService", "Info"),
+)
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """TLS for the channel; with a certificate chain and key, mutual TLS."""
+
+    root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
+    # Expected server name when it differs from the target host (tests, IP targets).
+    server_name_override: str | None = None
+
+
+@dataclass(frozen=True)
+class RetryOptions:
+    """gRPC retry policy for the idempotent methods (service config `retryPolicy`)."""
+
+    max_attempts: int = 3
+    initial_backoff_seconds: float = 0.05
+    max_backoff_seconds: float = 1.0
+    backoff_multiplier: float = 2.0
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How to reach a recsys server."""
+
+    target: str = "127.0.0.1:50051"
+    # Deadline of every call unless the call passes its own `timeout`.
+    timeout_seconds: float = 1.0
+    retry: RetryOptions | None = field(default_factory=RetryOptions)
+    tls: TlsOptions | None = None
+    # Sent as `authorization: Bearer <token>` on every call when set.
+    bearer_token: str | None = None
+    keepalive_time_ms: int = 30_000
+    keepalive_timeout_ms: int = 10_000
+    max_receive_message_bytes: int = 16 * 1024 * 1024
+    max_send_message_bytes: int = 16 * 1024 * 1024
+
+    def service_config(self) -> str:
+        method_config: dict[str, object] = {
+            "name": [
+                {"service": service, "method": method} for service, method in IDEMPOTENT_METHODS
+            ],
+        }
+        if self.retry is not None and self.retry.max_attempts > 1:
+            method_config["retryPolicy"] = {
+                "maxAttempts": self.retry.max_attempts,
+                "initialBackoff": f"{self.retry.initial_backoff_seconds}s",
+                "maxBackoff": f"{self.retry.max_backoff_seconds}s",
+                "backoffMultiplier": self.retry.backoff_multiplier,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            }
+        return json.dumps({"methodConfig": [method_config]})
+
+    def channel_options(self) -> list[tuple[str, object]]:
+        options: list[tuple[str, object]] = [
+            ("grpc.service_config", self.service_config()),
+            ("grpc.enable_retries", 1 if self.retry is not None else 0),
+            ("grpc.keepalive_time_ms", self.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", 0),
+            ("grpc.max_receive_message_length", self.max_receive_message_bytes),
+            ("grpc.max_send_message_length", self.max_send_message_bytes),
+        ]
+        if self.tls is not None and self.tls.server_name_override:
+            options.append(("grpc.ssl_target_name_override", self.tls.server_name_override))
+        return options
+
+    def call_metadata(self, request_id: str | None) -> tuple[tuple[str, str], ...]:
+        metadata = [("x-request-id", request_id or uuid.uuid4().hex)]
+        if self.bearer_token:
+            metadata.append(("authorization", f"Bearer {self.bearer_token}"))
+        return tuple(metadata)

@@ -1,0 +1,1 @@
+"""Adapters: implementations of the ports, chosen by configuration through `recsys.registry`."""

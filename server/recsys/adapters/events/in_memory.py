@@ -1,0 +1,41 @@
+"""In-process EventSink for the embedded mode: a bounded buffer that in-process consumers read."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Sequence
+
+from recsys.domain.interactions import Interaction
+from recsys.ports.events import EventSink
+from recsys.settings import RecsysSettings
+
+
+class InMemoryEventSink(EventSink):
+    """Keeps the newest `capacity` events; older ones are dropped and counted in `dropped`."""
+
+    def __init__(self, capacity: int) -> None:
+        self._events: collections.deque[Interaction] = collections.deque(maxlen=capacity)
+        self._lock = asyncio.Lock()
+        self.dropped = 0
+        self.published = 0
+
+    @classmethod
+    def from_settings(cls, settings: RecsysSettings) -> InMemoryEventSink:
+        return cls(capacity=settings.ingest.in_memory_capacity)
+
+    async def publish(self, interactions: Sequence[Interaction]) -> None:
+        async with self._lock:
+            capacity = self._events.maxlen or 0
+            overflow = len(self._events) + len(interactions) - capacity
+            if overflow > 0:
+                self.dropped += overflow
+            self._events.extend(interactions)
+            self.published += len(interactions)
+
+    async def drain(self) -> list[Interaction]:
+        """Removes and returns every buffered event, oldest first."""
+        async with self._lock:
+            events = list(self._events)
+            self._events.clear()
+            return events

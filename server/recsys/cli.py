@@ -1,0 +1,122 @@
+"""The `recsys` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from recsys import registry, services
+from recsys.errors import ConfigurationError
+from recsys.observability.logging import configure_logging
+from recsys.settings import RecsysSettings, load_settings
+
+logger = logging.getLogger("recsys.cli")
+
+app = typer.Typer(
+    name="recsys",
+    help="recsys: a recommendation serving platform (Retrieve, Rank and Recommend over gRPC).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="TOML settings file (also RECSYS_CONFIG_FILE). Environment RECSYS_* overrides it.",
+        dir_okay=False,
+    ),
+]
+
+
+def _settings_or_exit(config: Path | None, overrides: dict[str, Any]) -> RecsysSettings:
+    try:
+        return load_settings(config, **overrides)
+    except ConfigurationError as error:
+        typer.echo(f"recsys: {error.message}", err=True)
+        raise typer.Exit(code=2) from error
+
+
+@app.command()
+def serve(
+    service: Annotated[
+        str,
+        typer.Argument(
+            help=f"What this process hosts: one of {', '.join(services.service_names())}.",
+        ),
+    ],
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="gRPC listen address (server.host).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="gRPC port, 0 for any free port (server.port).")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Prometheus /metrics port, 0 for any (metrics.port).")
+    ] = None,
+) -> None:
+    """Start a gRPC server hosting SERVICE until SIGTERM or SIGINT (graceful shutdown)."""
+    # Flags override single keys; file and environment still supply the rest of each section.
+    overrides: dict[str, Any] = {}
+    server_keys = {
+        key: value for key, value in (("host", host), ("port", port)) if value is not None
+    }
+    if server_keys:
+        overrides["server"] = server_keys
+    if metrics_port is not None:
+        overrides["metrics"] = {"port": metrics_port}
+    settings = _settings_or_exit(config, overrides)
+    configure_logging(settings.logging.level, settings.logging.format)
+    try:
+        services.expand([service])
+    except ConfigurationError as error:
+        typer.echo(f"recsys: {error.message}", err=True)
+        raise typer.Exit(code=2) from error
+
+    async def run() -> None:
+        application = await services.build_application(settings, [service])
+        await application.run_until_signal()
+
+    try:
+        asyncio.run(run())
+    except ConfigurationError as error:
+        logger.error("cannot start: %s", error.message)
+        raise typer.Exit(code=2) from error
+
+
+@config_app.command("show")
+def config_show(config: ConfigOption = None) -> None:
+    """Print the effective settings as JSON (defaults, file and environment merged)."""
+    settings = _settings_or_exit(config, {})
+    typer.echo(settings.model_dump_json(indent=2))
+
+
+@app.command("services")
+def list_services() -> None:
+    """List the service names `recsys serve` accepts."""
+    for name in services.service_names():
+        members = services.expand([name])
+        suffix = f" ({', '.join(members)})" if name == "embedded" else ""
+        typer.echo(f"{name}{suffix}")
+
+
+@app.command("adapters")
+def list_adapters() -> None:
+    """List the adapters each port can be configured with."""
+    for port in sorted(registry.ADAPTERS):
+        typer.echo(f"{port}: {', '.join(registry.adapter_names(port))}")
+
+
+def main() -> None:
+    app(prog_name="recsys")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""gRPC scaffolding shared by every recsys service: interceptors, health, reflection, lifecycle."""

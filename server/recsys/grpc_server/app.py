@@ -1,0 +1,194 @@
+"""A recsys gRPC server process: services, health, reflection, metrics and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from recsys.errors import ConfigurationError
+from recsys.grpc_server.interceptors import server_interceptors
+from recsys.observability.metrics import (
+    GrpcServerMetrics,
+    MetricsEndpoint,
+    start_metrics_endpoint,
+)
+from recsys.settings import RecsysSettings
+
+logger = logging.getLogger(__name__)
+
+# Health service names for Kubernetes probes (`grpc: {port, service}` in the pod spec).
+LIVENESS = "liveness"
+READINESS = "readiness"
+OVERALL = ""
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """A servicer to host: its full proto service name and how to add it to a server."""
+
+    name: str
+    add_to_server: Callable[[grpc.aio.Server], None]
+
+
+def server_options(settings: RecsysSettings) -> list[tuple[str, int]]:
+    """Channel arguments of every recsys server."""
+    server = settings.server
+    return [
+        ("grpc.max_receive_message_length", server.max_receive_message_bytes),
+        ("grpc.max_send_message_length", server.max_send_message_bytes),
+        ("grpc.keepalive_time_ms", server.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", server.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", server.min_client_ping_interval_ms),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_connection_age_ms", server.max_connection_age_ms),
+        ("grpc.max_connection_age_grace_ms", server.max_connection_age_grace_ms),
+        # A port already in use must be an error, not a silently shared listener.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class GrpcApplication:
+    """One server process hosting some recsys services.
+
+    Lifecycle: `start()` binds and serves, marking every service SERVING; `shutdown()` marks
+    readiness NOT_SERVING first, keeps serving for the drain period, then stops accepting calls
+    and lets in-flight ones finish within the grace period, then closes `resources`.
+    """
+
+    def __init__(
+        self,
+        settings: RecsysSettings,
+        bindings: Sequence[ServiceBinding],
+        *,
+        generic_handlers: Sequence[grpc.GenericRpcHandler] = (),
+        resources: contextlib.AsyncExitStack | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bindings = tuple(bindings)
+        self.registry = CollectorRegistry()
+        self.metrics = GrpcServerMetrics(self.registry)
+        self.health = health.aio.HealthServicer()
+        self.port: int | None = None
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        self._generic_handlers = tuple(generic_handlers)
+        self._resources = resources or contextlib.AsyncExitStack()
+        self._server: grpc.aio.Server | None = None
+        self._shutdown_started = False
+        self._terminated = asyncio.Event()
+
+    @property
+    def service_names(self) -> list[str]:
+        return [binding.name for binding in self.bindings]
+
+    @property
+    def address(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the server is not started")
+        return f"{self.settings.server.host}:{self.port}"
+
+    async def start(self) -> int:
+        """Binds, starts serving and returns the bound port."""
+        settings = self.settings.server
+        server = grpc.aio.server(
+            interceptors=server_interceptors(
+                self.metrics,
+                access_log=self.settings.logging.access_log,
+                default_deadline_seconds=settings.default_deadline_ms / 1000,
+            ),
+            options=server_options(self.settings),
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        )
+        for binding in self.bindings:
+            binding.add_to_server(server)
+        if self._generic_handlers:
+            server.add_generic_rpc_handlers(self._generic_handlers)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if settings.reflection:
+            names = [
+                *self.service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ]
+            reflection.enable_server_reflection(names, server)
+        address = f"{settings.host}:{settings.port}"
+        try:
+            port: int = server.add_insecure_port(address)
+        except RuntimeError as error:
+            raise ConfigurationError(f"cannot listen on {address}: {error}") from error
+        if port == 0:
+            raise ConfigurationError(f"cannot listen on {address}")
+        await server.start()
+        self._server = server
+        self.port = port
+        if self.settings.metrics.enabled:
+            self.metrics_endpoint = start_metrics_endpoint(
+                self.registry, self.settings.metrics.host, self.settings.metrics.port
+            )
+        for name in (OVERALL, LIVENESS, READINESS, *self.service_names):
+            await self.health.set(name, SERVING)
+        logger.info(
+            "grpc server listening",
+            extra={"address": f"{settings.host}:{port}", "services": self.service_names},
+        )
+        return port
+
+    async def shutdown(self) -> None:
+        """Graceful stop; safe to call more than once."""
+        if self._shutdown_started:
+            await self._terminated.wait()
+            return
+        self._shutdown_started = True
+        settings = self.settings.server
+        try:
+            # Readiness first: probes and load balancers stop routing while we still serve.
+            for name in (READINESS, OVERALL, *self.service_names):
+                await self.health.set(name, NOT_SERVING)
+            logger.info(
+                "shutting down: readiness NOT_SERVING",
+                extra={
+                    "drain_seconds": settings.shutdown_drain_seconds,
+                    "grace_seconds": settings.shutdown_grace_seconds,
+                },
+            )
+            if settings.shutdown_drain_seconds > 0:
+                await asyncio.sleep(settings.shutdown_drain_seconds)
+            if self._server is not None:
+                await self._server.stop(settings.shutdown_grace_seconds)
+            await self.health.set(LIVENESS, NOT_SERVING)
+            if self.metrics_endpoint is not None:
+                self.metrics_endpoint.stop()
+            await self._resources.aclose()
+            logger.info("grpc server stopped")
+        finally:
+            self._terminated.set()
+
+    async def wait_for_termination(self) -> None:
+        await self._terminated.wait()
+
+    async def run_until_signal(self) -> None:
+        """Starts, serves until SIGTERM or SIGINT, then shuts down gracefully."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for signal_number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signal_number, stop_requested.set)
+        try:
+            await self.start()
+            await stop_requested.wait()
+            logger.info("stop signal received")
+        finally:
+            for signal_number in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signal_number)
+            await self.shutdown()

@@ -1,0 +1,301 @@
+"""Server interceptors shared by every service (outermost first):
+
+1. RequestIdInterceptor: takes `x-request-id` from the caller or generates one, exposes it to
+   logs and servicers, and returns it in the trailing metadata.
+2. ObservabilityInterceptor: Prometheus counts and latency per method and status code, and one
+   structured access-log line per call.
+3. ErrorMappingInterceptor: RecsysError -> status code with google.rpc.Status details;
+   anything else is logged with its traceback and becomes INTERNAL with a generic message.
+4. DeadlineInterceptor: applies the server's default deadline when the caller sent none and
+   records the deadline for outbound calls (`recsys.deadlines`).
+
+They wrap unary-unary methods, which is every recsys.v1 RPC; streaming methods (health Watch,
+reflection) pass through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from recsys.deadlines import request_deadline
+from recsys.errors import (
+    ERROR_DOMAIN,
+    DeadlineExceeded,
+    InvalidArgument,
+    RecsysError,
+    ResourceExhausted,
+)
+from recsys.observability.logging import reset_request_id, set_request_id
+from recsys.observability.metrics import GrpcServerMetrics
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("recsys.access")
+
+REQUEST_ID_KEY = "x-request-id"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+MAX_REQUEST_ID_LENGTH = 128
+# A deadline further away than this is treated as "no deadline" (gRPC reports infinity).
+_NO_DEADLINE_SECONDS = 1e8
+
+_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+@dataclass
+class CallState:
+    """What the interceptors of one call share."""
+
+    method: str
+    request_id: str
+    code: grpc.StatusCode = grpc.StatusCode.OK
+
+
+_call_state: contextvars.ContextVar[CallState | None] = contextvars.ContextVar(
+    "recsys_call_state", default=None
+)
+
+
+def current_call_state() -> CallState | None:
+    return _call_state.get()
+
+
+def status_code_of(number: int) -> grpc.StatusCode:
+    return _STATUS_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
+
+
+class _UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Base: wraps the behaviour of unary-unary handlers with `around`."""
+
+    async def around(
+        self, behaviour: Behaviour, request: Any, context: grpc.aio.ServicerContext, method: str
+    ) -> Any:
+        raise NotImplementedError
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.response_streaming:
+            return handler
+        inner = handler.unary_unary
+        method: str = handler_call_details.method
+
+        async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            result = inner(request, context)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await self.around(behaviour, request, context, method)
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _valid_request_id(value: str) -> bool:
+    return 0 < len(value) <= MAX_REQUEST_ID_LENGTH and all(
+        "\x21" <= character <= "\x7e" for character in value
+    )
+
+
+class RequestIdInterceptor(_UnaryInterceptor):
+    async def around(
+        self, behaviour: Behaviour, request: Any, context: grpc.aio.ServicerContext, method: str
+    ) -> Any:
+        request_id = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == REQUEST_ID_KEY and isinstance(value, str) and _valid_request_id(value):
+                request_id = value
+                break
+        if not request_id:
+            request_id = uuid.uuid4().hex
+        state_token = _call_state.set(CallState(method=method, request_id=request_id))
+        log_token = set_request_id(request_id)
+        # Set before the call so that aborts without metadata of their own carry it too.
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        try:
+            return await behaviour(request, context)
+        finally:
+            reset_request_id(log_token)
+            _call_state.reset(state_token)
+
+
+class ObservabilityInterceptor(_UnaryInterceptor):
+    def __init__(self, metrics: GrpcServerMetrics, *, access_log: bool) -> None:
+        self._metrics = metrics
+        self._access_log = access_log
+
+    async def around(
+        self, behaviour: Behaviour, request: Any, context: grpc.aio.ServicerContext, method: str
+    ) -> Any:
+        _, _, path = method.partition("/")
+        service, _, method_name = path.partition("/")
+        labels = ("unary", service, method_name)
+        self._metrics.started.labels(*labels).inc()
+        started = time.perf_counter()
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            response = await behaviour(request, context)
+            code = grpc.StatusCode.OK
+            return response
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except BaseException:
+            code = self._failure_code(context)
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            self._metrics.handled.labels(*labels, code.name).inc()
+            self._metrics.handling_seconds.labels(*labels).observe(elapsed)
+            if self._access_log:
+                access_logger.info(
+                    "rpc",
+                    extra={
+                        "grpc_method": method,
+                        "grpc_code": code.name,
+                        "duration_ms": round(elapsed * 1000, 3),
+                        "peer": context.peer(),
+                    },
+                )
+
+    @staticmethod
+    def _failure_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+        state = current_call_state()
+        if state is not None and state.code is not grpc.StatusCode.OK:
+            return state.code
+        code = context.code()
+        if isinstance(code, grpc.StatusCode):
+            return code
+        if isinstance(code, int):
+            return status_code_of(code)
+        return grpc.StatusCode.UNKNOWN
+
+
+def status_for_error(error: RecsysError, request_id: str) -> status_pb2.Status:
+    """The google.rpc.Status (with details) that represents a RecsysError on the wire."""
+    details: list[any_pb2.Any] = []
+    if isinstance(error, InvalidArgument):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=violation.field, description=violation.description
+                )
+                for violation in error.violations
+            ]
+        )
+        details.append(_pack(bad_request))
+    if isinstance(error, ResourceExhausted):
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(max(0, round(error.retry_after_seconds * 1000)))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason,
+        domain=ERROR_DOMAIN,
+        metadata={**error.metadata, "request_id": request_id},
+    )
+    details.append(_pack(info))
+    return status_pb2.Status(code=int(error.code), message=error.message, details=details)
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+class ErrorMappingInterceptor(_UnaryInterceptor):
+    async def around(
+        self, behaviour: Behaviour, request: Any, context: grpc.aio.ServicerContext, method: str
+    ) -> Any:
+        try:
+            return await behaviour(request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except RecsysError as error:
+            await self._abort(context, error)
+        except Exception:
+            state = current_call_state()
+            logger.exception("unhandled error in %s", method, extra={"grpc_method": method})
+            request_id = state.request_id if state else ""
+            await self._abort(
+                context,
+                RecsysError(
+                    f"internal error; quote request_id {request_id} to the operators",
+                    reason="INTERNAL",
+                ),
+                code=grpc.StatusCode.INTERNAL,
+            )
+
+    @staticmethod
+    async def _abort(
+        context: grpc.aio.ServicerContext,
+        error: RecsysError,
+        *,
+        code: grpc.StatusCode | None = None,
+    ) -> None:
+        state = current_call_state()
+        request_id = state.request_id if state else ""
+        status = status_for_error(error, request_id)
+        grpc_code = code or status_code_of(int(error.code))
+        status.code = grpc_code.value[0]
+        if state is not None:
+            state.code = grpc_code
+        trailing = [(STATUS_DETAILS_KEY, status.SerializeToString())]
+        if request_id:
+            trailing.append((REQUEST_ID_KEY, request_id))
+        await context.abort(grpc_code, status.message, trailing_metadata=tuple(trailing))
+
+
+class DeadlineInterceptor(_UnaryInterceptor):
+    def __init__(self, default_deadline_seconds: float) -> None:
+        self._default = default_deadline_seconds
+
+    async def around(
+        self, behaviour: Behaviour, request: Any, context: grpc.aio.ServicerContext, method: str
+    ) -> Any:
+        remaining = context.time_remaining()
+        if remaining is None or remaining > _NO_DEADLINE_SECONDS:
+            remaining = self._default
+        scope = asyncio.timeout(remaining)
+        with request_deadline(remaining):
+            try:
+                async with scope:
+                    return await behaviour(request, context)
+            except TimeoutError:
+                if not scope.expired():
+                    raise  # a timeout inside the servicer, not this call's deadline
+                raise DeadlineExceeded(
+                    f"the call did not finish within its deadline of {remaining * 1000:.0f} ms"
+                ) from None
+
+
+def server_interceptors(
+    metrics: GrpcServerMetrics, *, access_log: bool, default_deadline_seconds: float
+) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptor chain of every recsys server, outermost first."""
+    return [
+        RequestIdInterceptor(),
+        ObservabilityInterceptor(metrics, access_log=access_log),
+        ErrorMappingInterceptor(),
+        DeadlineInterceptor(default_deadline_seconds),
+    ]

@@ -1,0 +1,1 @@
+"""Ports: the small abstract interfaces the domain depends on; adapters implement them."""

@@ -1,0 +1,24 @@
+"""EventSink: where recorded interactions go (the interactions topic in distributed mode)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+from recsys.domain.interactions import Interaction
+
+
+class EventSink(abc.ABC):
+    """Accepts interaction events for downstream consumers.
+
+    `publish` returns once every event is durably handed over (for Kafka: acknowledged by the
+    broker), or raises a RecsysError (UNAVAILABLE when the sink cannot take them now).
+    Delivery is at-least-once; consumers deduplicate on `event_id`.
+    """
+
+    @abc.abstractmethod
+    async def publish(self, interactions: Sequence[Interaction]) -> None: ...
+
+    async def close(self) -> None:
+        """Flushes and releases resources; the sink is unusable afterwards."""
+        return None

@@ -1,0 +1,72 @@
+"""Protobuf <-> domain conversions shared by the servicers."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from google.protobuf import timestamp_pb2
+
+from recsys.domain.interactions import Interaction, InteractionKind
+from recsys.domain.requests import DeviceType, RecommendQuery, RequestContext
+from recsys.v1 import common_pb2, interaction_event_pb2, recommend_service_pb2
+
+_DEVICE_TYPES = {
+    common_pb2.DEVICE_TYPE_UNSPECIFIED: DeviceType.UNKNOWN,
+    common_pb2.DEVICE_TYPE_MOBILE: DeviceType.MOBILE,
+    common_pb2.DEVICE_TYPE_WEB: DeviceType.WEB,
+    common_pb2.DEVICE_TYPE_TABLET: DeviceType.TABLET,
+    common_pb2.DEVICE_TYPE_TV: DeviceType.TV,
+}
+
+_INTERACTION_KINDS = {
+    interaction_event_pb2.INTERACTION_TYPE_VIEW: InteractionKind.VIEW,
+    interaction_event_pb2.INTERACTION_TYPE_CLICK: InteractionKind.CLICK,
+    interaction_event_pb2.INTERACTION_TYPE_LIKE: InteractionKind.LIKE,
+    interaction_event_pb2.INTERACTION_TYPE_ADD_TO_CART: InteractionKind.ADD_TO_CART,
+    interaction_event_pb2.INTERACTION_TYPE_PURCHASE: InteractionKind.PURCHASE,
+    interaction_event_pb2.INTERACTION_TYPE_RATE: InteractionKind.RATE,
+    interaction_event_pb2.INTERACTION_TYPE_SKIP: InteractionKind.SKIP,
+}
+
+
+def timestamp_to_datetime(timestamp: timestamp_pb2.Timestamp) -> dt.datetime:
+    return timestamp.ToDatetime(tzinfo=dt.UTC)
+
+
+def request_context_from_proto(context: common_pb2.RequestContext) -> RequestContext:
+    return RequestContext(
+        # Unknown enum numbers from newer clients are treated as unknown devices.
+        device_type=_DEVICE_TYPES.get(context.device_type, DeviceType.UNKNOWN),
+        country=context.country,
+        locale=context.locale,
+        request_time=(
+            timestamp_to_datetime(context.request_time)
+            if context.HasField("request_time")
+            else None
+        ),
+        category=context.category if context.HasField("category") else None,
+    )
+
+
+def recommend_query_from_proto(request: recommend_service_pb2.RecommendRequest) -> RecommendQuery:
+    return RecommendQuery(
+        user_id=request.user_id,
+        surface=request.surface,
+        limit=request.limit,
+        context=request_context_from_proto(request.context),
+        excluded_item_ids=tuple(request.excluded_item_ids),
+    )
+
+
+def interaction_from_proto(event: interaction_event_pb2.InteractionEvent) -> Interaction:
+    return Interaction(
+        event_id=event.event_id,
+        user_id=event.user_id,
+        item_id=event.item_id,
+        kind=_INTERACTION_KINDS.get(event.type),
+        value=event.value,
+        event_time=(
+            timestamp_to_datetime(event.event_time) if event.HasField("event_time") else None
+        ),
+        surface=event.surface,
+    )

@@ -1,0 +1,205 @@
+"""The one settings object of a recsys process.
+
+Sources, highest priority first: explicit overrides (CLI flags), environment variables
+`RECSYS_*` (nested with `__`, e.g. `RECSYS_SERVER__PORT=50052`), a TOML config file (given with
+`--config` or `RECSYS_CONFIG_FILE`), then the defaults below. Unknown keys are refused in every
+source, including misspelt `RECSYS_*` variables, so a typo fails at startup instead of being
+silently ignored.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from recsys.errors import ConfigurationError
+
+ENV_PREFIX = "RECSYS_"
+CONFIG_FILE_ENV = "RECSYS_CONFIG_FILE"
+SURFACE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "recsys_config_file", default=None
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    """The gRPC server of the process."""
+
+    host: str = "127.0.0.1"
+    # 0 binds an ephemeral port (tests); the bound port is logged at startup.
+    port: int = Field(default=50051, ge=0, le=65535)
+    max_receive_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_send_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # Server pings idle clients so dead connections behind load balancers are noticed.
+    keepalive_time_ms: int = Field(default=30_000, ge=1_000)
+    keepalive_timeout_ms: int = Field(default=10_000, ge=100)
+    # Clients may ping this often at most; must be <= the clients' keepalive time.
+    min_client_ping_interval_ms: int = Field(default=10_000, ge=1_000)
+    # Connections are recycled so new pods get traffic after a scale-up.
+    max_connection_age_ms: int = Field(default=300_000, ge=1_000)
+    max_connection_age_grace_ms: int = Field(default=30_000, ge=0)
+    # Applied when the caller sends no deadline; a caller's deadline always wins.
+    default_deadline_ms: int = Field(default=1_000, ge=1, le=600_000)
+    max_concurrent_rpcs: int | None = Field(default=None, ge=1)
+    # On SIGTERM: readiness goes NOT_SERVING, new calls are still served for the drain period
+    # (so load balancers and Kubernetes stop routing), then in-flight calls get the grace period.
+    shutdown_drain_seconds: float = Field(default=2.0, ge=0, le=300)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=300)
+    reflection: bool = True
+
+
+class MetricsSettings(_Section):
+    """The Prometheus `/metrics` HTTP endpoint of the process."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    # 0 binds an ephemeral port; the bound port is logged at startup.
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+    # One structured line per RPC (method, status code, duration, request id).
+    access_log: bool = True
+
+
+class RecommendSettings(_Section):
+    """Request validation of RecommendService."""
+
+    surfaces: tuple[str, ...] = ("homepage", "item_page", "search", "cart", "email")
+    # Empty: any well-formed category is accepted (the catalogue decides what matches).
+    categories: tuple[str, ...] = ()
+    max_excluded_items: int = Field(default=1_000, ge=0, le=100_000)
+
+    @field_validator("surfaces")
+    @classmethod
+    def _surfaces_are_names(cls, surfaces: tuple[str, ...]) -> tuple[str, ...]:
+        if not surfaces:
+            raise ValueError("at least one surface must be configured")
+        for surface in surfaces:
+            if not SURFACE_PATTERN.match(surface):
+                raise ValueError(f"surface {surface!r} must match {SURFACE_PATTERN.pattern}")
+        return surfaces
+
+
+class IngestSettings(_Section):
+    """IngestService and the event sink interactions go to."""
+
+    max_batch_size: int = Field(default=1_000, ge=1, le=10_000)
+    # Adapter short name from the registry (see `recsys adapters`).
+    event_sink: str = "in_memory"
+    # Bound of the in-memory sink: the oldest events are dropped past it (and counted).
+    in_memory_capacity: int = Field(default=100_000, ge=1)
+
+
+class RecsysSettings(BaseSettings):
+    """Settings of one recsys process; validated once at startup."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    # embedded: one process, no external services; distributed: one process per service.
+    mode: Literal["embedded", "distributed"] = "embedded"
+    server: ServerSettings = ServerSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
+    recommend: RecommendSettings = RecommendSettings()
+    ingest: IngestSettings = IngestSettings()
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> RecsysSettings:
+        if (
+            self.metrics.enabled
+            and self.metrics.port != 0
+            and self.metrics.port == self.server.port
+            and self.metrics.host == self.server.host
+        ):
+            raise ValueError("metrics.port must differ from server.port")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file.get()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def _unknown_environment_keys(environ: Mapping[str, str]) -> list[str]:
+    """`RECSYS_*` variables that name no setting (pydantic-settings would ignore them)."""
+    unknown = []
+    for name in environ:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper == CONFIG_FILE_ENV:
+            continue
+        path = upper[len(ENV_PREFIX) :].lower().split("__")
+        model: type[BaseModel] = RecsysSettings
+        for depth, part in enumerate(path):
+            field = model.model_fields.get(part)
+            if field is None:
+                unknown.append(name)
+                break
+            annotation = field.annotation
+            is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            if depth == len(path) - 1:
+                break
+            if not is_section:
+                unknown.append(name)
+                break
+            assert isinstance(annotation, type)
+            model = annotation
+    return unknown
+
+
+def load_settings(
+    config_file: Path | str | None = None,
+    **overrides: Any,
+) -> RecsysSettings:
+    """Builds and validates the settings; raises ConfigurationError naming what is wrong."""
+    environ = os.environ
+    path_text = config_file if config_file is not None else environ.get(CONFIG_FILE_ENV)
+    path = Path(path_text) if path_text else None
+    if path is not None and not path.is_file():
+        raise ConfigurationError(f"config file {path} does not exist")
+    unknown = _unknown_environment_keys(environ)
+    if unknown:
+        raise ConfigurationError(
+            "unknown settings in the environment: " + ", ".join(sorted(unknown))
+        )
+    token = _config_file.set(path)
+    try:
+        return RecsysSettings(**overrides)
+    except ValueError as error:  # pydantic.ValidationError is a ValueError
+        raise ConfigurationError(f"invalid settings: {error}") from error
+    finally:
+        _config_file.reset(token)

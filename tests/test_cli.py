@@ -1,0 +1,86 @@
+"""The `recsys` command line: help for every command, settings errors, and `recsys serve`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from typer.testing import CliRunner
+
+from recsys.cli import app
+from tests.conftest import drain_stderr, wait_for_address
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["serve"], ["services"], ["adapters"], ["config"], ["config", "show"]],
+)
+def test_every_command_has_help(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_config_show_merges_file_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "recsys.toml"
+    config.write_text('[server]\nport = 6000\nhost = "0.0.0.0"\n')
+    monkeypatch.setenv("RECSYS_SERVER__PORT", "7000")
+    result = runner.invoke(app, ["config", "show", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert '"port": 7000' in result.output
+    assert '"host": "0.0.0.0"' in result.output
+
+
+def test_invalid_settings_exit_with_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSYS_SERVER__PORT", "not-a-port")
+    result = runner.invoke(app, ["config", "show"])
+    assert result.exit_code == 2
+    assert "server.port" in result.output
+
+
+def test_unknown_service_is_refused() -> None:
+    result = runner.invoke(app, ["serve", "nonsense"])
+    assert result.exit_code == 2
+    assert "unknown service" in result.output
+
+
+@pytest.mark.integration
+def test_serve_embedded_answers_health_and_reflection() -> None:
+    """What `make run` starts: a real process with health and reflection."""
+    executable = Path(sys.executable).with_name("recsys")
+    process = subprocess.Popen(
+        [str(executable), "serve", "embedded", "--port", "0", "--metrics-port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RECSYS_SERVER__SHUTDOWN_DRAIN_SECONDS": "0.1"},
+    )
+    try:
+        address = wait_for_address(process)
+        reader = drain_stderr(process)
+        with grpc.insecure_channel(address) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="readiness"), timeout=5
+            )
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+            services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+        assert {"recsys.v1.RecommendService", "recsys.v1.IngestService"} <= services
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+        reader.join(timeout=5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
