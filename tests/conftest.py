@@ -21,10 +21,11 @@ ADDRESS_PATTERN = re.compile(r'"address": "(127\.0\.0\.1:\d+)"')
 
 
 def make_settings(**overrides: Any) -> RecsysSettings:
-    """Settings for an in-process test server: ephemeral ports, no drain delay."""
+    """Settings for an in-process test server: ephemeral ports, no drain delay, and no metrics
+    endpoint unless asked for (stopping it waits for its 0.5 s poll interval)."""
     server = {"port": 0, "shutdown_drain_seconds": 0.0, "shutdown_grace_seconds": 2.0}
     server.update(overrides.pop("server", {}))
-    metrics = {"port": 0}
+    metrics: dict[str, object] = {"port": 0, "enabled": False}
     metrics.update(overrides.pop("metrics", {}))
     return load_settings(server=server, metrics=metrics, **overrides)
 

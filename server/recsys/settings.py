@@ -95,7 +95,7 @@ class RecommendSettings(_Section):
         if not surfaces:
             raise ValueError("at least one surface must be configured")
         for surface in surfaces:
-            if not SURFACE_PATTERN.match(surface):
+            if not SURFACE_PATTERN.fullmatch(surface):
                 raise ValueError(f"surface {surface!r} must match {SURFACE_PATTERN.pattern}")
         return surfaces
 

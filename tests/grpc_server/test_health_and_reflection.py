@@ -29,7 +29,13 @@ async def _status(channel: grpc.aio.Channel, service: str) -> str:
 
 async def test_every_health_name_is_serving(embedded_app: GrpcApplication) -> None:
     async with grpc.aio.insecure_channel(embedded_app.address) as channel:
-        names = ["", "liveness", "readiness", "recsys.v1.RecommendService", "recsys.v1.IngestService"]
+        names = [
+            "",
+            "liveness",
+            "readiness",
+            "recsys.v1.RecommendService",
+            "recsys.v1.IngestService",
+        ]
         assert {name: await _status(channel, name) for name in names} == dict.fromkeys(
             names, "SERVING"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import urllib.request
@@ -33,7 +34,9 @@ def _status_details(error: grpc.aio.AioRpcError) -> status_pb2.Status:
 
 async def _call(app: GrpcApplication, method: str, value: str, **kwargs: object) -> object:
     async with grpc.aio.insecure_channel(app.address) as channel:
-        return await probe_callable(channel, method)(wrappers_pb2.StringValue(value=value), **kwargs)
+        return await probe_callable(channel, method)(
+            wrappers_pb2.StringValue(value=value), **kwargs
+        )
 
 
 async def test_request_id_is_returned_when_given(probe_app: GrpcApplication) -> None:
@@ -102,9 +105,10 @@ async def test_domain_error_keeps_its_code_reason_and_metadata(probe_app: GrpcAp
 async def test_unexpected_exception_is_internal_generic_and_logged(
     probe_app: GrpcApplication, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="recsys.grpc_server.interceptors"), pytest.raises(
-        grpc.aio.AioRpcError
-    ) as caught:
+    with (
+        caplog.at_level(logging.ERROR, logger="recsys.grpc_server.interceptors"),
+        pytest.raises(grpc.aio.AioRpcError) as caught,
+    ):
         await _call(probe_app, "Crash", "xyz", metadata=(("x-request-id", "crash-1"),))
     error = caught.value
     assert error.code() is grpc.StatusCode.INTERNAL
@@ -132,16 +136,18 @@ async def test_remaining_time_follows_the_caller_deadline(probe_app: GrpcApplica
     assert 0.8 < float(without.value) <= 1.0
 
 
-async def test_metrics_count_calls_by_code_with_latency(probe_app: GrpcApplication) -> None:
+async def test_metrics_count_calls_by_code_with_latency(start_app: StartApp) -> None:
+    settings = make_settings(metrics={"enabled": True})
+    probe_app = await start_app(generic_handlers=[probe_handler()], app_settings=settings)
     await _call(probe_app, "Echo", "a")
     await _call(probe_app, "Echo", "b")
     with pytest.raises(grpc.aio.AioRpcError):
         await _call(probe_app, "Fail", "invalid")
     assert probe_app.metrics_endpoint is not None
     url = f"http://127.0.0.1:{probe_app.metrics_endpoint.port}/metrics"
-    body = urllib.request.urlopen(url, timeout=5).read().decode()
+    body = (await asyncio.to_thread(urllib.request.urlopen, url, timeout=5)).read().decode()
     labels = 'grpc_method="Echo",grpc_service="recsys.test.Probe",grpc_type="unary"'
-    assert f"grpc_server_handled_total{{grpc_code=\"OK\",{labels}}} 2.0" in body
+    assert f'grpc_server_handled_total{{grpc_code="OK",{labels}}} 2.0' in body
     failed = 'grpc_code="INVALID_ARGUMENT",grpc_method="Fail"'
     assert f"grpc_server_handled_total{{{failed}" in body
     assert f"grpc_server_handling_seconds_count{{{labels}}} 2.0" in body

@@ -54,7 +54,9 @@ def _comments(file: descriptor_pb2.FileDescriptorProto) -> dict[tuple[int, ...],
     }
 
 
-def test_every_file_is_in_package_recsys_v1(descriptor_set: descriptor_pb2.FileDescriptorSet) -> None:
+def test_every_file_is_in_package_recsys_v1(
+    descriptor_set: descriptor_pb2.FileDescriptorSet,
+) -> None:
     assert len(descriptor_set.file) == len(PROTO_FILES) >= 6
     for file in descriptor_set.file:
         assert file.package == "recsys.v1", file.name

@@ -23,10 +23,15 @@ async def _echo(request: wrappers_pb2.StringValue, context: object) -> wrappers_
 async def _fail(request: wrappers_pb2.StringValue, context: object) -> wrappers_pb2.StringValue:
     if request.value == "invalid":
         raise InvalidArgument(
-            [FieldViolation("limit", "must be between 1 and 100, got 0"), FieldViolation("user_id", "is required")]
+            [
+                FieldViolation("limit", "must be between 1 and 100, got 0"),
+                FieldViolation("user_id", "is required"),
+            ]
         )
     if request.value == "exhausted":
-        raise ResourceExhausted("rate limit exceeded", retry_after_seconds=12.5, reason="RATE_LIMITED")
+        raise ResourceExhausted(
+            "rate limit exceeded", retry_after_seconds=12.5, reason="RATE_LIMITED"
+        )
     raise Unavailable("dependency down", reason="DEPENDENCY_DOWN", metadata={"dependency": "redis"})
 
 

@@ -81,14 +81,18 @@ class RecsysClient:
         request_id: str | None = None,
     ) -> recommend_service_pb2.RecommendResponse:
         request = _requests.recommend_request(user_id, surface, limit, context, excluded_item_ids)
-        response: recommend_service_pb2.RecommendResponse = self._call(self.recommend_stub.Recommend, request, timeout, request_id)
+        response: recommend_service_pb2.RecommendResponse = self._call(
+            self.recommend_stub.Recommend, request, timeout, request_id
+        )
         return response
 
     def delete_user_data(
         self, user_id: str, *, timeout: float | None = None, request_id: str | None = None
     ) -> recommend_service_pb2.DeleteUserDataResponse:
         request = recommend_service_pb2.DeleteUserDataRequest(user_id=user_id)
-        response: recommend_service_pb2.DeleteUserDataResponse = self._call(self.recommend_stub.DeleteUserData, request, timeout, request_id)
+        response: recommend_service_pb2.DeleteUserDataResponse = self._call(
+            self.recommend_stub.DeleteUserData, request, timeout, request_id
+        )
         return response
 
     def record_interactions(
@@ -99,7 +103,9 @@ class RecsysClient:
         request_id: str | None = None,
     ) -> ingest_service_pb2.RecordInteractionsResponse:
         request = _requests.record_interactions_request(events)
-        response: ingest_service_pb2.RecordInteractionsResponse = self._call(self.ingest_stub.RecordInteractions, request, timeout, request_id)
+        response: ingest_service_pb2.RecordInteractionsResponse = self._call(
+            self.ingest_stub.RecordInteractions, request, timeout, request_id
+        )
         return response
 
     def retrieve(
@@ -120,7 +126,9 @@ class RecsysClient:
             k=k,
             require_all_shards=require_all_shards,
         )
-        response: retrieve_service_pb2.RetrieveResponse = self._call(self.retrieve_stub.Retrieve, request, timeout, request_id)
+        response: retrieve_service_pb2.RetrieveResponse = self._call(
+            self.retrieve_stub.Retrieve, request, timeout, request_id
+        )
         return response
 
     def rank(
@@ -133,7 +141,9 @@ class RecsysClient:
         request_id: str | None = None,
     ) -> rank_service_pb2.RankResponse:
         request = _requests.rank_request(user_id, candidates, context)
-        response: rank_service_pb2.RankResponse = self._call(self.rank_stub.Rank, request, timeout, request_id)
+        response: rank_service_pb2.RankResponse = self._call(
+            self.rank_stub.Rank, request, timeout, request_id
+        )
         return response
 
     def check_health(self, service: str = "", *, timeout: float | None = None) -> str:

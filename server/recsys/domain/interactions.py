@@ -46,7 +46,7 @@ def validate_interactions(
     seen_event_ids: set[str] = set()
     for index, event in enumerate(interactions[:max_batch_size]):
         prefix = f"{field}[{index}]"
-        if not EVENT_ID_PATTERN.match(event.event_id):
+        if not EVENT_ID_PATTERN.fullmatch(event.event_id):
             violations.add(f"{prefix}.event_id", "must be 1 to 128 printable ASCII characters")
         elif event.event_id in seen_event_ids:
             violations.add(f"{prefix}.event_id", "is repeated within the batch")
@@ -58,6 +58,6 @@ def validate_interactions(
         violations.check_finite(f"{prefix}.value", event.value)
         if event.event_time is None:
             violations.add(f"{prefix}.event_time", "is required")
-        if event.surface and not SURFACE_PATTERN.match(event.surface):
+        if event.surface and not SURFACE_PATTERN.fullmatch(event.surface):
             violations.add(f"{prefix}.surface", f"must match {SURFACE_PATTERN.pattern}")
     violations.raise_if_any()

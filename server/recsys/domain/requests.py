@@ -61,7 +61,7 @@ def validate_recommend_query(
     violations.check_locale("context.locale", query.context.locale)
     category = query.context.category
     if category is not None:
-        if not CATEGORY_PATTERN.match(category):
+        if not CATEGORY_PATTERN.fullmatch(category):
             violations.add("context.category", "must be 1 to 64 printable characters")
         elif categories and category not in categories:
             violations.add("context.category", "is not a known category")

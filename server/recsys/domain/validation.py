@@ -39,7 +39,7 @@ class Violations:
     def check_user_id(self, field: str, user_id: str) -> None:
         if not user_id:
             self.add(field, "is required")
-        elif not USER_ID_PATTERN.match(user_id):
+        elif not USER_ID_PATTERN.fullmatch(user_id):
             self.add(field, f"must match {USER_ID_PATTERN.pattern}")
 
     def check_item_id(self, field: str, item_id: int) -> None:
@@ -55,9 +55,9 @@ class Violations:
             self.add(field, "must be a finite number")
 
     def check_country(self, field: str, country: str) -> None:
-        if country and not COUNTRY_PATTERN.match(country):
+        if country and not COUNTRY_PATTERN.fullmatch(country):
             self.add(field, "must be an ISO 3166-1 alpha-2 code in upper case, like US")
 
     def check_locale(self, field: str, locale: str) -> None:
-        if locale and (len(locale) > MAX_LOCALE_LENGTH or not LOCALE_PATTERN.match(locale)):
+        if locale and (len(locale) > MAX_LOCALE_LENGTH or not LOCALE_PATTERN.fullmatch(locale)):
             self.add(field, "must be a BCP 47 language tag of at most 35 characters, like en-US")

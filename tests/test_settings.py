@@ -1,0 +1,81 @@
+"""Settings: sources, priorities and validation at startup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recsys.errors import ConfigurationError
+from recsys.settings import load_settings
+
+
+def test_defaults_are_the_embedded_mode_on_50051() -> None:
+    settings = load_settings()
+    assert settings.mode == "embedded"
+    assert (settings.server.host, settings.server.port) == ("127.0.0.1", 50051)
+
+
+def test_environment_overrides_file_and_file_overrides_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "recsys.toml"
+    config.write_text(
+        'mode = "distributed"\n[server]\nport = 6000\ndefault_deadline_ms = 250\n'
+        '[recommend]\nsurfaces = ["homepage", "tv_row"]\n'
+    )
+    monkeypatch.setenv("RECSYS_SERVER__PORT", "7000")
+    settings = load_settings(config)
+    assert settings.mode == "distributed"
+    assert settings.server.port == 7000
+    assert settings.server.default_deadline_ms == 250
+    assert settings.recommend.surfaces == ("homepage", "tv_row")
+
+
+def test_config_file_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "recsys.toml"
+    config.write_text("[metrics]\nport = 9999\n")
+    monkeypatch.setenv("RECSYS_CONFIG_FILE", str(config))
+    assert load_settings().metrics.port == 9999
+
+
+def test_explicit_overrides_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSYS_SERVER__HOST", "0.0.0.0")
+    settings = load_settings(server={"port": 1234})
+    assert (settings.server.host, settings.server.port) == ("0.0.0.0", 1234)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("RECSYS_SERVER__PORTT", "1", "RECSYS_SERVER__PORTT"),
+        ("RECSYS_NOPE", "1", "RECSYS_NOPE"),
+        ("RECSYS_MODE__X", "1", "RECSYS_MODE__X"),
+        ("RECSYS_SERVER__PORT", "70000", "server.port"),
+        ("RECSYS_MODE", "cluster", "mode"),
+        ("RECSYS_RECOMMEND__SURFACES", '["Home Page"]', "surface"),
+    ],
+)
+def test_bad_environment_fails_at_startup(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=message):
+        load_settings()
+
+
+def test_unknown_keys_in_the_file_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "recsys.toml"
+    config.write_text("[server]\nprot = 1\n")
+    with pytest.raises(ConfigurationError, match="prot"):
+        load_settings(config)
+
+
+def test_missing_config_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        load_settings(tmp_path / "absent.toml")
+
+
+def test_metrics_and_grpc_ports_must_differ() -> None:
+    with pytest.raises(ConfigurationError, match=r"metrics\.port"):
+        load_settings(server={"port": 9000}, metrics={"port": 9000})
