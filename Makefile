@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	@test -n "$(PYTHON)" || { echo "python3.11 not found" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet -e clients/python -e '.[dev]'
+	$(BIN)/pip install --quiet -e clients/python -e '.[cpu,dev]'
 	touch $(STAMP)
 
 install: $(STAMP) ## Create the venv and install the platform, client and dev tools (pinned)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import re
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -27,7 +28,10 @@ def make_settings(**overrides: Any) -> RecsysSettings:
     server.update(overrides.pop("server", {}))
     metrics: dict[str, object] = {"port": 0, "enabled": False}
     metrics.update(overrides.pop("metrics", {}))
-    return load_settings(server=server, metrics=metrics, **overrides)
+    # Never the working tree's var/: every test server gets its own snapshot folder.
+    index: dict[str, object] = {"snapshot_dir": tempfile.mkdtemp(prefix="recsys-snapshots-")}
+    index.update(overrides.pop("index", {}))
+    return load_settings(server=server, metrics=metrics, index=index, **overrides)
 
 
 @pytest.fixture

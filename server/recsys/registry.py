@@ -17,6 +17,12 @@ ADAPTERS: dict[str, dict[str, str]] = {
     "event_sink": {
         "in_memory": "recsys.adapters.events.in_memory:InMemoryEventSink",
     },
+    "feature_store": {
+        "in_memory": "recsys.adapters.features.in_memory:InMemoryFeatureStore",
+    },
+    "snapshot_store": {
+        "local": "recsys.adapters.snapshots.local:LocalSnapshotStore",
+    },
 }
 
 T_co = TypeVar("T_co", covariant=True)

@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from recsys.errors import ConfigurationError
+from recsys.index.spec import IndexSpec
 
 ENV_PREFIX = "RECSYS_"
 CONFIG_FILE_ENV = "RECSYS_CONFIG_FILE"
@@ -110,6 +111,62 @@ class IngestSettings(_Section):
     in_memory_capacity: int = Field(default=100_000, ge=1)
 
 
+class IndexSettings(_Section):
+    """Index shards: what they hold and where their snapshots live."""
+
+    num_shards: int = Field(default=10, ge=1, le=1024)
+    # Which shard `recsys serve shard` hosts (also --shard-id).
+    shard_id: int = Field(default=0, ge=0)
+    spec: IndexSpec = IndexSpec(dimension=64)
+    # Adapter short name of the SnapshotStore ("local": a filesystem path).
+    snapshot_store: str = "local"
+    snapshot_dir: Path = Path("var/snapshots")
+    keep_versions: int = Field(default=3, ge=1, le=100)
+    # When set, snapshots of any other embedding version are refused (release manifest).
+    expected_embedding_version: str | None = None
+    # Poll CURRENT this often and swap to a new version; 0 disables the watcher.
+    snapshot_poll_seconds: float = Field(default=10.0, ge=0)
+    # FAISS OpenMP threads per process; 0 keeps FAISS's default (all cores).
+    faiss_threads: int = Field(default=0, ge=0, le=256)
+    # Threads running FAISS calls off the event loop.
+    search_workers: int = Field(default=4, ge=1, le=256)
+    use_gpu: bool = False
+    gpu_device: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> IndexSettings:
+        if self.shard_id >= self.num_shards:
+            raise ValueError(f"shard_id {self.shard_id} must be below num_shards {self.num_shards}")
+        return self
+
+
+class RetrieveSettings(_Section):
+    """The Retrieve service's fan-out."""
+
+    # One entry per shard (in shard order), each a list of replica targets "host:port".
+    # Empty: the shards run in this process (embedded mode), from index.snapshot_dir.
+    shard_targets: tuple[tuple[str, ...], ...] = ()
+    default_k: int = Field(default=1000, ge=1, le=2000)
+    # Cap of one replica attempt; the caller's remaining time caps it further.
+    shard_timeout_ms: int = Field(default=50, ge=1, le=60_000)
+    merge_reserve_ms: float = Field(default=2.0, ge=0)
+    # Sanity check (inner product only): a replica whose best score is below this is
+    # double-checked with another replica. None disables it.
+    min_top_score: float | None = 0.1
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_open_seconds: float = Field(default=5.0, gt=0)
+    breaker_half_open_fraction: float = Field(default=0.1, gt=0, le=1)
+    breaker_success_threshold: int = Field(default=3, ge=1)
+    # How often to re-read what the shards serve (dimension, versions, item counts).
+    describe_interval_seconds: float = Field(default=15.0, gt=0)
+    max_excluded_items: int = Field(default=10_000, ge=0, le=100_000)
+
+
+class FeaturesSettings(_Section):
+    # Adapter short name of the FeatureStore.
+    store: str = "in_memory"
+
+
 class RecsysSettings(BaseSettings):
     """Settings of one recsys process; validated once at startup."""
 
@@ -127,6 +184,21 @@ class RecsysSettings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     recommend: RecommendSettings = RecommendSettings()
     ingest: IngestSettings = IngestSettings()
+    index: IndexSettings = IndexSettings()
+    retrieve: RetrieveSettings = RetrieveSettings()
+    features: FeaturesSettings = FeaturesSettings()
+
+    @model_validator(mode="after")
+    def _shard_targets_match(self) -> RecsysSettings:
+        targets = self.retrieve.shard_targets
+        if targets and len(targets) != self.index.num_shards:
+            raise ValueError(
+                f"retrieve.shard_targets lists {len(targets)} shards, "
+                f"index.num_shards is {self.index.num_shards}"
+            )
+        if any(not replicas for replicas in targets):
+            raise ValueError("every shard in retrieve.shard_targets needs at least one replica")
+        return self
 
     @model_validator(mode="after")
     def _ports_differ(self) -> RecsysSettings:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -75,10 +75,13 @@ class GrpcApplication:
         *,
         generic_handlers: Sequence[grpc.GenericRpcHandler] = (),
         resources: contextlib.AsyncExitStack | None = None,
+        registry: CollectorRegistry | None = None,
+        startup_hooks: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self.settings = settings
         self.bindings = tuple(bindings)
-        self.registry = CollectorRegistry()
+        self.registry = registry or CollectorRegistry()
+        self._startup_hooks = tuple(startup_hooks)
         self.metrics = GrpcServerMetrics(self.registry)
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
@@ -137,7 +140,13 @@ class GrpcApplication:
             self.metrics_endpoint = start_metrics_endpoint(
                 self.registry, self.settings.metrics.host, self.settings.metrics.port
             )
-        for name in (OVERALL, LIVENESS, READINESS, *self.service_names):
+        # Alive while loading; ready (and routable) only once the startup hooks are done.
+        await self.health.set(LIVENESS, SERVING)
+        for name in (OVERALL, READINESS, *self.service_names):
+            await self.health.set(name, NOT_SERVING)
+        for hook in self._startup_hooks:
+            await hook()
+        for name in (OVERALL, READINESS, *self.service_names):
             await self.health.set(name, SERVING)
         logger.info(
             "grpc server listening",

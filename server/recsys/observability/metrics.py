@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 logger = logging.getLogger(__name__)
 
@@ -75,3 +75,45 @@ def start_metrics_endpoint(registry: CollectorRegistry, host: str, port: int) ->
         extra={"address": f"http://{host}:{endpoint.port}/metrics"},
     )
     return endpoint
+
+
+class RetrievalMetrics:
+    """Fan-out health of the Retrieve service (seed: FAISS search latency, shard failures)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.shard_seconds = Histogram(
+            "recsys_retrieve_shard_seconds",
+            "Latency of one shard replica search, in seconds.",
+            ("shard_id",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.shard_failures = Counter(
+            "recsys_retrieve_shard_failures",
+            "Shard replica searches that failed, by reason.",
+            ("shard_id", "reason"),
+            registry=registry,
+        )
+        self.sanity_retries = Counter(
+            "recsys_retrieve_sanity_retries",
+            "Replica answers that failed the sanity check (empty or low top score).",
+            ("shard_id",),
+            registry=registry,
+        )
+        self.partial_results = Counter(
+            "recsys_retrieve_partial_results",
+            "Retrieve answers built without some shards.",
+            registry=registry,
+        )
+        self.breaker_state = Gauge(
+            "recsys_circuit_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            ("breaker",),
+            registry=registry,
+        )
+        self.breaker_transitions = Counter(
+            "recsys_circuit_breaker_transitions",
+            "Circuit breaker state changes.",
+            ("breaker", "to_state"),
+            registry=registry,
+        )

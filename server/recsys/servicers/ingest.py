@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -11,8 +11,10 @@ from recsys.grpc_server.app import ServiceBinding
 from recsys.ports.events import EventSink
 from recsys.registry import create_adapter
 from recsys.servicers.convert import interaction_from_proto
-from recsys.settings import RecsysSettings
 from recsys.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+
+if TYPE_CHECKING:
+    from recsys.services import ServiceContext
 
 SERVICE_NAME = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 
@@ -33,11 +35,10 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         return ingest_service_pb2.RecordInteractionsResponse(accepted_count=len(interactions))
 
 
-async def build(
-    settings: RecsysSettings, resources: contextlib.AsyncExitStack
-) -> list[ServiceBinding]:
+async def build(context: ServiceContext) -> list[ServiceBinding]:
+    settings = context.settings
     sink: EventSink = create_adapter("event_sink", settings.ingest.event_sink, settings)
-    resources.push_async_callback(sink.close)
+    context.resources.push_async_callback(sink.close)
     servicer = IngestServicer(sink, max_batch_size=settings.ingest.max_batch_size)
     return [
         ServiceBinding(

@@ -6,7 +6,7 @@ an invalid one with INVALID_ARGUMENT naming every bad field, as it will be for g
 
 from __future__ import annotations
 
-import contextlib
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -15,8 +15,11 @@ from recsys.domain.validation import Violations
 from recsys.errors import Unimplemented
 from recsys.grpc_server.app import ServiceBinding
 from recsys.servicers.convert import recommend_query_from_proto
-from recsys.settings import RecommendSettings, RecsysSettings
+from recsys.settings import RecommendSettings
 from recsys.v1 import recommend_service_pb2, recommend_service_pb2_grpc
+
+if TYPE_CHECKING:
+    from recsys.services import ServiceContext
 
 SERVICE_NAME = recommend_service_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name
 
@@ -55,10 +58,8 @@ class RecommendServicer(recommend_service_pb2_grpc.RecommendServiceServicer):
         )
 
 
-async def build(
-    settings: RecsysSettings, resources: contextlib.AsyncExitStack
-) -> list[ServiceBinding]:
-    servicer = RecommendServicer(settings.recommend)
+async def build(context: ServiceContext) -> list[ServiceBinding]:
+    servicer = RecommendServicer(context.settings.recommend)
     return [
         ServiceBinding(
             SERVICE_NAME,

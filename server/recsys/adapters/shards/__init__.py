@@ -1,0 +1,1 @@
+"""ShardClient adapters: in-process shards (embedded mode) and remote shards over gRPC."""

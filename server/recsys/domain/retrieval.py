@@ -1,0 +1,379 @@
+"""Candidate retrieval: fan out to every shard, fail over between replicas, merge the top k.
+
+- Each shard is searched concurrently with a deadline from the caller's remaining time.
+- A shard lists replicas; a replica that is UNAVAILABLE or too slow is followed by the next one.
+- Every replica has a circuit breaker, so a dead one costs no timeout while it is open.
+- Sanity check (seed "FAISS Index Failover"): an empty answer from a shard that holds items, or
+  a top score under `min_top_score`, is double-checked with another replica.
+- When shards still fail, the answer is built from the others and flagged partial (or the call
+  fails with UNAVAILABLE in strict mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from recsys.deadlines import outbound_timeout
+from recsys.domain.circuit_breaker import BreakerState, CircuitBreaker
+from recsys.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    RecsysError,
+    Unavailable,
+)
+from recsys.index.host import MAX_K
+from recsys.index.shard_index import SearchHits
+from recsys.observability.metrics import RetrievalMetrics
+from recsys.ports.shards import ShardClient, ShardDescription, ShardSearchResult
+
+logger = logging.getLogger(__name__)
+
+_BREAKER_LEVEL = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+@dataclass(frozen=True)
+class RetrievalQuery:
+    vector: npt.NDArray[np.float32]
+    embedding_version: str
+    k: int
+    excluded_item_ids: frozenset[int] = frozenset()
+    nprobe: int | None = None
+    ef_search: int | None = None
+    require_all_shards: bool = False
+
+
+@dataclass(frozen=True)
+class RetrievalResult:
+    item_ids: npt.NDArray[np.int64]
+    scores: npt.NDArray[np.float32]
+    shard_ids: npt.NDArray[np.int32]
+    index_version: str
+    embedding_version: str
+    failed_shard_ids: tuple[int, ...]
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.failed_shard_ids)
+
+
+@dataclass(frozen=True)
+class IndexDescription:
+    """What the shards serve, from their Info answers."""
+
+    dimension: int
+    embedding_version: str
+    metric: str
+    index_versions: tuple[str, ...]
+    item_counts: dict[int, int]
+
+
+@dataclass
+class RetrieverConfig:
+    shard_timeout_seconds: float = 0.05
+    # Time kept back from the caller's deadline for merging and answering.
+    merge_reserve_seconds: float = 0.002
+    # Sanity check threshold on the best score of a replica's answer; None disables it.
+    min_top_score: float | None = 0.1
+    breaker_failure_threshold: int = 5
+    breaker_open_seconds: float = 5.0
+    breaker_half_open_fraction: float = 0.1
+    breaker_success_threshold: int = 3
+
+
+class _ShardFailed(Exception):
+    def __init__(self, shard_id: int, reason: str) -> None:
+        super().__init__(reason)
+        self.shard_id = shard_id
+        self.reason = reason
+
+
+class Retriever:
+    def __init__(
+        self,
+        shards: Sequence[Sequence[ShardClient]],
+        *,
+        config: RetrieverConfig | None = None,
+        metrics: RetrievalMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not shards or any(not replicas for replicas in shards):
+            raise ValueError("every shard needs at least one replica")
+        self.config = config or RetrieverConfig()
+        self.metrics = metrics
+        self.shards = [list(replicas) for replicas in shards]
+        self.breakers = [
+            [
+                CircuitBreaker(
+                    f"shard-{shard_id}-replica-{replica_index}",
+                    failure_threshold=self.config.breaker_failure_threshold,
+                    open_seconds=self.config.breaker_open_seconds,
+                    half_open_fraction=self.config.breaker_half_open_fraction,
+                    success_threshold=self.config.breaker_success_threshold,
+                    clock=clock,
+                    on_transition=self._on_breaker_transition,
+                )
+                for replica_index in range(len(replicas))
+            ]
+            for shard_id, replicas in enumerate(self.shards)
+        ]
+        self._next_replica = [itertools.count() for _ in self.shards]
+        self.description: IndexDescription | None = None
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.shards)
+
+    def _on_breaker_transition(self, name: str, _: BreakerState, state: BreakerState) -> None:
+        if self.metrics is not None:
+            self.metrics.breaker_state.labels(name).set(_BREAKER_LEVEL[state])
+            self.metrics.breaker_transitions.labels(name, state.value).inc()
+
+    # ------------------------------------------------------------------ description
+
+    async def refresh_description(self, timeout: float = 2.0) -> IndexDescription | None:
+        """Asks every shard (first replica that answers) what it serves."""
+
+        async def describe(shard_id: int) -> ShardDescription | None:
+            for replica in self.shards[shard_id]:
+                try:
+                    return await replica.describe(timeout=timeout)
+                except RecsysError:
+                    continue
+            return None
+
+        answers = await asyncio.gather(*(describe(shard) for shard in range(self.num_shards)))
+        known = [answer for answer in answers if answer is not None]
+        if not known:
+            return self.description
+        misrouted = [a for a in known if a.num_shards != self.num_shards]
+        if misrouted:
+            logger.error(
+                "shards disagree with the deployment about the number of shards",
+                extra={"shard_ids": [a.shard_id for a in misrouted]},
+            )
+        # The newest embedding version wins during a rollout; shards still on the old one then
+        # refuse its queries and count as failed until they swap.
+        oldest = dt.datetime.min.replace(tzinfo=dt.UTC)
+        newest = max(known, key=lambda answer: answer.built_at or oldest)
+        self.description = IndexDescription(
+            dimension=newest.dimension,
+            embedding_version=newest.embedding_version,
+            metric=newest.metric,
+            index_versions=tuple(sorted({a.index_version for a in known})),
+            item_counts={a.shard_id: a.item_count for a in known},
+        )
+        return self.description
+
+    async def keep_description_fresh(self, interval_seconds: float) -> None:
+        while True:
+            try:
+                await self.refresh_description()
+            except Exception:
+                logger.exception("could not refresh the index description")
+            await asyncio.sleep(interval_seconds)
+
+    async def current_description(self) -> IndexDescription:
+        description = self.description or await self.refresh_description()
+        if description is None:
+            raise Unavailable("no index shard answered", reason="NO_SHARDS")
+        return description
+
+    # ------------------------------------------------------------------ retrieval
+
+    def check_query(self, description: IndexDescription, dimension: int, version: str) -> None:
+        if version != description.embedding_version:
+            raise FailedPrecondition(
+                f"the query uses embedding version {version!r} but the index was built from "
+                f"{description.embedding_version!r}",
+                reason="EMBEDDING_VERSION_MISMATCH",
+                metadata={
+                    "query_embedding_version": version,
+                    "index_embedding_version": description.embedding_version,
+                },
+            )
+        if dimension != description.dimension:
+            raise FailedPrecondition(
+                f"the query has dimension {dimension} but the index has {description.dimension}",
+                reason="DIMENSION_MISMATCH",
+            )
+
+    async def retrieve(self, query: RetrievalQuery) -> RetrievalResult:
+        description = await self.current_description()
+        vector = np.asarray(query.vector, dtype=np.float32).reshape(1, -1)
+        self.check_query(description, vector.shape[1], query.embedding_version)
+        excluded = np.fromiter(query.excluded_item_ids, dtype=np.int64)
+        outcomes = await asyncio.gather(
+            *(
+                self._search_shard(shard_id, vector, query, excluded, description)
+                for shard_id in range(self.num_shards)
+            ),
+            return_exceptions=True,
+        )
+        results: list[ShardSearchResult] = []
+        failed: list[int] = []
+        for shard_id, outcome in enumerate(outcomes):
+            if isinstance(outcome, ShardSearchResult):
+                results.append(outcome)
+            elif isinstance(outcome, _ShardFailed):
+                failed.append(shard_id)
+            else:
+                assert isinstance(outcome, BaseException)
+                raise outcome
+        if failed:
+            if self.metrics is not None:
+                self.metrics.partial_results.inc()
+            if query.require_all_shards or not results:
+                raise Unavailable(
+                    f"index shards {failed} did not answer",
+                    reason="SHARDS_UNAVAILABLE",
+                    metadata={"failed_shard_ids": ",".join(map(str, failed))},
+                )
+        return self._merge(results, query.k, excluded, tuple(failed), description)
+
+    def _merge(
+        self,
+        results: list[ShardSearchResult],
+        k: int,
+        excluded: npt.NDArray[np.int64],
+        failed: tuple[int, ...],
+        description: IndexDescription,
+    ) -> RetrievalResult:
+        ids = np.concatenate([r.hits[0].item_ids for r in results] or [np.empty(0, np.int64)])
+        scores = np.concatenate([r.hits[0].scores for r in results] or [np.empty(0, np.float32)])
+        shard_ids = np.concatenate(
+            [np.full(len(r.hits[0].item_ids), r.shard_id, np.int32) for r in results]
+            or [np.empty(0, np.int32)]
+        )
+        if excluded.size:
+            keep = ~np.isin(ids, excluded)
+            ids, scores, shard_ids = ids[keep], scores[keep], shard_ids[keep]
+        if len(ids) > k:
+            # Top k of all shards' answers: a partial selection, then a sort of those k only.
+            top = np.argpartition(-scores, k - 1)[:k]
+            ids, scores, shard_ids = ids[top], scores[top], shard_ids[top]
+        order = np.argsort(-scores, kind="stable")
+        versions = sorted({r.index_version for r in results})
+        return RetrievalResult(
+            item_ids=ids[order],
+            scores=scores[order],
+            shard_ids=shard_ids[order],
+            index_version=",".join(versions),
+            embedding_version=description.embedding_version,
+            failed_shard_ids=failed,
+        )
+
+    async def _search_shard(
+        self,
+        shard_id: int,
+        vector: npt.NDArray[np.float32],
+        query: RetrievalQuery,
+        excluded: npt.NDArray[np.int64],
+        description: IndexDescription,
+    ) -> ShardSearchResult:
+        # Ask for more when some of this shard's items are excluded, so k survive the filter.
+        excluded_here = int(np.count_nonzero(excluded % self.num_shards == shard_id))
+        k = min(query.k + excluded_here, MAX_K)
+        replicas = self.shards[shard_id]
+        start = next(self._next_replica[shard_id]) % len(replicas)
+        order = [(start + offset) % len(replicas) for offset in range(len(replicas))]
+        holds_items = description.item_counts.get(shard_id, 0) > 0
+        doubtful: ShardSearchResult | None = None
+        reason = "breaker_open"
+        for replica_index in order:
+            breaker = self.breakers[shard_id][replica_index]
+            if not breaker.allow():
+                continue
+            try:
+                timeout = outbound_timeout(
+                    self.config.shard_timeout_seconds,
+                    reserve_seconds=self.config.merge_reserve_seconds,
+                )
+            except DeadlineExceeded:
+                reason = "no_time_left"
+                break
+            replica = replicas[replica_index]
+            started = time.perf_counter()
+            try:
+                result = await replica.search(
+                    vector,
+                    k,
+                    embedding_version=query.embedding_version,
+                    nprobe=query.nprobe,
+                    ef_search=query.ef_search,
+                    timeout=timeout,
+                )
+            except (Unavailable, DeadlineExceeded) as error:
+                breaker.record_failure()
+                reason = "timeout" if isinstance(error, DeadlineExceeded) else "unavailable"
+                self._count_failure(shard_id, reason, replica.endpoint, error)
+                continue
+            except FailedPrecondition as error:
+                # A version mismatch mid-rollout: not a health problem, but no answer either.
+                reason = "precondition"
+                self._count_failure(shard_id, reason, replica.endpoint, error)
+                continue
+            breaker.record_success()
+            if self.metrics is not None:
+                self.metrics.shard_seconds.labels(str(shard_id)).observe(
+                    time.perf_counter() - started
+                )
+            if self._looks_wrong(result.hits[0], holds_items, description):
+                if self.metrics is not None:
+                    self.metrics.sanity_retries.labels(str(shard_id)).inc()
+                logger.warning(
+                    "shard replica answer failed the sanity check; asking another replica",
+                    extra={"shard_id": shard_id, "endpoint": replica.endpoint},
+                )
+                if doubtful is None or _top(result) > _top(doubtful):
+                    doubtful = result
+                continue
+            return result
+        if doubtful is not None:
+            return doubtful  # the best a replica could do; still better than nothing
+        if reason == "breaker_open":
+            self._count_failure(shard_id, reason, "all replicas", Unavailable("breakers open"))
+        raise _ShardFailed(shard_id, reason)
+
+    def _looks_wrong(
+        self, hits: SearchHits, holds_items: bool, description: IndexDescription
+    ) -> bool:
+        if not hits.item_ids.size:
+            return holds_items
+        threshold = self.config.min_top_score
+        return (
+            threshold is not None
+            and description.metric == "inner_product"
+            and float(hits.scores[0]) < threshold
+        )
+
+    def _count_failure(self, shard_id: int, reason: str, endpoint: str, error: Exception) -> None:
+        if self.metrics is not None:
+            self.metrics.shard_failures.labels(str(shard_id), reason).inc()
+        logger.warning(
+            "shard replica failed",
+            extra={
+                "shard_id": shard_id,
+                "endpoint": endpoint,
+                "reason": reason,
+                "error": str(error),
+            },
+        )
+
+    async def close(self) -> None:
+        for replicas in self.shards:
+            for replica in replicas:
+                await replica.close()
+
+
+def _top(result: ShardSearchResult) -> float:
+    scores = result.hits[0].scores
+    return float(scores[0]) if scores.size else float("-inf")

@@ -1,0 +1,1 @@
+"""FAISS index shards: specification, the in-memory shard index, snapshots and building."""

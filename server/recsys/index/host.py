@@ -1,0 +1,238 @@
+"""Hosts the serving index of one shard: searches off the event loop, mutations, and verified
+blue-green swaps to new snapshot versions (searches in flight keep the index they started on)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from recsys.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    RecsysError,
+    Unavailable,
+)
+from recsys.index.shard_index import SearchHits, ShardIndex
+from recsys.index.snapshots import Expectations, SnapshotInvalid, SnapshotManager
+from recsys.index.spec import MAX_EF_SEARCH, MAX_NPROBE, IndexSpec
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_K = 2000
+MAX_QUERIES = 1024
+
+
+@dataclass(frozen=True)
+class SwapResult:
+    index_version: str
+    previous_index_version: str
+    item_count: int
+
+
+def check_search_bounds(k: int, nprobe: int | None, ef_search: int | None) -> None:
+    problems = []
+    if not 1 <= k <= MAX_K:
+        problems.append(FieldViolation("k", f"must be between 1 and {MAX_K}, got {k}"))
+    if nprobe is not None and not 1 <= nprobe <= MAX_NPROBE:
+        problems.append(
+            FieldViolation("search_parameters.nprobe", f"must be between 1 and {MAX_NPROBE}")
+        )
+    if ef_search is not None and not 1 <= ef_search <= MAX_EF_SEARCH:
+        problems.append(
+            FieldViolation("search_parameters.ef_search", f"must be between 1 and {MAX_EF_SEARCH}")
+        )
+    if problems:
+        raise InvalidArgument(problems)
+
+
+class ShardHost:
+    """The serving state of one shard process (or one in-process shard in embedded mode)."""
+
+    def __init__(
+        self,
+        spec: IndexSpec,
+        *,
+        shard_id: int,
+        num_shards: int,
+        snapshots: SnapshotManager | None,
+        expected_embedding_version: str | None = None,
+        executor: concurrent.futures.Executor | None = None,
+        use_gpu: bool = False,
+        gpu_device: int = 0,
+    ) -> None:
+        self.spec = spec
+        self.shard_id = shard_id
+        self.num_shards = num_shards
+        self.snapshots = snapshots
+        self.expected_embedding_version = expected_embedding_version
+        self._executor = executor
+        self._swap_lock = asyncio.Lock()
+        self._use_gpu = use_gpu
+        self._gpu_device = gpu_device
+        # False until the startup load finished: searches answer UNAVAILABLE meanwhile, so the
+        # Retrieve service asks another replica instead of trusting an empty index.
+        self.ready = False
+        self.current = ShardIndex.empty(
+            spec,
+            shard_id=shard_id,
+            num_shards=num_shards,
+            embedding_version=expected_embedding_version or "",
+        )
+
+    @property
+    def expectations(self) -> Expectations:
+        return Expectations(
+            shard_id=self.shard_id,
+            num_shards=self.num_shards,
+            dimension=self.spec.dimension,
+            embedding_version=self.expected_embedding_version,
+        )
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.current.on_gpu
+
+    async def _run(self, function: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, function, *args)
+
+    async def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        embedding_version: str,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> tuple[ShardIndex, list[SearchHits]]:
+        """Searches the serving index; returns the index that answered and its hits."""
+        check_search_bounds(k, nprobe, ef_search)
+        if len(queries) > MAX_QUERIES:
+            raise InvalidArgument([FieldViolation("query_count", f"must be at most {MAX_QUERIES}")])
+        if not self.ready:
+            raise Unavailable(
+                f"shard {self.shard_id} is still loading its index", reason="SHARD_LOADING"
+            )
+        index = self.current  # blue-green: a swap during this search does not affect it
+        if embedding_version != index.embedding_version:
+            raise FailedPrecondition(
+                f"queries use embedding version {embedding_version!r}, shard {self.shard_id} "
+                f"serves {index.embedding_version!r}",
+                reason="EMBEDDING_VERSION_MISMATCH",
+            )
+        hits = await self._run(lambda: index.search(queries, k, nprobe=nprobe, ef_search=ef_search))
+        return index, hits
+
+    async def upsert(
+        self, item_ids: np.ndarray, vectors: np.ndarray, embedding_version: str
+    ) -> int:
+        index = self.current
+        if embedding_version != index.embedding_version:
+            raise FailedPrecondition(
+                f"vectors use embedding version {embedding_version!r}, shard {self.shard_id} "
+                f"serves {index.embedding_version!r}",
+                reason="EMBEDDING_VERSION_MISMATCH",
+            )
+        return await self._run(index.upsert, item_ids, vectors)
+
+    async def delete(self, item_ids: np.ndarray) -> int:
+        index = self.current
+        return await self._run(index.delete, item_ids)
+
+    async def load_snapshot(self, version: str | None = None) -> SwapResult:
+        """Verifies a version (default: the one CURRENT names) off the loop, then swaps it in
+        atomically. On failure the serving index stays and the error propagates; when CURRENT
+        named the refused version it is pointed back at the serving one (automatic rollback)."""
+        snapshots = self._snapshots_or_fail()
+        async with self._swap_lock:
+            try:
+                shard = await self._run(snapshots.load, self.expectations, version)
+            except SnapshotInvalid:
+                if version is None or version == await self._run(
+                    snapshots.store.current, self.shard_id
+                ):
+                    await self._restore_current_pointer()
+                raise
+            return await self._swap(shard)
+
+    async def _restore_current_pointer(self) -> None:
+        assert self.snapshots is not None
+        serving = self.current.index_version
+        store = self.snapshots.store
+        if serving and serving in await self._run(store.list_versions, self.shard_id):
+            await self._run(store.set_current, self.shard_id, serving)
+            logger.warning(
+                "CURRENT pointed back at the serving snapshot",
+                extra={"shard_id": self.shard_id, "index_version": serving},
+            )
+
+    def _snapshots_or_fail(self) -> SnapshotManager:
+        if self.snapshots is None:
+            raise FailedPrecondition("this shard has no snapshot store", reason="NO_SNAPSHOT_STORE")
+        return self.snapshots
+
+    async def start(self) -> None:
+        """Loads the last good snapshot when there is one, then marks the shard ready (an empty
+        shard with no snapshot is ready too: it serves upserts)."""
+        if self.snapshots is not None:
+            try:
+                await self.load_last_good()
+            except NotFound:
+                logger.warning(
+                    "no snapshot: serving an empty index", extra={"shard_id": self.shard_id}
+                )
+        self.ready = True
+
+    async def load_last_good(self) -> SwapResult:
+        """Startup: CURRENT, falling back to older verified versions (automatic rollback)."""
+        snapshots = self._snapshots_or_fail()
+        async with self._swap_lock:
+            shard = await self._run(snapshots.load_last_good, self.expectations)
+            return await self._swap(shard)
+
+    async def _swap(self, shard: ShardIndex) -> SwapResult:
+        if self._use_gpu:
+            await self._run(shard.use_gpu, self._gpu_device)
+        previous = self.current
+        self.current = shard
+        logger.info(
+            "index swapped in",
+            extra={
+                "shard_id": self.shard_id,
+                "index_version": shard.index_version,
+                "previous_index_version": previous.index_version,
+                "item_count": shard.item_count,
+                "on_gpu": shard.on_gpu,
+            },
+        )
+        return SwapResult(shard.index_version, previous.index_version, shard.item_count)
+
+    async def watch_current(self, poll_seconds: float) -> None:
+        """Loads CURRENT whenever it names a version other than the serving one."""
+        if self.snapshots is None:
+            return
+        store = self.snapshots.store
+        while True:
+            await asyncio.sleep(poll_seconds)
+            try:
+                version = await self._run(store.current, self.shard_id)
+                if version and version != self.current.index_version:
+                    await self.load_snapshot(version)
+            except asyncio.CancelledError:
+                raise
+            except RecsysError as error:
+                logger.error(
+                    "snapshot watcher kept the serving index",
+                    extra={"shard_id": self.shard_id, "reason": error.message},
+                )
+            except Exception:
+                logger.exception("snapshot watcher failed", extra={"shard_id": self.shard_id})

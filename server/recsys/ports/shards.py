@@ -1,0 +1,59 @@
+"""Index shards as the Retrieve service sees them: search and describe one shard replica."""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsys.index.shard_index import SearchHits
+
+
+@dataclass(frozen=True, slots=True)
+class ShardDescription:
+    shard_id: int
+    num_shards: int
+    item_count: int
+    dimension: int
+    index_type: str
+    metric: str
+    index_version: str
+    embedding_version: str
+    built_at: dt.datetime | None
+    on_gpu: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSearchResult:
+    shard_id: int
+    index_version: str
+    hits: list[SearchHits]
+
+
+class ShardClient(abc.ABC):
+    """One replica of one shard. Failures raise RecsysError: Unavailable or DeadlineExceeded for
+    a replica that cannot answer (the caller tries another), FailedPrecondition for a version
+    mismatch, InvalidArgument for a bad request."""
+
+    #: Where the replica is, for logs and metrics (e.g. "127.0.0.1:50103" or "local").
+    endpoint: str
+
+    @abc.abstractmethod
+    async def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        embedding_version: str,
+        nprobe: int | None,
+        ef_search: int | None,
+        timeout: float,
+    ) -> ShardSearchResult: ...
+
+    @abc.abstractmethod
+    async def describe(self, *, timeout: float) -> ShardDescription: ...
+
+    async def close(self) -> None:
+        return None
