@@ -24,7 +24,19 @@ runner = CliRunner()
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["serve"], ["services"], ["adapters"], ["config"], ["config", "show"]],
+    [
+        [],
+        ["serve"],
+        ["services"],
+        ["adapters"],
+        ["config"],
+        ["config", "show"],
+        ["index"],
+        ["index", "build"],
+        ["index", "info"],
+        ["index", "verify"],
+        ["index", "rollback"],
+    ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])
@@ -58,14 +70,18 @@ def test_unknown_service_is_refused() -> None:
 
 
 @pytest.mark.integration
-def test_serve_embedded_answers_health_and_reflection() -> None:
+def test_serve_embedded_answers_health_and_reflection(tmp_path: Path) -> None:
     """What `make run` starts: a real process with health and reflection."""
     executable = Path(sys.executable).with_name("recsys")
     process = subprocess.Popen(
         [str(executable), "serve", "embedded", "--port", "0", "--metrics-port", "0"],
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "RECSYS_SERVER__SHUTDOWN_DRAIN_SECONDS": "0.1"},
+        env={
+            **os.environ,
+            "RECSYS_SERVER__SHUTDOWN_DRAIN_SECONDS": "0.1",
+            "RECSYS_INDEX__SNAPSHOT_DIR": str(tmp_path),
+        },
     )
     try:
         address = wait_for_address(process)
@@ -76,7 +92,11 @@ def test_serve_embedded_answers_health_and_reflection() -> None:
             )
             assert response.status == health_pb2.HealthCheckResponse.SERVING
             services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
-        assert {"recsys.v1.RecommendService", "recsys.v1.IngestService"} <= services
+        assert {
+            "recsys.v1.RecommendService",
+            "recsys.v1.IngestService",
+            "recsys.v1.RetrieveService",
+        } <= services
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
         reader.join(timeout=5)

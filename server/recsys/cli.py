@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from recsys import registry, services
+from recsys.cli_index import index_app
 from recsys.errors import ConfigurationError
 from recsys.observability.logging import configure_logging
 from recsys.settings import RecsysSettings, load_settings
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(index_app, name="index")
 
 ConfigOption = Annotated[
     Path | None,
@@ -61,6 +63,12 @@ def serve(
     metrics_port: Annotated[
         int | None, typer.Option(help="Prometheus /metrics port, 0 for any (metrics.port).")
     ] = None,
+    shard_id: Annotated[
+        int | None, typer.Option(help="For `shard`: the shard to host (index.shard_id).")
+    ] = None,
+    num_shards: Annotated[
+        int | None, typer.Option(help="Number of index shards (index.num_shards).")
+    ] = None,
 ) -> None:
     """Start a gRPC server hosting SERVICE until SIGTERM or SIGINT (graceful shutdown)."""
     # Flags override single keys; file and environment still supply the rest of each section.
@@ -72,6 +80,13 @@ def serve(
         overrides["server"] = server_keys
     if metrics_port is not None:
         overrides["metrics"] = {"port": metrics_port}
+    index_keys = {
+        key: value
+        for key, value in (("shard_id", shard_id), ("num_shards", num_shards))
+        if value is not None
+    }
+    if index_keys:
+        overrides["index"] = index_keys
     settings = _settings_or_exit(config, overrides)
     configure_logging(settings.logging.level, settings.logging.format)
     try:

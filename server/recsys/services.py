@@ -102,4 +102,5 @@ async def build_application(settings: RecsysSettings, names: Sequence[str]) -> G
         resources=context.resources,
         registry=context.registry,
         startup_hooks=context.startup_hooks,
+        components=context.shared,
     )

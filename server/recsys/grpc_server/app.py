@@ -77,11 +77,14 @@ class GrpcApplication:
         resources: contextlib.AsyncExitStack | None = None,
         registry: CollectorRegistry | None = None,
         startup_hooks: Sequence[Callable[[], Awaitable[None]]] = (),
+        components: dict[str, object] | None = None,
     ) -> None:
         self.settings = settings
         self.bindings = tuple(bindings)
         self.registry = registry or CollectorRegistry()
         self._startup_hooks = tuple(startup_hooks)
+        # The objects the services were built from (feature store, retriever...), by name.
+        self.components: dict[str, object] = components or {}
         self.metrics = GrpcServerMetrics(self.registry)
         self.health = health.aio.HealthServicer()
         self.port: int | None = None

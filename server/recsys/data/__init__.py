@@ -1,0 +1,1 @@
+"""Data the platform produces or reads: synthetic catalogues and embedding files."""

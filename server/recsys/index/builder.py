@@ -1,0 +1,65 @@
+"""Builds N shard snapshots from one embeddings file (`recsys index build`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import numpy as np
+
+from recsys.index.embeddings_file import ItemEmbeddings
+from recsys.index.shard_index import ShardIndex
+from recsys.index.snapshots import SnapshotManager, SnapshotManifest
+from recsys.index.spec import IndexSpec
+
+ProgressCallback = Callable[[int, SnapshotManifest], None]
+
+
+def default_index_version(now: dt.datetime | None = None) -> str:
+    return "idx-" + (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
+
+
+def build_shard_snapshots(
+    embeddings: ItemEmbeddings,
+    spec: IndexSpec,
+    *,
+    num_shards: int,
+    index_version: str,
+    snapshots: SnapshotManager,
+    make_current: bool = True,
+    on_shard_done: ProgressCallback | None = None,
+) -> list[SnapshotManifest]:
+    """One snapshot per shard, shard s holding the items with `item_id % num_shards == s`.
+
+    Every shard is written before any CURRENT pointer flips, so a failed build leaves the
+    serving versions untouched."""
+    if embeddings.dimension != spec.dimension:
+        raise ValueError(
+            f"embeddings have dimension {embeddings.dimension}, the spec says {spec.dimension}"
+        )
+    if len(np.unique(embeddings.item_ids)) != len(embeddings.item_ids):
+        raise ValueError("item ids in the embeddings file must be unique")
+    built_at = dt.datetime.now(dt.UTC)
+    routes = embeddings.item_ids % num_shards
+    manifests = []
+    for shard_id in range(num_shards):
+        mine = routes == shard_id
+        shard = ShardIndex.build(
+            spec,
+            shard_id=shard_id,
+            num_shards=num_shards,
+            item_ids=embeddings.item_ids[mine],
+            vectors=embeddings.vectors[mine],
+            index_version=index_version,
+            embedding_version=embeddings.embedding_version,
+            built_at=built_at,
+        )
+        manifest = snapshots.publish(shard, make_current=False)
+        manifests.append(manifest)
+        if on_shard_done is not None:
+            on_shard_done(shard_id, manifest)
+    if make_current:
+        for shard_id in range(num_shards):
+            snapshots.store.set_current(shard_id, index_version)
+            snapshots.prune(shard_id)
+    return manifests
