@@ -36,6 +36,8 @@ runner = CliRunner()
         ["index", "info"],
         ["index", "verify"],
         ["index", "rollback"],
+        ["data"],
+        ["data", "embeddings"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
@@ -104,3 +106,16 @@ def test_serve_embedded_answers_health_and_reflection(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_data_embeddings_writes_a_loadable_file(tmp_path: Path) -> None:
+    from recsys.index.embeddings_file import load_embeddings
+
+    output = tmp_path / "items.npz"
+    result = runner.invoke(
+        app, ["data", "embeddings", "--output", str(output), "--items", "500", "--dimension", "8"]
+    )
+    assert result.exit_code == 0, result.output
+    loaded = load_embeddings(output)
+    assert loaded.vectors.shape == (500, 8)
+    assert loaded.embedding_version == "emb-synthetic"

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from recsys import registry, services
+from recsys.cli_data import data_app
 from recsys.cli_index import index_app
 from recsys.errors import ConfigurationError
 from recsys.observability.logging import configure_logging
@@ -27,6 +28,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(index_app, name="index")
+app.add_typer(data_app, name="data")
 
 ConfigOption = Annotated[
     Path | None,

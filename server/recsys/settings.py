@@ -153,6 +153,9 @@ class RetrieveSettings(_Section):
     # Sanity check (inner product only): a replica whose best score is below this is
     # double-checked with another replica. None disables it.
     min_top_score: float | None = 0.1
+    # First-round depth per shard = k / shards * this (+10); shards whose answer may hide
+    # top-k items are asked again for the full k, so results stay exact. 0: always full k.
+    shard_oversampling: float = Field(default=2.0, ge=0)
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_open_seconds: float = Field(default=5.0, gt=0)
     breaker_half_open_fraction: float = Field(default=0.1, gt=0, le=1)

@@ -171,3 +171,31 @@ async def test_all_shards_down_is_unavailable(data) -> None:
     retriever = Retriever(shards)
     with pytest.raises(Unavailable):
         await retriever.retrieve(query_for(data))
+
+
+async def test_top_k_stays_exact_when_one_shard_holds_most_of_it() -> None:
+    """The shallow first round would miss items here; the deeper second round must not."""
+    rng = np.random.default_rng(4)
+    target = rng.normal(size=DIMENSION).astype(np.float32)
+    target /= np.linalg.norm(target)
+    ids = np.arange(4_000, dtype=np.int64)
+    vectors = rng.normal(size=(4_000, DIMENSION)).astype(np.float32)
+    near = ids % NUM_SHARDS == 0  # every item close to the target lives in shard 0
+    vectors[near] = target + 0.05 * rng.normal(size=(near.sum(), DIMENSION))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    spec = IndexSpec(dimension=DIMENSION, index_type=IndexType.FLAT)
+    clients = []
+    for shard_id in range(NUM_SHARDS):
+        mine = ids % NUM_SHARDS == shard_id
+        host = ShardHost(spec, shard_id=shard_id, num_shards=NUM_SHARDS, snapshots=None)
+        host.current = ShardIndex.build(
+            spec, shard_id=shard_id, num_shards=NUM_SHARDS, item_ids=ids[mine],
+            vectors=vectors[mine], index_version="v1", embedding_version="e1",
+        )  # fmt: skip
+        await host.start()
+        clients.append([LocalShardClient(host)])
+    retriever = Retriever(clients, config=RetrieverConfig(shard_oversampling=2.0))
+    result = await retriever.retrieve(RetrievalQuery(target, "e1", 100))
+    expected = ids[np.argsort(-(vectors @ target))[:100]].tolist()
+    assert result.item_ids.tolist() == expected
+    assert set(result.shard_ids.tolist()) == {0}

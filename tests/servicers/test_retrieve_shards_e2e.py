@@ -70,7 +70,8 @@ def _start_shard(snapshots: Path, shard_id: int) -> subprocess.Popen[str]:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     folder = tmp_path_factory.mktemp("deployment")
-    data = clustered_embeddings(ITEMS, DIMENSION, clusters=200, seed=11)
+    # Wide clusters: an item's neighbours straddle IVF lists, so recall is a real measurement.
+    data = clustered_embeddings(ITEMS, DIMENSION, clusters=200, spread=0.8, seed=11)
     embeddings = folder / "items.npz"
     save_embeddings(embeddings, ItemEmbeddings(data.item_ids, data.vectors, "emb-e2e"))
     snapshots = folder / "snapshots"
@@ -142,7 +143,9 @@ async def test_recall_at_100_against_exact_search(deployment: Deployment) -> Non
                 assert all(c.shard_id == c.item_id % NUM_SHARDS for c in response.candidates)
                 assert response.index_version == "idx-e2e"
                 assert not response.partial
-        assert float(np.mean(recalls)) >= 0.95, recalls
+        mean_recall = float(np.mean(recalls))
+        print(f"recall@100 over 10 shard processes: {mean_recall:.4f}")
+        assert mean_recall >= 0.95, recalls
     finally:
         await app.shutdown()
 

@@ -83,6 +83,11 @@ class RetrieverConfig:
     merge_reserve_seconds: float = 0.002
     # Sanity check threshold on the best score of a replica's answer; None disables it.
     min_top_score: float | None = 0.1
+    # First-round depth per shard: k / shards * oversampling (+ a margin), never above k.
+    # With items spread over shards by id, the global top k almost never needs more from one
+    # shard; when it does (a full answer whose last score still makes the top k), that shard
+    # is asked again for the full k, so the merged top k stays exact. 0 disables this.
+    shard_oversampling: float = 2.0
     breaker_failure_threshold: int = 5
     breaker_open_seconds: float = 5.0
     breaker_half_open_fraction: float = 0.1
@@ -211,23 +216,26 @@ class Retriever:
         vector = np.asarray(query.vector, dtype=np.float32).reshape(1, -1)
         self.check_query(description, vector.shape[1], query.embedding_version)
         excluded = np.fromiter(query.excluded_item_ids, dtype=np.int64)
-        outcomes = await asyncio.gather(
-            *(
-                self._search_shard(shard_id, vector, query, excluded, description)
-                for shard_id in range(self.num_shards)
-            ),
-            return_exceptions=True,
-        )
-        results: list[ShardSearchResult] = []
-        failed: list[int] = []
-        for shard_id, outcome in enumerate(outcomes):
-            if isinstance(outcome, ShardSearchResult):
-                results.append(outcome)
-            elif isinstance(outcome, _ShardFailed):
-                failed.append(shard_id)
-            else:
-                assert isinstance(outcome, BaseException)
-                raise outcome
+        full_depth = {
+            shard_id: min(
+                query.k + int(np.count_nonzero(excluded % self.num_shards == shard_id)), MAX_K
+            )
+            for shard_id in range(self.num_shards)
+        }
+        first_depth = {
+            shard: self._first_depth(query.k, depth) for shard, depth in full_depth.items()
+        }
+        answers, failed = await self._fan_out(first_depth, vector, query, description)
+        deeper = self._shards_needing_more(answers, first_depth, full_depth, query.k, excluded)
+        if deeper:
+            more, more_failed = await self._fan_out(
+                {shard: full_depth[shard] for shard in deeper}, vector, query, description
+            )
+            answers.update(more)
+            # A shard that answered shallow but not deep still contributes its first answer.
+            for shard_id in more_failed:
+                logger.warning("shard failed on the deeper round", extra={"shard_id": shard_id})
+        results = [answers[shard_id] for shard_id in sorted(answers)]
         if failed:
             if self.metrics is not None:
                 self.metrics.partial_results.inc()
@@ -238,6 +246,63 @@ class Retriever:
                     metadata={"failed_shard_ids": ",".join(map(str, failed))},
                 )
         return self._merge(results, query.k, excluded, tuple(failed), description)
+
+    def _first_depth(self, k: int, full: int) -> int:
+        oversampling = self.config.shard_oversampling
+        if oversampling <= 0 or self.num_shards == 1:
+            return full
+        shallow = int(np.ceil(k / self.num_shards * oversampling)) + 10
+        return min(full, shallow)
+
+    async def _fan_out(
+        self,
+        depths: dict[int, int],
+        vector: npt.NDArray[np.float32],
+        query: RetrievalQuery,
+        description: IndexDescription,
+    ) -> tuple[dict[int, ShardSearchResult], list[int]]:
+        outcomes = await asyncio.gather(
+            *(
+                self._search_shard(shard_id, depth, vector, query, description)
+                for shard_id, depth in depths.items()
+            ),
+            return_exceptions=True,
+        )
+        answers: dict[int, ShardSearchResult] = {}
+        failed: list[int] = []
+        for shard_id, outcome in zip(depths, outcomes, strict=True):
+            if isinstance(outcome, ShardSearchResult):
+                answers[shard_id] = outcome
+            elif isinstance(outcome, _ShardFailed):
+                failed.append(shard_id)
+            else:
+                assert isinstance(outcome, BaseException)
+                raise outcome
+        return answers, sorted(failed)
+
+    @staticmethod
+    def _shards_needing_more(
+        answers: dict[int, ShardSearchResult],
+        asked: dict[int, int],
+        full: dict[int, int],
+        k: int,
+        excluded: npt.NDArray[np.int64],
+    ) -> list[int]:
+        """Shards whose shallow answer was full and may hide items of the global top k."""
+        shallow = [shard for shard in answers if asked[shard] < full[shard]]
+        if not shallow:
+            return []
+        scores = np.concatenate([answers[shard].hits[0].scores for shard in answers])
+        ids = np.concatenate([answers[shard].hits[0].item_ids for shard in answers])
+        if excluded.size:
+            scores = scores[~np.isin(ids, excluded)]
+        threshold = -np.inf if len(scores) < k else float(np.partition(-scores, k - 1)[k - 1]) * -1
+        needing = []
+        for shard in shallow:
+            hits = answers[shard].hits[0]
+            if len(hits.item_ids) >= asked[shard] and float(hits.scores[-1]) >= threshold:
+                needing.append(shard)
+        return needing
 
     def _merge(
         self,
@@ -274,14 +339,11 @@ class Retriever:
     async def _search_shard(
         self,
         shard_id: int,
+        k: int,
         vector: npt.NDArray[np.float32],
         query: RetrievalQuery,
-        excluded: npt.NDArray[np.int64],
         description: IndexDescription,
     ) -> ShardSearchResult:
-        # Ask for more when some of this shard's items are excluded, so k survive the filter.
-        excluded_here = int(np.count_nonzero(excluded % self.num_shards == shard_id))
-        k = min(query.k + excluded_here, MAX_K)
         replicas = self.shards[shard_id]
         start = next(self._next_replica[shard_id]) % len(replicas)
         order = [(start + offset) % len(replicas) for offset in range(len(replicas))]

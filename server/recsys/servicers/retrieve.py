@@ -115,6 +115,7 @@ def retriever_config(settings: RecsysSettings) -> RetrieverConfig:
         shard_timeout_seconds=retrieve.shard_timeout_ms / 1000,
         merge_reserve_seconds=retrieve.merge_reserve_ms / 1000,
         min_top_score=retrieve.min_top_score,
+        shard_oversampling=retrieve.shard_oversampling,
         breaker_failure_threshold=retrieve.breaker_failure_threshold,
         breaker_open_seconds=retrieve.breaker_open_seconds,
         breaker_half_open_fraction=retrieve.breaker_half_open_fraction,
