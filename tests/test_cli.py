@@ -38,6 +38,9 @@ runner = CliRunner()
         ["index", "rollback"],
         ["data"],
         ["data", "embeddings"],
+        ["model"],
+        ["model", "init-reference"],
+        ["model", "check"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
@@ -98,6 +101,7 @@ def test_serve_embedded_answers_health_and_reflection(tmp_path: Path) -> None:
             "recsys.v1.RecommendService",
             "recsys.v1.IngestService",
             "recsys.v1.RetrieveService",
+            "recsys.v1.RankService",
         } <= services
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0

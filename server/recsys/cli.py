@@ -12,6 +12,7 @@ import typer
 from recsys import registry, services
 from recsys.cli_data import data_app
 from recsys.cli_index import index_app
+from recsys.cli_model import model_app
 from recsys.errors import ConfigurationError
 from recsys.observability.logging import configure_logging
 from recsys.settings import RecsysSettings, load_settings
@@ -29,6 +30,7 @@ config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help
 app.add_typer(config_app, name="config")
 app.add_typer(index_app, name="index")
 app.add_typer(data_app, name="data")
+app.add_typer(model_app, name="model")
 
 ConfigOption = Annotated[
     Path | None,

@@ -20,6 +20,11 @@ ADAPTERS: dict[str, dict[str, str]] = {
     "feature_store": {
         "in_memory": "recsys.adapters.features.in_memory:InMemoryFeatureStore",
     },
+    "ranker": {
+        "onnx": "recsys.adapters.rankers.onnx:OnnxRanker",
+        "triton": "recsys.adapters.rankers.triton:TritonRanker",
+        "rule": "recsys.adapters.rankers.rule:RuleRanker",
+    },
     "snapshot_store": {
         "local": "recsys.adapters.snapshots.local:LocalSnapshotStore",
     },

@@ -30,6 +30,12 @@ class ServiceContext:
     # Objects shared between services of one process (e.g. the feature store in embedded mode).
     shared: dict[str, Any] = field(default_factory=dict)
 
+    def shared_object(self, name: str, factory: Callable[[], Any]) -> Any:
+        """One object per process under `name` (feature store, breaker metrics...)."""
+        if name not in self.shared:
+            self.shared[name] = factory()
+        return self.shared[name]
+
     def run_in_background(self, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Starts the coroutine once the server is ready; cancels it at shutdown."""
 
@@ -53,11 +59,12 @@ SERVICES: dict[str, str] = {
     "ingest": "recsys.servicers.ingest:build",
     "retrieve": "recsys.servicers.retrieve:build",
     "shard": "recsys.servicers.index_shard:build",
+    "rank": "recsys.servicers.rank:build",
 }
 
 # The embedded mode hosts these in one process, wired in-process (Retrieve over in-process
 # shards, no network hop).
-EMBEDDED = ("recommend", "ingest", "retrieve")
+EMBEDDED = ("recommend", "ingest", "retrieve", "rank")
 
 
 def service_names() -> list[str]:

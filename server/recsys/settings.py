@@ -165,6 +165,38 @@ class RetrieveSettings(_Section):
     max_excluded_items: int = Field(default=10_000, ge=0, le=100_000)
 
 
+class RankSettings(_Section):
+    """The Rank service: its model backend, fallbacks and breaker."""
+
+    # Ranker adapter short name: "onnx" (in-process), "triton" (KServe V2 gRPC), "rule".
+    backend: str = "onnx"
+    # With a remote backend: score with the in-process ONNX model while its breaker is open.
+    cpu_fallback: bool = True
+    # Triton-layout model repository: <repository>/<model_name>/<version>/model.onnx.
+    model_repository: Path = Path("triton_models")
+    model_name: str = "ranker"
+    # Triton: the version to ask for; "" lets the server pick its latest.
+    model_version: str = ""
+    triton_url: str = "127.0.0.1:8001"
+    # Used when the server has no ModelConfig RPC to tell its max_batch_size.
+    triton_max_batch_size: int = Field(default=1024, ge=1)
+    # Cap of one model call (seed: 100 ms); the caller's remaining time caps it further.
+    timeout_ms: int = Field(default=100, ge=1, le=60_000)
+    onnx_threads: int = Field(default=1, ge=0, le=64)
+    onnx_use_gpu: bool = False
+    # Look for a newer model version this often and hot-swap it; 0 disables.
+    reload_poll_seconds: float = Field(default=10.0, ge=0)
+    max_candidates: int = Field(default=5_000, ge=1, le=100_000)
+    # Seed: opens after 5 consecutive failures; half-open lets ~10% probe; closes after
+    # consecutive successes.
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_open_seconds: float = Field(default=30.0, gt=0)
+    breaker_half_open_fraction: float = Field(default=0.1, gt=0, le=1)
+    breaker_success_threshold: int = Field(default=3, ge=1)
+    # Features read on the ranking path give up after this (seed: 10 ms) and use defaults.
+    feature_timeout_ms: int = Field(default=10, ge=1)
+
+
 class FeaturesSettings(_Section):
     # Adapter short name of the FeatureStore.
     store: str = "in_memory"
@@ -189,6 +221,7 @@ class RecsysSettings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     index: IndexSettings = IndexSettings()
     retrieve: RetrieveSettings = RetrieveSettings()
+    rank: RankSettings = RankSettings()
     features: FeaturesSettings = FeaturesSettings()
 
     @model_validator(mode="after")

@@ -58,6 +58,7 @@ async def test_reflection_lists_every_hosted_service(embedded_app: GrpcApplicati
             "recsys.v1.RecommendService",
             "recsys.v1.IngestService",
             "recsys.v1.RetrieveService",
+            "recsys.v1.RankService",
             "grpc.health.v1.Health",
             "grpc.reflection.v1alpha.ServerReflection",
         }

@@ -32,12 +32,10 @@ from recsys.errors import (
 )
 from recsys.index.host import MAX_K
 from recsys.index.shard_index import SearchHits
-from recsys.observability.metrics import RetrievalMetrics
+from recsys.observability.metrics import BreakerMetrics, RetrievalMetrics
 from recsys.ports.shards import ShardClient, ShardDescription, ShardSearchResult
 
 logger = logging.getLogger(__name__)
-
-_BREAKER_LEVEL = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
 @dataclass(frozen=True)
@@ -108,12 +106,14 @@ class Retriever:
         *,
         config: RetrieverConfig | None = None,
         metrics: RetrievalMetrics | None = None,
+        breaker_metrics: BreakerMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not shards or any(not replicas for replicas in shards):
             raise ValueError("every shard needs at least one replica")
         self.config = config or RetrieverConfig()
         self.metrics = metrics
+        self.breaker_metrics = breaker_metrics
         self.shards = [list(replicas) for replicas in shards]
         self.breakers = [
             [
@@ -138,9 +138,8 @@ class Retriever:
         return len(self.shards)
 
     def _on_breaker_transition(self, name: str, _: BreakerState, state: BreakerState) -> None:
-        if self.metrics is not None:
-            self.metrics.breaker_state.labels(name).set(_BREAKER_LEVEL[state])
-            self.metrics.breaker_transitions.labels(name, state.value).inc()
+        if self.breaker_metrics is not None:
+            self.breaker_metrics.record(name, state.value)
 
     # ------------------------------------------------------------------ description
 

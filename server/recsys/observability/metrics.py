@@ -105,15 +105,52 @@ class RetrievalMetrics:
             "Retrieve answers built without some shards.",
             registry=registry,
         )
-        self.breaker_state = Gauge(
+
+
+class BreakerMetrics:
+    """Circuit breaker states and transitions of one process (shared by its services)."""
+
+    LEVELS = {"closed": 0, "half_open": 1, "open": 2}
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.state = Gauge(
             "recsys_circuit_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
             ("breaker",),
             registry=registry,
         )
-        self.breaker_transitions = Counter(
+        self.transitions = Counter(
             "recsys_circuit_breaker_transitions",
             "Circuit breaker state changes.",
             ("breaker", "to_state"),
+            registry=registry,
+        )
+
+    def record(self, breaker: str, to_state: str) -> None:
+        self.state.labels(breaker).set(self.LEVELS[to_state])
+        self.transitions.labels(breaker, to_state).inc()
+
+
+class RankingMetrics:
+    """Which backend scored, model latency and model errors (seed: model inference errors)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.ranked = Counter(
+            "recsys_rank_requests",
+            "Rank calls by the backend that scored them.",
+            ("backend",),
+            registry=registry,
+        )
+        self.model_errors = Counter(
+            "recsys_rank_model_errors",
+            "Model backend calls that failed, by kind.",
+            ("kind",),
+            registry=registry,
+        )
+        self.model_seconds = Histogram(
+            "recsys_rank_model_seconds",
+            "Latency of scoring one request's candidates, by backend, in seconds.",
+            ("backend",),
+            buckets=LATENCY_BUCKETS,
             registry=registry,
         )

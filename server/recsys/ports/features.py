@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,49 @@ class UserEmbedding:
     generated_at: dt.datetime
 
 
+@dataclass(frozen=True, slots=True)
+class ItemFeatures:
+    """What ranking and filtering need of an item; popularity and freshness in [0, 1]."""
+
+    category: str
+    popularity: float
+    freshness: float
+    embedding: npt.NDArray[np.float32] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFeatureBatch:
+    """Item features of many items as aligned arrays; defaults (0, "", zero vector) where an
+    item has none, and `found` says which had."""
+
+    categories: list[str]
+    popularity: npt.NDArray[np.float32]
+    freshness: npt.NDArray[np.float32]
+    embeddings: npt.NDArray[np.float32] | None
+    found: npt.NDArray[np.bool_]
+
+
+def batch_from(features: Sequence[ItemFeatures | None]) -> ItemFeatureBatch:
+    """Packs per-item features (None when unknown) into a batch."""
+    count = len(features)
+    dimension = next((f.embedding.shape[0] for f in features if f and f.embedding is not None), 0)
+    embeddings = np.zeros((count, dimension), np.float32) if dimension else None
+    popularity = np.zeros(count, np.float32)
+    freshness = np.zeros(count, np.float32)
+    categories = [""] * count
+    found = np.zeros(count, bool)
+    for row, item in enumerate(features):
+        if item is None:
+            continue
+        found[row] = True
+        categories[row] = item.category
+        popularity[row] = item.popularity
+        freshness[row] = item.freshness
+        if embeddings is not None and item.embedding is not None:
+            embeddings[row] = item.embedding
+    return ItemFeatureBatch(categories, popularity, freshness, embeddings, found)
+
+
 class FeatureStore(abc.ABC):
     """Reads raise RecsysError (Unavailable, DeadlineExceeded) when the store cannot answer;
     callers on the serving path degrade to default features."""
@@ -30,6 +74,13 @@ class FeatureStore(abc.ABC):
 
     @abc.abstractmethod
     async def put_user_embedding(self, user_id: str, embedding: UserEmbedding) -> None: ...
+
+    @abc.abstractmethod
+    async def get_item_features(self, item_ids: Sequence[int]) -> ItemFeatureBatch:
+        """Features of the items, in order, in one round trip."""
+
+    @abc.abstractmethod
+    async def put_item_features(self, items: Mapping[int, ItemFeatures]) -> None: ...
 
     @abc.abstractmethod
     async def delete_user(self, user_id: str) -> int:

@@ -18,7 +18,7 @@ from recsys.grpc_server.app import ServiceBinding
 from recsys.index import factory
 from recsys.index.host import MAX_K
 from recsys.index.spec import MAX_EF_SEARCH, MAX_NPROBE
-from recsys.observability.metrics import RetrievalMetrics
+from recsys.observability.metrics import BreakerMetrics, RetrievalMetrics
 from recsys.ports.features import FeatureStore
 from recsys.ports.shards import ShardClient
 from recsys.registry import create_adapter
@@ -125,12 +125,14 @@ def retriever_config(settings: RecsysSettings) -> RetrieverConfig:
 
 def feature_store(context: ServiceContext) -> FeatureStore:
     """The process's feature store, shared by every service hosted in it."""
-    store = context.shared.get("feature_store")
-    if store is None:
+
+    def create() -> FeatureStore:
         settings = context.settings
-        store = create_adapter("feature_store", settings.features.store, settings)
+        store: FeatureStore = create_adapter("feature_store", settings.features.store, settings)
         context.resources.push_async_callback(store.close)
-        context.shared["feature_store"] = store
+        return store
+
+    store = context.shared_object("feature_store", create)
     assert isinstance(store, FeatureStore)
     return store
 
@@ -165,7 +167,12 @@ async def build(context: ServiceContext) -> list[ServiceBinding]:
                     functools.partial(host.watch_current, settings.index.snapshot_poll_seconds)
                 )
     retriever = Retriever(
-        shards, config=retriever_config(settings), metrics=RetrievalMetrics(context.registry)
+        shards,
+        config=retriever_config(settings),
+        metrics=RetrievalMetrics(context.registry),
+        breaker_metrics=context.shared_object(
+            "breaker_metrics", lambda: BreakerMetrics(context.registry)
+        ),
     )
     context.resources.push_async_callback(retriever.close)
     context.run_in_background(

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from recsys.ports.features import FeatureStore, UserEmbedding
+from collections.abc import Mapping, Sequence
+
+from recsys.ports.features import (
+    FeatureStore,
+    ItemFeatureBatch,
+    ItemFeatures,
+    UserEmbedding,
+    batch_from,
+)
 from recsys.settings import RecsysSettings
 
 
 class InMemoryFeatureStore(FeatureStore):
     def __init__(self) -> None:
         self._embeddings: dict[str, UserEmbedding] = {}
+        self._items: dict[int, ItemFeatures] = {}
 
     @classmethod
     def from_settings(cls, settings: RecsysSettings) -> InMemoryFeatureStore:
@@ -24,6 +33,17 @@ class InMemoryFeatureStore(FeatureStore):
             embedding.embedding_version,
             embedding.generated_at,
         )
+
+    async def get_item_features(self, item_ids: Sequence[int]) -> ItemFeatureBatch:
+        items = self._items
+        return batch_from([items.get(item_id) for item_id in item_ids])
+
+    async def put_item_features(self, items: Mapping[int, ItemFeatures]) -> None:
+        for item_id, features in items.items():
+            embedding = None if features.embedding is None else features.embedding.astype("float32")
+            self._items[int(item_id)] = ItemFeatures(
+                features.category, float(features.popularity), float(features.freshness), embedding
+            )
 
     async def delete_user(self, user_id: str) -> int:
         return 1 if self._embeddings.pop(user_id, None) is not None else 0

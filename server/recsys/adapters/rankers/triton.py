@@ -1,0 +1,164 @@
+"""The ranking model on any KServe V2 gRPC server (NVIDIA Triton in production) through
+`tritonclient.grpc.aio`.
+
+Input and output names and the feature width come from the server's model metadata, checked
+against the feature schema in the model repository; the maximum batch size from the model
+config when the server offers Triton's ModelConfig RPC, else from settings. Every call has a
+timeout bounded by the caller's remaining time; large requests are split into batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException
+
+from recsys.domain.ranking import RANKING_FEATURES
+from recsys.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from recsys.ports.ranker import Ranker
+from recsys.ranking.model_repository import FeatureSchema, check_schema
+from recsys.settings import RecsysSettings
+
+logger = logging.getLogger(__name__)
+
+# gRPC status names that mean the server is unhealthy or slow (breaker failures); anything
+# else (INVALID_ARGUMENT, NOT_FOUND...) is a refusal of the request.
+_UNHEALTHY = {"StatusCode.UNAVAILABLE", "StatusCode.INTERNAL", "StatusCode.UNKNOWN",
+              "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.CANCELLED"}  # fmt: skip
+
+
+def _translate(error: InferenceServerException, url: str) -> Exception:
+    status = str(error.status() or "")
+    message = f"inference server {url}: {error.message()}"
+    if "DEADLINE_EXCEEDED" in status or "Deadline" in (error.message() or ""):
+        return DeadlineExceeded(message)
+    if status in _UNHEALTHY or not status:
+        return Unavailable(message, reason="MODEL_SERVER_UNAVAILABLE")
+    return FailedPrecondition(message, reason="MODEL_REFUSED_INPUT")
+
+
+class TritonRanker(Ranker):
+    def __init__(
+        self,
+        url: str,
+        model_name: str,
+        *,
+        model_version: str = "",
+        schema: FeatureSchema | None = None,
+        max_batch_size: int = 1024,
+    ) -> None:
+        self.url = url
+        self.model_name = model_name
+        self.requested_version = model_version
+        self.schema = schema or FeatureSchema(features=RANKING_FEATURES)
+        self.max_batch_size = max_batch_size
+        self._client = triton_aio.InferenceServerClient(url=url)
+        self._served_version = model_version
+        self._input_name = self.schema.input_name
+        self._output_name = self.schema.output_name
+
+    @classmethod
+    def from_settings(cls, settings: RecsysSettings) -> TritonRanker:
+        rank = settings.rank
+        return cls(
+            rank.triton_url,
+            rank.model_name,
+            model_version=rank.model_version,
+            max_batch_size=rank.triton_max_batch_size,
+        )
+
+    @property
+    def model_version(self) -> str:
+        return f"{self.model_name}:{self._served_version or 'latest'}"
+
+    async def connect(self, timeout: float = 5.0) -> None:
+        """Reads the model's metadata and checks it against the schema; FailedPrecondition
+        when it does not match (the model is refused), Unavailable when unreachable."""
+        check_schema(self.schema, f"{self.model_name} (schema for the inference server)")
+        try:
+            metadata = await self._client.get_model_metadata(
+                self.model_name, self.requested_version, client_timeout=timeout
+            )
+        except InferenceServerException as error:
+            raise _translate(error, self.url) from None
+        inputs = {tensor.name: list(tensor.shape) for tensor in metadata.inputs}
+        outputs = {tensor.name for tensor in metadata.outputs}
+        if self._input_name not in inputs or self._output_name not in outputs:
+            raise FailedPrecondition(
+                f"{self.model_name} on {self.url} has inputs {sorted(inputs)} and outputs "
+                f"{sorted(outputs)}; the schema names {self._input_name} and {self._output_name}",
+                reason="FEATURE_SCHEMA_MISMATCH",
+            )
+        width = inputs[self._input_name][-1] if inputs[self._input_name] else -1
+        if width not in (-1, len(RANKING_FEATURES)):
+            raise FailedPrecondition(
+                f"{self.model_name} on {self.url} takes {width} features, the Rank service "
+                f"assembles {len(RANKING_FEATURES)}",
+                reason="FEATURE_SCHEMA_MISMATCH",
+            )
+        if metadata.versions:
+            self._served_version = self.requested_version or max(metadata.versions, key=int)
+        try:
+            config = await self._client.get_model_config(
+                self.model_name, self.requested_version, client_timeout=timeout
+            )
+            if config.config.max_batch_size > 0:
+                self.max_batch_size = config.config.max_batch_size
+        except InferenceServerException:
+            pass  # KServe V2 servers without Triton's ModelConfig RPC: keep the setting
+        logger.info(
+            "inference server model ready",
+            extra={"url": self.url, "model_version": self.model_version,
+                   "max_batch_size": self.max_batch_size},
+        )  # fmt: skip
+
+    async def score(
+        self, features: npt.NDArray[np.float32], *, timeout: float
+    ) -> npt.NDArray[np.float32]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        parts = []
+        for start in range(0, len(features), self.max_batch_size):
+            batch = np.ascontiguousarray(features[start : start + self.max_batch_size])
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise DeadlineExceeded("the inference server did not answer in time")
+            parts.append(await self._infer(batch, remaining))
+        if not parts:
+            return np.empty(0, dtype=np.float32)
+        return np.concatenate(parts)
+
+    async def _infer(
+        self, batch: npt.NDArray[np.float32], timeout: float
+    ) -> npt.NDArray[np.float32]:
+        request = InferInput(self._input_name, list(batch.shape), "FP32")
+        request.set_data_from_numpy(batch)
+        try:
+            result: Any = await self._client.infer(
+                self.model_name,
+                [request],
+                model_version=self.requested_version,
+                outputs=[InferRequestedOutput(self._output_name)],
+                client_timeout=timeout,
+            )
+        except InferenceServerException as error:
+            raise _translate(error, self.url) from None
+        except (grpc.aio.AioRpcError, OSError) as error:
+            raise Unavailable(f"inference server {self.url}: {error}") from None
+        scores = result.as_numpy(self._output_name)
+        if scores is None:
+            raise FailedPrecondition(
+                f"the inference server returned no {self._output_name}",
+                reason="MODEL_REFUSED_INPUT",
+            )
+        return np.asarray(scores, dtype=np.float32).reshape(-1)
+
+    async def close(self) -> None:
+        await self._client.close()

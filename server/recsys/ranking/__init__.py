@@ -1,0 +1,1 @@
+"""Ranking models: the model repository (Triton layout), schemas and a reference model."""

@@ -1,0 +1,191 @@
+"""RankService: scores candidates for a user with the model, behind the breaker and fallbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import grpc
+import numpy as np
+
+from recsys.adapters.rankers.onnx import OnnxRanker
+from recsys.domain.circuit_breaker import CircuitBreaker
+from recsys.domain.ranking import Backend, RankingChain, RankingInputs, assemble_features
+from recsys.domain.validation import Violations
+from recsys.errors import ConfigurationError, FailedPrecondition, RecsysError
+from recsys.grpc_server.app import ServiceBinding
+from recsys.observability.metrics import BreakerMetrics, RankingMetrics
+from recsys.ports.features import FeatureStore, ItemFeatureBatch, UserEmbedding, batch_from
+from recsys.ports.ranker import Ranker
+from recsys.registry import create_adapter
+from recsys.servicers.convert import request_context_from_proto
+from recsys.servicers.retrieve import feature_store
+from recsys.settings import RankSettings
+from recsys.v1 import common_pb2
+from recsys.v1 import rank_service_pb2 as rank_pb2
+from recsys.v1 import rank_service_pb2_grpc as rank_grpc
+
+if TYPE_CHECKING:
+    from recsys.services import ServiceContext
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = rank_pb2.DESCRIPTOR.services_by_name["RankService"].full_name
+
+BACKENDS = {
+    Backend.MODEL: common_pb2.RANKING_BACKEND_MODEL,
+    Backend.CPU_MODEL: common_pb2.RANKING_BACKEND_CPU_MODEL,
+    Backend.RULE_FALLBACK: common_pb2.RANKING_BACKEND_RULE_FALLBACK,
+}
+
+
+class RankServicer(rank_grpc.RankServiceServicer):
+    def __init__(
+        self,
+        chain: RankingChain,
+        features: FeatureStore,
+        settings: RankSettings,
+        metrics: RankingMetrics | None = None,
+    ) -> None:
+        self.chain = chain
+        self.features = features
+        self.settings = settings
+        self.metrics = metrics
+
+    async def Rank(  # noqa: N802
+        self, request: rank_pb2.RankRequest, context: grpc.aio.ServicerContext
+    ) -> rank_pb2.RankResponse:
+        count = len(request.candidates)
+        item_ids = np.fromiter((c.item_id for c in request.candidates), np.int64, count)
+        scores = np.fromiter((c.candidate_score for c in request.candidates), np.float32, count)
+        violations = Violations()
+        violations.check_user_id("user_id", request.user_id)
+        violations.check_range("candidates", count, 1, self.settings.max_candidates)
+        if count:
+            if item_ids.min() < 0:
+                violations.add("candidates", "item ids must be non-negative")
+            if len(np.unique(item_ids)) != count:
+                violations.add("candidates", "item ids must be unique")
+            if not np.isfinite(scores).all():
+                violations.add("candidates", "candidate scores must be finite")
+        violations.raise_if_any()
+        query_context = request_context_from_proto(request.context)
+        user, items = await self._read_features(request.user_id, item_ids.tolist())
+        features = assemble_features(
+            RankingInputs(
+                candidate_scores=scores,
+                popularity=items.popularity,
+                freshness=items.freshness,
+                category_affinity=np.zeros(count, np.float32),
+                item_vectors=items.embeddings,
+                user_vector=(
+                    user.vector
+                    if user is not None
+                    and items.embeddings is not None
+                    and user.vector.shape[0] == items.embeddings.shape[1]
+                    else None
+                ),
+                request_time=query_context.request_time or dt.datetime.now(dt.UTC),
+                device_type=query_context.device_type,
+            )
+        )
+        started = time.perf_counter()
+        outcome = await self.chain.rank(features)
+        if self.metrics is not None:
+            self.metrics.ranked.labels(outcome.backend.value).inc()
+            self.metrics.model_seconds.labels(outcome.backend.value).observe(
+                time.perf_counter() - started
+            )
+        order = np.argsort(-outcome.scores, kind="stable")
+        response = rank_pb2.RankResponse(
+            model_version=outcome.model_version, backend=BACKENDS[outcome.backend]
+        )
+        ranked_ids, ranked_scores = item_ids[order].tolist(), outcome.scores[order].tolist()
+        response.items.extend(
+            rank_pb2.ScoredItem(item_id=item_id, score=score)
+            for item_id, score in zip(ranked_ids, ranked_scores, strict=True)
+        )
+        return response
+
+    async def _read_features(
+        self, user_id: str, item_ids: list[int]
+    ) -> tuple[UserEmbedding | None, ItemFeatureBatch]:
+        """User embedding and item features, both within the feature timeout; defaults when
+        the store is slow or down (seed "Feature Store Timeout Handling")."""
+        timeout = self.settings.feature_timeout_ms / 1000
+        user: UserEmbedding | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                user, items = await asyncio.gather(
+                    self.features.get_user_embedding(user_id),
+                    self.features.get_item_features(item_ids),
+                )
+            return user, items
+        except (TimeoutError, RecsysError) as error:
+            logger.warning(
+                "features unavailable; ranking with defaults", extra={"error": str(error)}
+            )
+        return None, batch_from([None] * len(item_ids))
+
+
+def _breaker(context: ServiceContext, settings: RankSettings) -> CircuitBreaker:
+    metrics = context.shared_object("breaker_metrics", lambda: BreakerMetrics(context.registry))
+    return CircuitBreaker(
+        "ranking-model",
+        failure_threshold=settings.breaker_failure_threshold,
+        open_seconds=settings.breaker_open_seconds,
+        half_open_fraction=settings.breaker_half_open_fraction,
+        success_threshold=settings.breaker_success_threshold,
+        on_transition=lambda name, _, state: metrics.record(name, state.value),
+    )
+
+
+async def build(context: ServiceContext) -> list[ServiceBinding]:
+    settings = context.settings
+    rank = settings.rank
+    try:
+        primary: Ranker = create_adapter("ranker", rank.backend, settings)
+    except RecsysError as error:
+        raise ConfigurationError(f"cannot load the ranking model: {error.message}") from error
+    context.resources.push_async_callback(primary.close)
+    cpu_model: Ranker | None = None
+    if rank.backend == "triton":
+        connect = primary.connect  # type: ignore[attr-defined]
+        context.startup_hooks.append(functools.partial(_connect_or_warn, connect))
+        if rank.cpu_fallback:
+            cpu_model = OnnxRanker.from_settings(settings)
+    for model in (primary, cpu_model):
+        if isinstance(model, OnnxRanker) and rank.reload_poll_seconds > 0:
+            context.run_in_background(functools.partial(model.watch, rank.reload_poll_seconds))
+    metrics = RankingMetrics(context.registry)
+    chain = RankingChain(
+        primary,
+        breaker=_breaker(context, rank),
+        cpu_model=cpu_model,
+        timeout_seconds=rank.timeout_ms / 1000,
+        metrics=metrics,
+    )
+    context.shared["ranking_chain"] = chain
+    servicer = RankServicer(chain, feature_store(context), rank, metrics)
+    return [
+        ServiceBinding(
+            SERVICE_NAME,
+            lambda server: rank_grpc.add_RankServiceServicer_to_server(servicer, server),
+        )
+    ]
+
+
+async def _connect_or_warn(connect: Callable[[], Awaitable[None]]) -> None:
+    """A model server that is down at startup is not fatal (the breaker routes around it); a
+    model whose schema does not match is."""
+    try:
+        await connect()
+    except FailedPrecondition as error:
+        raise ConfigurationError(f"ranking model refused: {error.message}") from error
+    except RecsysError as error:
+        logger.warning("model server unreachable at startup", extra={"error": error.message})
