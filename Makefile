@@ -9,16 +9,16 @@ RUN_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-only lint format typecheck protos check-protos buf-lint \
-	buf-breaking check bench clean
+	buf-breaking check bench lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "python3.11 not found" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet -e clients/python -e '.[cpu,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e clients/python -e '.[cpu,dev]'
 	touch $(STAMP)
 
 install: $(STAMP) ## Create the venv and install the platform, client and dev tools (pinned)
@@ -62,6 +62,11 @@ buf-breaking: install ## buf breaking against HEAD and the published baseline
 
 bench: install ## Benchmarks (results in bench/results/ and docs/benchmarks.md)
 	$(BIN)/python -m bench.run
+
+lock: install ## Re-pin constraints.txt from the installed environment
+	@{ echo "# Every package of the development environment, pinned (make install uses it as pip"; \
+	   echo "# constraints). Regenerate after changing pyproject.toml: make lock"; \
+	   $(BIN)/pip freeze --exclude-editable | grep -v '^-e' | sort -f; } > constraints.txt
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
