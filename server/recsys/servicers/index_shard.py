@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 
+from recsys.adapters.shards.local import describe_host
 from recsys.domain.validation import Violations
 from recsys.grpc_server.app import ServiceBinding
 from recsys.index import factory
@@ -91,19 +92,20 @@ class IndexShardServicer(shard_grpc.IndexShardServiceServicer):
     async def Info(  # noqa: N802
         self, request: shard_pb2.InfoRequest, context: grpc.aio.ServicerContext
     ) -> shard_pb2.InfoResponse:
-        index = self.host.current
+        described = describe_host(self.host)
         response = shard_pb2.InfoResponse(
-            shard_id=self.host.shard_id,
-            num_shards=self.host.num_shards,
-            item_count=index.item_count,
-            dimension=index.spec.dimension,
-            index_type=index.spec.index_type.value,
-            metric=index.spec.metric.value,
-            index_version=index.index_version,
-            embedding_version=index.embedding_version,
-            on_gpu=index.on_gpu,
+            shard_id=described.shard_id,
+            num_shards=described.num_shards,
+            item_count=described.item_count,
+            dimension=described.dimension,
+            index_type=described.index_type,
+            metric=described.metric,
+            index_version=described.index_version,
+            embedding_version=described.embedding_version,
+            on_gpu=described.on_gpu,
         )
-        response.built_at.FromDatetime(index.built_at)
+        if described.built_at is not None:
+            response.built_at.FromDatetime(described.built_at)
         return response
 
     async def LoadSnapshot(  # noqa: N802
