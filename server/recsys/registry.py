@@ -19,6 +19,7 @@ ADAPTERS: dict[str, dict[str, str]] = {
     },
     "feature_store": {
         "in_memory": "recsys.adapters.features.in_memory:InMemoryFeatureStore",
+        "redis": "recsys.adapters.redis.features:RedisFeatureStore",
     },
     "ranker": {
         "onnx": "recsys.adapters.rankers.onnx:OnnxRanker",

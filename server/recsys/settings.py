@@ -198,8 +198,21 @@ class RankSettings(_Section):
 
 
 class FeaturesSettings(_Section):
-    # Adapter short name of the FeatureStore.
+    # Adapter short name of the FeatureStore: "in_memory" (embedded) or "redis".
     store: str = "in_memory"
+    # In-process read-through cache of item features (Redis adapter): entries live this long,
+    # and at most this many are kept (least recently used go first).
+    item_cache_ttl_seconds: float = Field(default=60.0, ge=0)
+    item_cache_max_items: int = Field(default=100_000, ge=0)
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    # Every key is prefixed "<namespace>:" so deployments (and test runs) can share a server.
+    namespace: str = Field(default="recsys", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    socket_timeout_ms: int = Field(default=50, ge=1)
+    connect_timeout_ms: int = Field(default=50, ge=1)
+    max_connections: int = Field(default=64, ge=1)
 
 
 class RecsysSettings(BaseSettings):
@@ -223,6 +236,7 @@ class RecsysSettings(BaseSettings):
     retrieve: RetrieveSettings = RetrieveSettings()
     rank: RankSettings = RankSettings()
     features: FeaturesSettings = FeaturesSettings()
+    redis: RedisSettings = RedisSettings()
 
     @model_validator(mode="after")
     def _shard_targets_match(self) -> RecsysSettings:

@@ -1,23 +1,41 @@
-"""The FeatureStore contract, run against every adapter (in-memory today; Redis joins with the
-Recommend service)."""
+"""The FeatureStore contract, run against every adapter: in-memory and Redis (real server)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
 
 from recsys.adapters.features.in_memory import InMemoryFeatureStore
-from recsys.ports.features import FeatureStore, UserEmbedding
+from recsys.ports.features import FeatureStore, ItemFeatures, UserEmbedding
+from tests.support.services import require_redis
 
 
-@pytest.fixture(params=["in_memory"])
+@pytest.fixture(params=["in_memory", "redis"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[FeatureStore]:
-    adapter: FeatureStore = InMemoryFeatureStore()
-    yield adapter
-    await adapter.close()
+    if request.param == "in_memory":
+        adapter: FeatureStore = InMemoryFeatureStore()
+        yield adapter
+        return
+    import redis.asyncio as aioredis
+
+    from recsys.adapters.redis.features import RedisFeatureStore
+
+    url = require_redis()
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    adapter = RedisFeatureStore(aioredis.Redis.from_url(url), namespace=namespace)
+    try:
+        yield adapter
+    finally:
+        cleaner = aioredis.Redis.from_url(url)
+        keys = [key async for key in cleaner.scan_iter(match=f"{namespace}:*")]
+        if keys:
+            await cleaner.delete(*keys)
+        await cleaner.aclose()
+        await adapter.close()
 
 
 def embedding(seed: int = 0) -> UserEmbedding:
@@ -53,3 +71,27 @@ async def test_delete_is_idempotent(store: FeatureStore) -> None:
     assert await store.delete_user("u1") >= 1
     assert await store.delete_user("u1") == 0
     assert await store.get_user_embedding("u1") is None
+
+
+async def test_item_features_in_order_with_defaults(store: FeatureStore) -> None:
+    vector = np.arange(4, dtype=np.float32)
+    await store.put_item_features(
+        {7: ItemFeatures("Action", 0.9, 0.25, vector), 3: ItemFeatures("Drama", 0.1, 1.0)}
+    )
+    batch = await store.get_item_features([3, 99, 7])
+    assert batch.categories == ["Drama", "", "Action"]
+    assert batch.found.tolist() == [True, False, True]
+    np.testing.assert_allclose(batch.popularity, [0.1, 0.0, 0.9])
+    np.testing.assert_allclose(batch.freshness, [1.0, 0.0, 0.25])
+    assert batch.embeddings is not None
+    np.testing.assert_array_equal(batch.embeddings[2], vector)
+    np.testing.assert_array_equal(batch.embeddings[0], np.zeros(4))
+    empty = await store.get_item_features([])
+    assert empty.categories == []
+
+
+async def test_item_updates_are_visible(store: FeatureStore) -> None:
+    await store.put_item_features({5: ItemFeatures("Action", 0.2, 0.2)})
+    await store.get_item_features([5])
+    await store.put_item_features({5: ItemFeatures("Comedy", 0.8, 0.2)})
+    assert (await store.get_item_features([5])).categories == ["Comedy"]

@@ -1,0 +1,66 @@
+"""Redis specifics: the read-through item cache, binary vectors, and outages as RecsysErrors."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+from recsys.adapters.redis.features import ItemCache, RedisFeatureStore, decode_vector
+from recsys.errors import Unavailable
+from recsys.ports.features import ItemFeatures
+from tests.support.services import require_redis
+
+pytestmark = pytest.mark.integration
+
+
+async def test_item_cache_serves_repeated_reads_until_its_ttl() -> None:
+    url = require_redis()
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    client = aioredis.Redis.from_url(url)
+    store = RedisFeatureStore(client, namespace=namespace, item_cache_ttl_seconds=60)
+    try:
+        await store.put_item_features({1: ItemFeatures("Action", 0.5, 0.5, np.ones(3, np.float32))})
+        assert (await store.get_item_features([1])).categories == ["Action"]
+        raw = await client.hget(f"{namespace}:item_features:1", "embedding")
+        assert raw == np.ones(3, "<f4").tobytes()  # compact binary vector, 12 bytes
+        await client.delete(f"{namespace}:item_features:1")  # behind the cache's back
+        assert (await store.get_item_features([1])).categories == ["Action"]  # from the cache
+        uncached = RedisFeatureStore(client, namespace=namespace, item_cache_ttl_seconds=0)
+        assert (await uncached.get_item_features([1])).categories == [""]
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{namespace}:*")]
+        if keys:
+            await client.delete(*keys)
+        await store.close()
+
+
+def test_item_cache_is_bounded_and_expires() -> None:
+    cache = ItemCache(ttl_seconds=10, max_items=2)
+    for item in (1, 2, 3):
+        cache.put(item, ItemFeatures("x", 0, 0), now=0)
+    assert len(cache) == 2
+    assert cache.get(1, now=1) == (False, None)  # least recently used went first
+    assert cache.get(3, now=1)[0]
+    assert not cache.get(3, now=11)[0]
+    np.testing.assert_array_equal(decode_vector(np.arange(2, dtype="<f4").tobytes()), [0, 1])
+
+
+async def test_redis_down_is_unavailable_and_fails_fast() -> None:
+    import time
+
+    from recsys.adapters.redis.connection import create_client
+    from recsys.settings import RedisSettings
+
+    client = create_client(RedisSettings(url="redis://127.0.0.1:1/0"))
+    store = RedisFeatureStore(client, namespace="down")
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as caught:
+        await store.get_user_embedding("u1")
+    assert caught.value.reason == "REDIS_DOWN"
+    with pytest.raises(Unavailable):
+        await store.get_item_features([1, 2])
+    assert time.monotonic() - started < 1.0  # no multi-second reconnect backoff
+    await store.close()
