@@ -21,6 +21,10 @@ ADAPTERS: dict[str, dict[str, str]] = {
         "in_memory": "recsys.adapters.features.in_memory:InMemoryFeatureStore",
         "redis": "recsys.adapters.redis.features:RedisFeatureStore",
     },
+    "rate_limiter": {
+        "in_memory": "recsys.adapters.rate_limit.in_memory:InMemoryRateLimiter",
+        "redis": "recsys.adapters.rate_limit.redis:RedisRateLimiter",
+    },
     "ranker": {
         "onnx": "recsys.adapters.rankers.onnx:OnnxRanker",
         "triton": "recsys.adapters.rankers.triton:TritonRanker",

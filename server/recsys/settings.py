@@ -206,6 +206,14 @@ class FeaturesSettings(_Section):
     item_cache_max_items: int = Field(default=100_000, ge=0)
 
 
+class RateLimitSettings(_Section):
+    # Adapter short name: "in_memory" (one process) or "redis" (shared across processes).
+    limiter: str = "in_memory"
+    # Seed: 100 requests per minute per user.
+    requests_per_window: int = Field(default=100, ge=1)
+    window_seconds: int = Field(default=60, ge=1)
+
+
 class RedisSettings(_Section):
     url: str = "redis://127.0.0.1:6379/0"
     # Every key is prefixed "<namespace>:" so deployments (and test runs) can share a server.
@@ -237,6 +245,7 @@ class RecsysSettings(BaseSettings):
     rank: RankSettings = RankSettings()
     features: FeaturesSettings = FeaturesSettings()
     redis: RedisSettings = RedisSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
 
     @model_validator(mode="after")
     def _shard_targets_match(self) -> RecsysSettings:
