@@ -41,6 +41,8 @@ runner = CliRunner()
         ["model"],
         ["model", "init-reference"],
         ["model", "check"],
+        ["db"],
+        ["db", "upgrade"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
@@ -123,3 +125,12 @@ def test_data_embeddings_writes_a_loadable_file(tmp_path: Path) -> None:
     loaded = load_embeddings(output)
     assert loaded.vectors.shape == (500, 8)
     assert loaded.embedding_version == "emb-synthetic"
+
+
+def test_db_upgrade_creates_the_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    database = tmp_path / "meta.db"
+    monkeypatch.setenv("RECSYS_DATABASE__URL", f"sqlite+aiosqlite:///{database}")
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert "database at revision 0001" in result.output
+    assert database.is_file()

@@ -11,6 +11,7 @@ import typer
 
 from recsys import registry, services
 from recsys.cli_data import data_app
+from recsys.cli_db import db_app
 from recsys.cli_index import index_app
 from recsys.cli_model import model_app
 from recsys.errors import ConfigurationError
@@ -31,6 +32,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(index_app, name="index")
 app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
+app.add_typer(db_app, name="db")
 
 ConfigOption = Annotated[
     Path | None,

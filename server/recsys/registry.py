@@ -21,6 +21,9 @@ ADAPTERS: dict[str, dict[str, str]] = {
         "in_memory": "recsys.adapters.features.in_memory:InMemoryFeatureStore",
         "redis": "recsys.adapters.redis.features:RedisFeatureStore",
     },
+    "metadata": {
+        "sql": "recsys.adapters.sql.metadata:SqlMetadataRepository",
+    },
     "rate_limiter": {
         "in_memory": "recsys.adapters.rate_limit.in_memory:InMemoryRateLimiter",
         "redis": "recsys.adapters.rate_limit.redis:RedisRateLimiter",

@@ -206,6 +206,22 @@ class FeaturesSettings(_Section):
     item_cache_max_items: int = Field(default=100_000, ge=0)
 
 
+class DatabaseSettings(_Section):
+    """SQL metadata: PostgreSQL (psycopg 3) in distributed mode, SQLite embedded."""
+
+    url: str = "sqlite+aiosqlite:///var/recsys.db"
+    # PostgreSQL schema holding the tables (tests use one per run); empty: the default.
+    schema_name: str = Field(default="", pattern=r"^[a-z_][a-z0-9_]{0,62}$|^$")
+    # Seed pool settings (HikariCP): 20 connections, 30 s to get one, pre-ping, 30 min life.
+    pool_size: int = Field(default=20, ge=1)
+    max_overflow: int = Field(default=0, ge=0)
+    pool_timeout_seconds: float = Field(default=30.0, gt=0)
+    pool_recycle_seconds: int = Field(default=1800, ge=1)
+    pool_pre_ping: bool = True
+    # Per statement (PostgreSQL), so a stuck query cannot hold a pooled connection forever.
+    statement_timeout_ms: int = Field(default=3000, ge=1)
+
+
 class RateLimitSettings(_Section):
     # Adapter short name: "in_memory" (one process) or "redis" (shared across processes).
     limiter: str = "in_memory"
@@ -246,6 +262,7 @@ class RecsysSettings(BaseSettings):
     features: FeaturesSettings = FeaturesSettings()
     redis: RedisSettings = RedisSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
+    database: DatabaseSettings = DatabaseSettings()
 
     @model_validator(mode="after")
     def _shard_targets_match(self) -> RecsysSettings:

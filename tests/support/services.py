@@ -31,3 +31,13 @@ def require(name: str, host: str, port: int) -> None:
 def require_redis() -> str:
     require("Redis", "127.0.0.1", 6379)
     return REDIS_URL
+
+
+POSTGRES_URL = os.environ.get(
+    "RECSYS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def require_postgres() -> str:
+    require("PostgreSQL", "127.0.0.1", 5432)
+    return POSTGRES_URL

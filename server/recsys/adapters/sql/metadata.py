@@ -1,0 +1,278 @@
+"""MetadataRepository on SQL: PostgreSQL in distributed mode, SQLite embedded."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import delete, desc, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from recsys.domain.interactions import Interaction
+from recsys.errors import DeadlineExceeded, Unavailable
+from recsys.metadata.database import create_engine
+from recsys.metadata.tables import audit_log, interactions, items, users
+from recsys.ports.metadata import ErasureResult, ItemMetadata, MetadataRepository, UserProfile
+from recsys.settings import RecsysSettings
+
+
+def hashed_subject(user_id: str) -> str:
+    """Audit records name an erased user by a hash, not by the id itself."""
+    return "sha256:" + hashlib.sha256(user_id.encode()).hexdigest()[:32]
+
+
+class SqlMetadataRepository(MetadataRepository):
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    @classmethod
+    def from_settings(cls, settings: RecsysSettings) -> SqlMetadataRepository:
+        return cls(create_engine(settings.database))
+
+    async def _run(self, work: Any, *, write: bool = False) -> Any:
+        try:
+            if write:
+                async with self.engine.begin() as connection:
+                    return await work(connection)
+            async with self.engine.connect() as connection:
+                return await work(connection)
+        except PoolTimeout as error:
+            raise DeadlineExceeded("no database connection became free in time") from error
+        except (OperationalError, OSError) as error:
+            raise Unavailable(f"database unavailable: {error}", reason="DATABASE_DOWN") from error
+        except DBAPIError as error:
+            if error.connection_invalidated:
+                raise Unavailable("database connection lost", reason="DATABASE_DOWN") from error
+            raise
+
+    async def get_user(self, user_id: str) -> UserProfile | None:
+        async def work(connection: Any) -> UserProfile | None:
+            row = (
+                await connection.execute(select(users).where(users.c.user_id == user_id))
+            ).first()
+            if row is None:
+                return None
+            return UserProfile(
+                user_id=row.user_id,
+                age=row.age,
+                country=row.country,
+                blocked_categories=tuple(row.blocked_categories or ()),
+                onboarding_categories=tuple(row.onboarding_categories or ()),
+                liked_item_ids=tuple(int(item) for item in row.liked_item_ids or ()),
+                deleted=row.deleted_at is not None,
+            )
+
+        result: UserProfile | None = await self._run(work)
+        return result
+
+    async def upsert_users(self, profiles: Sequence[UserProfile]) -> None:
+        if not profiles:
+            return
+        rows = [
+            {
+                "user_id": profile.user_id,
+                "age": profile.age,
+                "country": profile.country,
+                "blocked_categories": list(profile.blocked_categories),
+                "onboarding_categories": list(profile.onboarding_categories),
+                "liked_item_ids": list(profile.liked_item_ids),
+                "deleted_at": None,
+            }
+            for profile in profiles
+        ]
+        statement = self._insert(users).values(rows)
+        statement = statement.on_conflict_do_update(
+            index_elements=[users.c.user_id],
+            set_={
+                name: statement.excluded[name]
+                for name in (
+                    "age",
+                    "country",
+                    "blocked_categories",
+                    "onboarding_categories",
+                    "liked_item_ids",
+                    "deleted_at",
+                )
+            },
+        )
+
+        async def work(connection: Any) -> None:
+            await connection.execute(statement)
+
+        await self._run(work, write=True)
+
+    async def get_items(self, item_ids: Sequence[int]) -> dict[int, ItemMetadata]:
+        if not item_ids:
+            return {}
+
+        async def work(connection: Any) -> dict[int, ItemMetadata]:
+            found: dict[int, ItemMetadata] = {}
+            unique = sorted(set(int(item) for item in item_ids))
+            for start in range(0, len(unique), 5000):
+                chunk = unique[start : start + 5000]
+                rows = await connection.execute(select(items).where(items.c.item_id.in_(chunk)))
+                for row in rows:
+                    found[row.item_id] = _item(row)
+            return found
+
+        result: dict[int, ItemMetadata] = await self._run(work)
+        return result
+
+    async def upsert_items(self, metadata: Sequence[ItemMetadata]) -> None:
+        if not metadata:
+            return
+        rows = [
+            {
+                "item_id": item.item_id,
+                "category": item.category,
+                "adult": item.adult,
+                "available_regions": list(item.available_regions),
+                "popularity": item.popularity,
+                **({"created_at": item.created_at} if item.created_at else {}),
+            }
+            for item in metadata
+        ]
+
+        async def work(connection: Any) -> None:
+            for start in range(0, len(rows), 2000):
+                statement = self._insert(items).values(rows[start : start + 2000])
+                statement = statement.on_conflict_do_update(
+                    index_elements=[items.c.item_id],
+                    set_={
+                        name: statement.excluded[name]
+                        for name in ("category", "adult", "available_regions", "popularity")
+                    },
+                )
+                await connection.execute(statement)
+
+        await self._run(work, write=True)
+
+    async def popular_items(self, *, category: str | None, limit: int) -> list[int]:
+        query = select(items.c.item_id).order_by(desc(items.c.popularity), items.c.item_id)
+        if category is not None:
+            query = query.where(items.c.category == category)
+
+        async def work(connection: Any) -> list[int]:
+            return [row.item_id for row in await connection.execute(query.limit(limit))]
+
+        result: list[int] = await self._run(work)
+        return result
+
+    async def record_interactions(self, events: Sequence[Interaction]) -> int:
+        if not events:
+            return 0
+        rows = [
+            {
+                "event_id": event.event_id,
+                "user_id": event.user_id,
+                "item_id": event.item_id,
+                "kind": event.kind.value if event.kind else "unknown",
+                "value": event.value,
+                "event_time": event.event_time or dt.datetime.now(dt.UTC),
+                "surface": event.surface,
+            }
+            for event in events
+        ]
+        # RETURNING lists only the rows actually inserted (rowcount is -1 for batched inserts).
+        statement = (
+            self._insert(interactions)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=[interactions.c.event_id])
+            .returning(interactions.c.event_id)
+        )
+
+        async def work(connection: Any) -> int:
+            return len((await connection.execute(statement)).fetchall())
+
+        result: int = await self._run(work, write=True)
+        return result
+
+    async def consumed_item_ids(self, user_id: str, *, limit: int = 10_000) -> set[int]:
+        query = (
+            select(interactions.c.item_id)
+            .where(interactions.c.user_id == user_id)
+            .order_by(desc(interactions.c.event_time))
+            .limit(limit)
+        )
+
+        async def work(connection: Any) -> set[int]:
+            return {row.item_id for row in await connection.execute(query)}
+
+        result: set[int] = await self._run(work)
+        return result
+
+    async def erase_user(self, user_id: str) -> ErasureResult:
+        async def work(connection: Any) -> ErasureResult:
+            removed = await connection.execute(
+                delete(interactions).where(interactions.c.user_id == user_id)
+            )
+            erased = await connection.execute(
+                update(users)
+                .where(users.c.user_id == user_id, users.c.deleted_at.is_(None))
+                .values(
+                    age=None,
+                    country=None,
+                    blocked_categories=[],
+                    onboarding_categories=[],
+                    liked_item_ids=[],
+                    deleted_at=dt.datetime.now(dt.UTC),
+                )
+            )
+            return ErasureResult(
+                deleted_interactions=int(removed.rowcount or 0),
+                profile_erased=bool(erased.rowcount),
+            )
+
+        result: ErasureResult = await self._run(work, write=True)
+        return result
+
+    async def write_audit(self, action: str, subject: str, details: Mapping[str, object]) -> None:
+        async def work(connection: Any) -> None:
+            await connection.execute(
+                audit_log.insert().values(action=action, subject=subject, details=dict(details))
+            )
+
+        await self._run(work, write=True)
+
+    async def count_rows_for_user(self, user_id: str) -> dict[str, int]:
+        async def work(connection: Any) -> dict[str, int]:
+            counted = {}
+            counted["interactions"] = (
+                await connection.execute(
+                    select(func.count()).where(interactions.c.user_id == user_id)
+                )
+            ).scalar_one()
+            counted["profile_data"] = (
+                await connection.execute(
+                    select(func.count()).where(
+                        users.c.user_id == user_id, users.c.deleted_at.is_(None)
+                    )
+                )
+            ).scalar_one()
+            counted["audit_with_plain_id"] = (
+                await connection.execute(select(func.count()).where(audit_log.c.subject == user_id))
+            ).scalar_one()
+            return counted
+
+        result: dict[str, int] = await self._run(work)
+        return result
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _item(row: Any) -> ItemMetadata:
+    return ItemMetadata(
+        item_id=row.item_id,
+        category=row.category,
+        adult=bool(row.adult),
+        available_regions=tuple(row.available_regions or ()),
+        popularity=float(row.popularity),
+        created_at=row.created_at,
+    )

@@ -1,0 +1,1 @@
+"""SQL metadata: users, items, interactions and the audit log (SQLAlchemy 2, Alembic)."""

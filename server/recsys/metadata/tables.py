@@ -1,0 +1,70 @@
+"""Table definitions (SQLAlchemy Core). Schema changes go through an Alembic revision."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    func,
+)
+
+metadata = MetaData()
+
+users = Table(
+    "users",
+    metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("age", Integer, nullable=True),
+    Column("country", String(2), nullable=True),
+    Column("blocked_categories", JSON, nullable=False, default=list),
+    Column("onboarding_categories", JSON, nullable=False, default=list),
+    Column("liked_item_ids", JSON, nullable=False, default=list),
+    # Set by erasure: the profile is kept only as this marker.
+    Column("deleted_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+items = Table(
+    "items",
+    metadata,
+    Column("item_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("category", String(64), nullable=False),
+    Column("adult", Boolean, nullable=False, default=False),
+    # ISO country codes; empty: available everywhere.
+    Column("available_regions", JSON, nullable=False, default=list),
+    Column("popularity", Float, nullable=False, default=0.0),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_items_category_popularity", "category", "popularity"),
+)
+
+interactions = Table(
+    "interactions",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("event_id", String(128), nullable=False, unique=True),
+    Column("user_id", String(128), nullable=False, index=True),
+    Column("item_id", BigInteger, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("value", Float, nullable=False, default=0.0),
+    Column("event_time", DateTime(timezone=True), nullable=False),
+    Column("surface", String(32), nullable=False, default=""),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("action", String(64), nullable=False),
+    Column("subject", String(128), nullable=False, index=True),
+    Column("details", JSON, nullable=False, default=dict),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

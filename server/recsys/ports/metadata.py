@@ -1,0 +1,83 @@
+"""MetadataRepository: user profiles, item metadata, interactions and the audit log (SQL)."""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from recsys.domain.interactions import Interaction
+
+
+@dataclass(frozen=True, slots=True)
+class UserProfile:
+    user_id: str
+    age: int | None = None
+    country: str | None = None
+    blocked_categories: tuple[str, ...] = ()
+    onboarding_categories: tuple[str, ...] = ()
+    liked_item_ids: tuple[int, ...] = ()
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ItemMetadata:
+    item_id: int
+    category: str
+    adult: bool = False
+    # ISO country codes; empty means available everywhere.
+    available_regions: tuple[str, ...] = ()
+    popularity: float = 0.0
+    created_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureResult:
+    deleted_interactions: int
+    profile_erased: bool
+    details: Mapping[str, int] = field(default_factory=dict)
+
+
+class MetadataRepository(abc.ABC):
+    """Failures raise RecsysError (Unavailable when the database cannot be reached)."""
+
+    @abc.abstractmethod
+    async def get_user(self, user_id: str) -> UserProfile | None: ...
+
+    @abc.abstractmethod
+    async def upsert_users(self, profiles: Sequence[UserProfile]) -> None: ...
+
+    @abc.abstractmethod
+    async def get_items(self, item_ids: Sequence[int]) -> dict[int, ItemMetadata]: ...
+
+    @abc.abstractmethod
+    async def upsert_items(self, items: Sequence[ItemMetadata]) -> None: ...
+
+    @abc.abstractmethod
+    async def popular_items(self, *, category: str | None, limit: int) -> list[int]:
+        """Item ids by descending popularity, optionally of one category."""
+
+    @abc.abstractmethod
+    async def record_interactions(self, interactions: Sequence[Interaction]) -> int:
+        """Stores interactions; a repeated event_id is ignored. Returns how many were new."""
+
+    @abc.abstractmethod
+    async def consumed_item_ids(self, user_id: str, *, limit: int = 10_000) -> set[int]:
+        """Items the user has interacted with (for excluding them from recommendations)."""
+
+    @abc.abstractmethod
+    async def erase_user(self, user_id: str) -> ErasureResult:
+        """Deletes the user's interactions and replaces the profile by a deleted marker."""
+
+    @abc.abstractmethod
+    async def write_audit(
+        self, action: str, subject: str, details: Mapping[str, object]
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def count_rows_for_user(self, user_id: str) -> dict[str, int]:
+        """Rows that still hold the user's data, per table (erasure verification)."""
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,130 @@
+"""The MetadataRepository contract on SQLite (embedded) and PostgreSQL (real server, one schema
+per test), after running the Alembic migrations; the migrations match the table definitions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from recsys.adapters.sql.metadata import SqlMetadataRepository, hashed_subject
+from recsys.domain.interactions import Interaction, InteractionKind
+from recsys.metadata.database import create_engine, create_migration_engine
+from recsys.metadata.migrate import current_revision, upgrade
+from recsys.metadata.tables import metadata
+from recsys.ports.metadata import ItemMetadata, MetadataRepository, UserProfile
+from recsys.settings import DatabaseSettings
+from tests.support.services import require_postgres
+
+
+def database_for(kind: str, tmp_path: Path) -> DatabaseSettings:
+    if kind == "sqlite":
+        return DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}")
+    return DatabaseSettings(
+        url=require_postgres(), schema_name=f"test_{uuid.uuid4().hex[:12]}", pool_size=5
+    )
+
+
+def drop_schema(settings: DatabaseSettings) -> None:
+    if settings.schema_name:
+        engine = create_migration_engine(settings.model_copy(update={"schema_name": ""}))
+        with engine.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA IF EXISTS "{settings.schema_name}" CASCADE'))
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def repository(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[MetadataRepository]:
+    settings = database_for(request.param, tmp_path)
+    try:
+        upgrade(settings)
+        upgrade(settings)  # idempotent
+        assert current_revision(settings) == "0001"
+        adapter = SqlMetadataRepository(create_engine(settings))
+        yield adapter
+        await adapter.close()
+    finally:
+        drop_schema(settings)
+
+
+def event(index: int, user: str = "u1", item: int = 10) -> Interaction:
+    return Interaction(
+        f"e{index}", user, item + index, InteractionKind.CLICK, 1.0,
+        dt.datetime(2026, 11, 29, 10, index, tzinfo=dt.UTC), "homepage",
+    )  # fmt: skip
+
+
+async def test_users_round_trip_and_upsert(repository: MetadataRepository) -> None:
+    assert await repository.get_user("u1") is None
+    profile = UserProfile("u1", 16, "DE", ("Horror",), ("Action", "Comedy"), (5, 7))
+    await repository.upsert_users([profile])
+    assert await repository.get_user("u1") == profile
+    await repository.upsert_users([UserProfile("u1", 17, "FR")])
+    got = await repository.get_user("u1")
+    assert got is not None
+    assert (got.age, got.country, got.blocked_categories) == (17, "FR", ())
+
+
+async def test_items_and_popularity(repository: MetadataRepository) -> None:
+    await repository.upsert_items(
+        [
+            ItemMetadata(1, "Action", popularity=0.2),
+            ItemMetadata(2, "Action", adult=True, popularity=0.9, available_regions=("US",)),
+            ItemMetadata(3, "Drama", popularity=0.5),
+        ]
+    )
+    found = await repository.get_items([2, 3, 99])
+    assert set(found) == {2, 3}
+    assert found[2].adult
+    assert found[2].available_regions == ("US",)
+    assert await repository.popular_items(category=None, limit=2) == [2, 3]
+    assert await repository.popular_items(category="Action", limit=5) == [2, 1]
+    await repository.upsert_items([ItemMetadata(1, "Action", popularity=0.95)])
+    assert await repository.popular_items(category="Action", limit=1) == [1]
+
+
+async def test_interactions_are_idempotent_on_event_id(repository: MetadataRepository) -> None:
+    assert await repository.record_interactions([event(1), event(2)]) == 2
+    assert await repository.record_interactions([event(2), event(3)]) == 1
+    assert await repository.consumed_item_ids("u1") == {11, 12, 13}
+    assert await repository.consumed_item_ids("u2") == set()
+
+
+async def test_erasure_leaves_only_a_deleted_marker(repository: MetadataRepository) -> None:
+    await repository.upsert_users([UserProfile("u1", 30, "US", ("Horror",), ("Action",), (1,))])
+    await repository.upsert_users([UserProfile("u2", 40, "US")])
+    await repository.record_interactions([event(1), event(2), event(3, user="u2")])
+    result = await repository.erase_user("u1")
+    assert (result.deleted_interactions, result.profile_erased) == (2, True)
+    await repository.write_audit("erase_user", hashed_subject("u1"), {"interactions": 2})
+    assert await repository.count_rows_for_user("u1") == {
+        "interactions": 0,
+        "profile_data": 0,
+        "audit_with_plain_id": 0,
+    }
+    marker = await repository.get_user("u1")
+    assert marker is not None
+    assert marker.deleted
+    assert (marker.age, marker.country, marker.liked_item_ids) == (None, None, ())
+    again = await repository.erase_user("u1")
+    assert (again.deleted_interactions, again.profile_erased) == (0, False)
+    assert await repository.consumed_item_ids("u2") == {13}  # others untouched
+
+
+def test_migrations_match_the_table_definitions(tmp_path: Path) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    settings = database_for("sqlite", tmp_path)
+    upgrade(settings)
+    engine = create_migration_engine(settings)
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), metadata)
+    engine.dispose()
+    assert differences == []
