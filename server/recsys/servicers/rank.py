@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -15,12 +12,12 @@ import numpy as np
 
 from recsys.adapters.rankers.onnx import OnnxRanker
 from recsys.domain.circuit_breaker import CircuitBreaker
-from recsys.domain.ranking import Backend, RankingChain, RankingInputs, assemble_features
+from recsys.domain.ranking import Backend, RankingChain
+from recsys.domain.scoring import CandidateScorer
 from recsys.domain.validation import Violations
 from recsys.errors import ConfigurationError, FailedPrecondition, RecsysError
 from recsys.grpc_server.app import ServiceBinding
 from recsys.observability.metrics import BreakerMetrics, RankingMetrics
-from recsys.ports.features import FeatureStore, ItemFeatureBatch, UserEmbedding, batch_from
 from recsys.ports.ranker import Ranker
 from recsys.registry import create_adapter
 from recsys.servicers.convert import request_context_from_proto
@@ -45,17 +42,9 @@ BACKENDS = {
 
 
 class RankServicer(rank_grpc.RankServiceServicer):
-    def __init__(
-        self,
-        chain: RankingChain,
-        features: FeatureStore,
-        settings: RankSettings,
-        metrics: RankingMetrics | None = None,
-    ) -> None:
-        self.chain = chain
-        self.features = features
+    def __init__(self, scorer: CandidateScorer, settings: RankSettings) -> None:
+        self.scorer = scorer
         self.settings = settings
-        self.metrics = metrics
 
     async def Rank(  # noqa: N802
         self, request: rank_pb2.RankRequest, context: grpc.aio.ServicerContext
@@ -74,62 +63,16 @@ class RankServicer(rank_grpc.RankServiceServicer):
             if not np.isfinite(scores).all():
                 violations.add("candidates", "candidate scores must be finite")
         violations.raise_if_any()
-        query_context = request_context_from_proto(request.context)
-        user, items = await self._read_features(request.user_id, item_ids.tolist())
-        features = assemble_features(
-            RankingInputs(
-                candidate_scores=scores,
-                popularity=items.popularity,
-                freshness=items.freshness,
-                category_affinity=np.zeros(count, np.float32),
-                item_vectors=items.embeddings,
-                user_vector=(
-                    user.vector
-                    if user is not None
-                    and items.embeddings is not None
-                    and user.vector.shape[0] == items.embeddings.shape[1]
-                    else None
-                ),
-                request_time=query_context.request_time or dt.datetime.now(dt.UTC),
-                device_type=query_context.device_type,
-            )
+        scored = await self.scorer.score(
+            request.user_id, item_ids, scores, request_context_from_proto(request.context)
         )
-        started = time.perf_counter()
-        outcome = await self.chain.rank(features)
-        if self.metrics is not None:
-            self.metrics.ranked.labels(outcome.backend.value).inc()
-            self.metrics.model_seconds.labels(outcome.backend.value).observe(
-                time.perf_counter() - started
-            )
-        order = np.argsort(-outcome.scores, kind="stable")
         response = rank_pb2.RankResponse(
-            model_version=outcome.model_version, backend=BACKENDS[outcome.backend]
+            model_version=scored.model_version, backend=BACKENDS[scored.backend]
         )
-        ranked_ids, ranked_scores = item_ids[order].tolist(), outcome.scores[order].tolist()
         add = response.items.add  # twice as fast as building ScoredItem objects to extend with
-        for item_id, score in zip(ranked_ids, ranked_scores, strict=True):
+        for item_id, score in zip(scored.item_ids.tolist(), scored.scores.tolist(), strict=True):
             add(item_id=item_id, score=score)
         return response
-
-    async def _read_features(
-        self, user_id: str, item_ids: list[int]
-    ) -> tuple[UserEmbedding | None, ItemFeatureBatch]:
-        """User embedding and item features, both within the feature timeout; defaults when
-        the store is slow or down (seed "Feature Store Timeout Handling")."""
-        timeout = self.settings.feature_timeout_ms / 1000
-        user: UserEmbedding | None = None
-        try:
-            async with asyncio.timeout(timeout):
-                user, items = await asyncio.gather(
-                    self.features.get_user_embedding(user_id),
-                    self.features.get_item_features(item_ids),
-                )
-            return user, items
-        except (TimeoutError, RecsysError) as error:
-            logger.warning(
-                "features unavailable; ranking with defaults", extra={"error": str(error)}
-            )
-        return None, batch_from([None] * len(item_ids))
 
 
 def _breaker(context: ServiceContext, settings: RankSettings) -> CircuitBreaker:
@@ -170,7 +113,14 @@ async def build(context: ServiceContext) -> list[ServiceBinding]:
         metrics=metrics,
     )
     context.shared["ranking_chain"] = chain
-    servicer = RankServicer(chain, feature_store(context), rank, metrics)
+    scorer = CandidateScorer(
+        chain,
+        feature_store(context),
+        feature_timeout_seconds=rank.feature_timeout_ms / 1000,
+        metrics=metrics,
+    )
+    context.shared["candidate_scorer"] = scorer
+    servicer = RankServicer(scorer, rank)
     return [
         ServiceBinding(
             SERVICE_NAME,

@@ -1,0 +1,104 @@
+"""Scoring candidates for a user: features from the store (with a timeout and defaults),
+the feature matrix, and the ranking chain. Used by RankService and, in-process, by Recommend."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from recsys.domain.ranking import Backend, RankingChain, RankingInputs, assemble_features
+from recsys.domain.requests import RequestContext
+from recsys.errors import RecsysError
+from recsys.observability.metrics import RankingMetrics
+from recsys.ports.features import FeatureStore, ItemFeatureBatch, UserEmbedding, batch_from
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoredCandidates:
+    """Candidates sorted by descending score."""
+
+    item_ids: npt.NDArray[np.int64]
+    scores: npt.NDArray[np.float32]
+    backend: Backend
+    model_version: str
+
+
+class CandidateScorer:
+    def __init__(
+        self,
+        chain: RankingChain,
+        features: FeatureStore,
+        *,
+        feature_timeout_seconds: float = 0.01,
+        metrics: RankingMetrics | None = None,
+    ) -> None:
+        self.chain = chain
+        self.features = features
+        self.feature_timeout_seconds = feature_timeout_seconds
+        self.metrics = metrics
+
+    async def score(
+        self,
+        user_id: str,
+        item_ids: npt.NDArray[np.int64],
+        candidate_scores: npt.NDArray[np.float32],
+        context: RequestContext,
+    ) -> ScoredCandidates:
+        count = len(item_ids)
+        user, items = await self._read_features(user_id, item_ids.tolist())
+        user_vector = None
+        if (
+            user is not None
+            and items.embeddings is not None
+            and user.vector.shape[0] == items.embeddings.shape[1]
+        ):
+            user_vector = user.vector
+        features = assemble_features(
+            RankingInputs(
+                candidate_scores=candidate_scores.astype(np.float32),
+                popularity=items.popularity,
+                freshness=items.freshness,
+                category_affinity=np.zeros(count, np.float32),
+                item_vectors=items.embeddings,
+                user_vector=user_vector,
+                request_time=context.request_time or dt.datetime.now(dt.UTC),
+                device_type=context.device_type,
+            )
+        )
+        started = time.perf_counter()
+        outcome = await self.chain.rank(features)
+        if self.metrics is not None:
+            self.metrics.ranked.labels(outcome.backend.value).inc()
+            self.metrics.model_seconds.labels(outcome.backend.value).observe(
+                time.perf_counter() - started
+            )
+        order = np.argsort(-outcome.scores, kind="stable")
+        return ScoredCandidates(
+            item_ids[order], outcome.scores[order], outcome.backend, outcome.model_version
+        )
+
+    async def _read_features(
+        self, user_id: str, item_ids: list[int]
+    ) -> tuple[UserEmbedding | None, ItemFeatureBatch]:
+        """User embedding and item features together within the feature timeout; defaults when
+        the store is slow or down (seed "Feature Store Timeout Handling")."""
+        try:
+            async with asyncio.timeout(self.feature_timeout_seconds):
+                user, items = await asyncio.gather(
+                    self.features.get_user_embedding(user_id),
+                    self.features.get_item_features(item_ids),
+                )
+            return user, items
+        except (TimeoutError, RecsysError) as error:
+            logger.warning(
+                "features unavailable; ranking with defaults", extra={"error": str(error)}
+            )
+        return None, batch_from([None] * len(item_ids))
