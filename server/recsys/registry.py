@@ -21,6 +21,10 @@ ADAPTERS: dict[str, dict[str, str]] = {
         "in_memory": "recsys.adapters.features.in_memory:InMemoryFeatureStore",
         "redis": "recsys.adapters.redis.features:RedisFeatureStore",
     },
+    "recommendation_cache": {
+        "in_memory": "recsys.adapters.cache.in_memory:InMemoryRecommendationCache",
+        "redis": "recsys.adapters.cache.redis:RedisRecommendationCache",
+    },
     "metadata": {
         "sql": "recsys.adapters.sql.metadata:SqlMetadataRepository",
     },

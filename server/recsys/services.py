@@ -64,7 +64,7 @@ SERVICES: dict[str, str] = {
 
 # The embedded mode hosts these in one process, wired in-process (Retrieve over in-process
 # shards, no network hop).
-EMBEDDED = ("recommend", "ingest", "retrieve", "rank")
+EMBEDDED = ("retrieve", "rank", "ingest", "recommend")
 
 
 def service_names() -> list[str]:

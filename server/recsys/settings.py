@@ -89,6 +89,31 @@ class RecommendSettings(_Section):
     # Empty: any well-formed category is accepted (the catalogue decides what matches).
     categories: tuple[str, ...] = ()
     max_excluded_items: int = Field(default=1_000, ge=0, le=100_000)
+    # Adapter short names: "in_memory" (embedded) or "redis" / "sql".
+    cache: str = "in_memory"
+    metadata: str = "sql"
+    # Seed: response cache 5 minutes, pre-computed results 1 hour.
+    cache_ttl_seconds: int = Field(default=300, ge=1)
+    precomputed_ttl_seconds: int = Field(default=3600, ge=1)
+    cache_max_entries: int = Field(default=100_000, ge=1)
+    # Seed Journey 1: 1000 candidates from retrieval; ~250 for cold start.
+    candidates: int = Field(default=1000, ge=1, le=2000)
+    cold_start_candidates_per_source: int = Field(default=50, ge=1)
+    cold_start_similar_per_liked_item: int = Field(default=25, ge=1)
+    # Seed: at most 3 items per category in the top 20.
+    diversity_max_per_category: int = Field(default=3, ge=1)
+    diversity_window: int = Field(default=20, ge=1)
+    # Budget of the user-feature read (seed: 10 ms), then default features.
+    feature_timeout_ms: int = Field(default=10, ge=1)
+    # Budget of each cache read; past it the request continues without the cache.
+    cache_timeout_ms: int = Field(default=10, ge=1)
+    rate_limit_enabled: bool = True
+    # Distributed mode: where RetrieveService and RankService listen. Empty: in this process
+    # (the embedded mode hosts them beside Recommend).
+    retrieve_target: str = ""
+    rank_target: str = ""
+    retrieve_timeout_ms: int = Field(default=50, ge=1)
+    rank_timeout_ms: int = Field(default=100, ge=1)
 
     @field_validator("surfaces")
     @classmethod

@@ -1,24 +1,216 @@
-"""RecommendService request validation over gRPC (the pipeline lands with a later issue)."""
+"""RecommendService end to end in the embedded mode (retrieve, rank and recommend in one
+process, SQLite metadata): the seed's journeys, caches, filters, degradations and erasure."""
 
 from __future__ import annotations
 
+import datetime as dt
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from recsys import services
+from recsys.adapters.snapshots.local import LocalSnapshotStore
+from recsys.domain.interactions import Interaction, InteractionKind
+from recsys.domain.policies import diversity_cap
 from recsys.grpc_server.app import GrpcApplication
+from recsys.index.builder import build_shard_snapshots
+from recsys.index.embeddings_file import ItemEmbeddings
+from recsys.index.snapshots import SnapshotManager
+from recsys.index.spec import IndexSpec, IndexType
+from recsys.ports.cache import CachedItem, CachedRecommendations
+from recsys.ports.features import ItemFeatures, UserEmbedding
+from recsys.ports.metadata import ItemMetadata, UserProfile
 from recsys.v1 import common_pb2
 from recsys_client import AsyncRecsysClient, ClientOptions, RecsysClientError
 from tests.conftest import make_settings
 
+ROOT = Path(__file__).resolve().parents[2]
+DIMENSION = 8
+ITEMS = 300
+CATEGORIES = ["Action", "Comedy", "Drama", "Horror", "Kids"]
+
+
+def catalogue() -> tuple[np.ndarray, list[ItemMetadata]]:
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(ITEMS, DIMENSION)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    items = [
+        ItemMetadata(
+            item_id=item,
+            category=CATEGORIES[item % len(CATEGORIES)],
+            adult=item % 7 == 0,
+            available_regions=("DE",) if item % 11 == 0 else (),
+            popularity=float(rng.random()),
+        )
+        for item in range(ITEMS)
+    ]
+    return vectors, items
+
 
 @pytest.fixture
-async def client() -> AsyncRecsysClient:
-    settings = make_settings(recommend={"categories": ["Action", "Comedy"]})
-    app: GrpcApplication = await services.build_application(settings, ["recommend"])
+async def world(tmp_path: Path) -> AsyncIterator[GrpcApplication]:
+    vectors, items = catalogue()
+    snapshots = tmp_path / "snapshots"
+    build_shard_snapshots(
+        ItemEmbeddings(np.arange(ITEMS, dtype=np.int64), vectors, "e1"),
+        IndexSpec(dimension=DIMENSION, index_type=IndexType.FLAT),
+        num_shards=2, index_version="v1", snapshots=SnapshotManager(LocalSnapshotStore(snapshots)),
+    )  # fmt: skip
+    settings = make_settings(
+        index={"num_shards": 2, "snapshot_dir": str(snapshots), "spec": {"dimension": DIMENSION},
+               "snapshot_poll_seconds": 0},
+        rank={"model_repository": str(ROOT / "triton_models"), "reload_poll_seconds": 0},
+        database={"url": f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}"},
+        rate_limit={"requests_per_window": 20},
+        recommend={"categories": CATEGORIES, "feature_timeout_ms": 200, "cache_timeout_ms": 200},
+        logging={"access_log": False},
+    )  # fmt: skip
+    app = await services.build_application(settings, ["embedded"])
     await app.start()
-    async with AsyncRecsysClient(ClientOptions(target=app.address, timeout_seconds=5)) as client:
-        yield client
+    features = app.components["feature_store"]
+    metadata = app.components["metadata"]
+    now = dt.datetime.now(dt.UTC)
+    await features.put_item_features(
+        {
+            item.item_id: ItemFeatures(item.category, item.popularity, 0.5, vectors[item.item_id])
+            for item in items
+        }
+    )
+    await metadata.upsert_items(items)
+    await metadata.upsert_users(
+        [
+            UserProfile("alice", 30, "US", blocked_categories=("Horror",)),
+            UserProfile("kid", 12, "US"),
+            UserProfile("bob", 25, "US", onboarding_categories=("Comedy",), liked_item_ids=(3,)),
+            UserProfile("stale", 40, "US"),
+        ]
+    )
+    await features.put_user_embedding("alice", UserEmbedding(vectors[1], "e1", now))
+    await features.put_user_embedding("kid", UserEmbedding(vectors[2], "e1", now))
+    await features.put_user_embedding("stale", UserEmbedding(vectors[1], "e0", now))
+    await metadata.record_interactions(
+        [Interaction(f"a{i}", "alice", i, InteractionKind.CLICK, 1.0, now) for i in (10, 11, 12)]
+    )
+    yield app
     await app.shutdown()
+
+
+def client_for(app: GrpcApplication) -> AsyncRecsysClient:
+    return AsyncRecsysClient(ClientOptions(target=app.address, timeout_seconds=10, retry=None))
+
+
+async def test_journey_1_personalised_filtered_diverse_then_cached(world: GrpcApplication) -> None:
+    _, items = catalogue()
+    async with client_for(world) as client:
+        first = await client.recommend("alice", surface="homepage", limit=30)
+        second = await client.recommend("alice", surface="homepage", limit=30)
+    assert len(first.items) == 30
+    assert not first.cold_start
+    assert (first.model_version, first.index_version) == ("ranker:1", "v1")
+    assert first.ranking_backend == common_pb2.RANKING_BACKEND_MODEL
+    assert not first.degradation.served_from_cache
+    ids = [item.item_id for item in first.items]
+    assert not {10, 11, 12} & set(ids)  # consumed items are excluded
+    for item in first.items:
+        meta = items[item.item_id]
+        assert meta.category != "Horror"  # blocked
+        assert not meta.available_regions or "US" in meta.available_regions
+        assert item.category == meta.category
+        assert item.reason_text
+    top20 = Counter(item.category for item in first.items[:20])
+    # Horror is blocked: 4 categories cannot fill 20 slots 3 at a time, so the cap is 5.
+    assert max(top20.values()) <= 5
+    assert first.request_id
+    assert second.degradation.served_from_cache
+    assert [i.item_id for i in second.items] == ids
+
+
+async def test_minors_never_see_adult_items(world: GrpcApplication) -> None:
+    _, items = catalogue()
+    async with client_for(world) as client:
+        response = await client.recommend("kid", surface="homepage", limit=100)
+    assert response.items
+    assert not any(items[item.item_id].adult for item in response.items)
+
+
+async def test_journey_cold_start(world: GrpcApplication) -> None:
+    _, items = catalogue()
+    async with client_for(world) as client:
+        response = await client.recommend("bob", surface="homepage", limit=20)
+    assert response.cold_start
+    assert response.explanation == "Based on your preferences"
+    assert response.ranking_backend == common_pb2.RANKING_BACKEND_COLD_START
+    categories = Counter(items[item.item_id].category for item in response.items)
+    assert categories["Comedy"] >= 3  # the onboarding category leads
+    assert max(categories.values()) <= diversity_cap(categories.values())
+
+
+async def test_stale_embedding_version_falls_back_to_popularity(world: GrpcApplication) -> None:
+    async with client_for(world) as client:
+        response = await client.recommend("stale", surface="homepage", limit=10)
+    assert len(response.items) == 10
+    assert response.degradation.popularity_candidates
+    assert not response.cold_start
+
+
+async def test_precomputed_results_are_served_and_refiltered(world: GrpcApplication) -> None:
+    cache = world.components["recommendation_cache"]
+    precomputed = CachedRecommendations(
+        items=tuple(CachedItem(item, 1.0 - item / 100) for item in (3, 5, 7, 13, 23, 10)),
+        model_version="ranker:1",
+        index_version="v1",
+    )
+    await cache.put("precomputed", "alice", "homepage", precomputed, 3600)
+    async with client_for(world) as client:
+        response = await client.recommend("alice", surface="homepage", limit=10)
+    assert response.degradation.served_from_precomputed
+    ids = {item.item_id for item in response.items}
+    assert 10 not in ids  # consumed
+    assert 3 not in ids  # Horror, blocked for alice
+    assert 7 in ids or 5 in ids
+
+
+async def test_rate_limit_is_resource_exhausted_with_retry_info(world: GrpcApplication) -> None:
+    async with client_for(world) as client:
+        for _ in range(20):
+            await client.recommend("kid", surface="search", limit=5)
+        with pytest.raises(RecsysClientError) as caught:
+            await client.recommend("kid", surface="search", limit=5)
+    assert caught.value.code.name == "RESOURCE_EXHAUSTED"
+    assert caught.value.reason == "RATE_LIMITED"
+    assert caught.value.retry_after_seconds is not None
+    assert 0 < caught.value.retry_after_seconds <= 60
+
+
+async def test_erasure_removes_everything_and_is_idempotent(world: GrpcApplication) -> None:
+    async with client_for(world) as client:
+        await client.recommend("alice", surface="homepage", limit=5)
+        first = await client.delete_user_data("alice")
+        second = await client.delete_user_data("alice")
+    assert first.deleted_keys >= 2  # embedding, cached result, rate-limit counter
+    assert first.deleted_interactions == 3
+    assert first.profile_erased
+    assert (second.deleted_keys, second.deleted_interactions, second.profile_erased) == (
+        0,
+        0,
+        False,
+    )
+    assert first.deletion_event_id == second.deletion_event_id
+    features = world.components["feature_store"]
+    metadata = world.components["metadata"]
+    cache = world.components["recommendation_cache"]
+    assert await features.get_user_embedding("alice") is None
+    assert await cache.get("recommendations", "alice", "homepage") is None
+    assert await metadata.count_rows_for_user("alice") == {
+        "interactions": 0,
+        "profile_data": 0,
+        "audit_with_plain_id": 0,
+    }
+    events = world.components["event_sink"]
+    assert ("alice", first.deletion_event_id) in events.deletions
 
 
 @pytest.mark.parametrize(
@@ -35,7 +227,7 @@ async def client() -> AsyncRecsysClient:
                 "surface": "homepage",
                 "limit": 5,
                 "context": common_pb2.RequestContext(
-                    country="usa", locale="english!", category="Horror"
+                    country="usa", locale="english!", category="Western"
                 ),
             },
             ["context.country", "context.locale", "context.category"],
@@ -48,30 +240,11 @@ async def client() -> AsyncRecsysClient:
     ],
 )
 async def test_invalid_requests_name_the_fields(
-    client: AsyncRecsysClient, arguments: dict[str, object], fields: list[str]
+    world: GrpcApplication, arguments: dict[str, object], fields: list[str]
 ) -> None:
     user_id = arguments.pop("user_id")
-    with pytest.raises(RecsysClientError) as caught:
-        await client.recommend(user_id, **arguments)  # type: ignore[arg-type]
+    async with client_for(world) as client:
+        with pytest.raises(RecsysClientError) as caught:
+            await client.recommend(user_id, **arguments)  # type: ignore[arg-type]
     assert caught.value.code.name == "INVALID_ARGUMENT"
     assert [violation.field for violation in caught.value.field_violations] == fields
-
-
-async def test_a_valid_request_is_unimplemented_until_the_pipeline_lands(
-    client: AsyncRecsysClient,
-) -> None:
-    with pytest.raises(RecsysClientError) as caught:
-        await client.recommend(
-            "user_1",
-            surface="homepage",
-            limit=10,
-            context=common_pb2.RequestContext(country="US", locale="en-US", category="Action"),
-        )
-    assert caught.value.code.name == "UNIMPLEMENTED"
-    assert caught.value.reason == "PIPELINE_NOT_DEPLOYED"
-
-
-async def test_delete_user_data_validates_the_user_id(client: AsyncRecsysClient) -> None:
-    with pytest.raises(RecsysClientError) as caught:
-        await client.delete_user_data("")
-    assert [v.field for v in caught.value.field_violations] == ["user_id"]

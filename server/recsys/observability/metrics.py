@@ -154,3 +154,47 @@ class RankingMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+
+
+class RecommendMetrics:
+    """The seed's recommendation metrics: requests, cache hits, cold starts, empty answers,
+    degradations and per-stage latency."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "recommendations_requests", "Recommend calls answered.", registry=registry
+        )
+        self.cache_hits = Counter(
+            "recommendations_cache_hits",
+            "Recommend calls served from the response cache or pre-computed results.",
+            ("source",),
+            registry=registry,
+        )
+        self.cold_start = Counter(
+            "recommendations_cold_start", "Cold-start answers.", registry=registry
+        )
+        self.empty = Counter(
+            "recommendations_empty", "Answers with no items at all.", registry=registry
+        )
+        self.degraded = Counter(
+            "recommendations_degraded",
+            "Answers shaped by a degradation, by kind.",
+            ("kind",),
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "recommendations_rate_limited", "Calls refused by the rate limit.", registry=registry
+        )
+        self.stage_seconds = Histogram(
+            "recommendations_stage_seconds",
+            "Time spent in each pipeline stage, in seconds.",
+            ("stage",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.total_seconds = Histogram(
+            "recommendations_latency_total_seconds",
+            "Total Recommend latency inside the service, in seconds.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )

@@ -19,6 +19,10 @@ class EventSink(abc.ABC):
     @abc.abstractmethod
     async def publish(self, interactions: Sequence[Interaction]) -> None: ...
 
+    @abc.abstractmethod
+    async def publish_user_deletion(self, user_id: str, deletion_event_id: str) -> None:
+        """Tells downstream stores (warehouse, caches of other regions) to erase a user."""
+
     async def close(self) -> None:
         """Flushes and releases resources; the sink is unusable afterwards."""
         return None

@@ -83,6 +83,13 @@ class FeatureStore(abc.ABC):
     async def put_item_features(self, items: Mapping[int, ItemFeatures]) -> None: ...
 
     @abc.abstractmethod
+    async def get_default_user_embedding(self) -> UserEmbedding | None:
+        """The default features (average user embedding) served when a user's cannot be read."""
+
+    @abc.abstractmethod
+    async def put_default_user_embedding(self, embedding: UserEmbedding) -> None: ...
+
+    @abc.abstractmethod
     async def delete_user(self, user_id: str) -> int:
         """Removes everything stored for the user; returns how many records went."""
 

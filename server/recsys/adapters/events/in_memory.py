@@ -19,6 +19,7 @@ class InMemoryEventSink(EventSink):
         self._lock = asyncio.Lock()
         self.dropped = 0
         self.published = 0
+        self.deletions: list[tuple[str, str]] = []
 
     @classmethod
     def from_settings(cls, settings: RecsysSettings) -> InMemoryEventSink:
@@ -32,6 +33,14 @@ class InMemoryEventSink(EventSink):
                 self.dropped += overflow
             self._events.extend(interactions)
             self.published += len(interactions)
+
+    async def publish_user_deletion(self, user_id: str, deletion_event_id: str) -> None:
+        async with self._lock:
+            # Erasure also removes the user's buffered interactions.
+            kept = [event for event in self._events if event.user_id != user_id]
+            self._events.clear()
+            self._events.extend(kept)
+            self.deletions.append((user_id, deletion_event_id))
 
     async def drain(self) -> list[Interaction]:
         """Removes and returns every buffered event, oldest first."""

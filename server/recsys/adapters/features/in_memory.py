@@ -18,6 +18,7 @@ class InMemoryFeatureStore(FeatureStore):
     def __init__(self) -> None:
         self._embeddings: dict[str, UserEmbedding] = {}
         self._items: dict[int, ItemFeatures] = {}
+        self._default: UserEmbedding | None = None
 
     @classmethod
     def from_settings(cls, settings: RecsysSettings) -> InMemoryFeatureStore:
@@ -44,6 +45,12 @@ class InMemoryFeatureStore(FeatureStore):
             self._items[int(item_id)] = ItemFeatures(
                 features.category, float(features.popularity), float(features.freshness), embedding
             )
+
+    async def get_default_user_embedding(self) -> UserEmbedding | None:
+        return self._default
+
+    async def put_default_user_embedding(self, embedding: UserEmbedding) -> None:
+        self._default = embedding
 
     async def delete_user(self, user_id: str) -> int:
         return 1 if self._embeddings.pop(user_id, None) is not None else 0

@@ -45,6 +45,9 @@ class Keys:
     def item_features(self, item_id: int) -> str:
         return f"{self.namespace}:item_features:{item_id}"
 
+    def default_user_features(self) -> str:
+        return f"{self.namespace}:default_user_features"
+
     def rate_limit(self, user_id: str) -> str:
         return f"{self.namespace}:rate_limit:recommendations:{user_id}"
 

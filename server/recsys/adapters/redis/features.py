@@ -91,12 +91,21 @@ class RedisFeatureStore(FeatureStore):
         )
 
     async def get_user_embedding(self, user_id: str) -> UserEmbedding | None:
+        return await self._read_embedding(self.keys.user_features(user_id))
+
+    async def put_user_embedding(self, user_id: str, embedding: UserEmbedding) -> None:
+        await self._write_embedding(self.keys.user_features(user_id), embedding)
+
+    async def get_default_user_embedding(self) -> UserEmbedding | None:
+        return await self._read_embedding(self.keys.default_user_features())
+
+    async def put_default_user_embedding(self, embedding: UserEmbedding) -> None:
+        await self._write_embedding(self.keys.default_user_features(), embedding)
+
+    async def _read_embedding(self, key: str) -> UserEmbedding | None:
         # decode_responses=False: the client returns bytes keys and values.
         fields = cast(
-            dict[bytes, bytes],
-            await translate(
-                lambda: self.client.hgetall(self.keys.user_features(user_id)), "a user read"
-            ),
+            dict[bytes, bytes], await translate(lambda: self.client.hgetall(key), "a user read")
         )
         if not fields or b"embedding" not in fields:
             return None
@@ -106,16 +115,13 @@ class RedisFeatureStore(FeatureStore):
             dt.datetime.fromisoformat(bytes(fields[b"generated_at"]).decode()),
         )
 
-    async def put_user_embedding(self, user_id: str, embedding: UserEmbedding) -> None:
+    async def _write_embedding(self, key: str, embedding: UserEmbedding) -> None:
         mapping: dict[FieldT, EncodableT] = {
             "embedding": encode_vector(embedding.vector),
             "embedding_version": embedding.embedding_version,
             "generated_at": embedding.generated_at.isoformat(),
         }
-        await translate(
-            lambda: self.client.hset(self.keys.user_features(user_id), mapping=mapping),
-            "a user write",
-        )
+        await translate(lambda: self.client.hset(key, mapping=mapping), "a user write")
 
     async def get_item_features(self, item_ids: Sequence[int]) -> ItemFeatureBatch:
         now = time.monotonic()

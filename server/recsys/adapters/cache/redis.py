@@ -1,0 +1,72 @@
+"""Recommendation cache in Redis under the seed's keys, each written with its TTL (SET EX)."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from recsys.adapters.redis.connection import Keys, create_client, translate
+from recsys.ports.cache import CachedRecommendations, RecommendationCache
+from recsys.settings import RecsysSettings
+
+KINDS = ("recommendations", "precomputed")
+
+
+class RedisRecommendationCache(RecommendationCache):
+    def __init__(
+        self, client: aioredis.Redis, *, namespace: str, surfaces: tuple[str, ...]
+    ) -> None:
+        self.client = client
+        self.keys = Keys(namespace)
+        self.surfaces = surfaces
+
+    @classmethod
+    def from_settings(cls, settings: RecsysSettings) -> RedisRecommendationCache:
+        return cls(
+            create_client(settings.redis),
+            namespace=settings.redis.namespace,
+            surfaces=settings.recommend.surfaces,
+        )
+
+    def _key(self, kind: str, user_id: str, surface: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"unknown cache kind {kind!r}")
+        return f"{self.keys.namespace}:{kind}:{user_id}:{surface}"
+
+    async def get(self, kind: str, user_id: str, surface: str) -> CachedRecommendations | None:
+        key = self._key(kind, user_id, surface)
+        data = await translate(lambda: self.client.get(key), "a cache read")
+        if not data:
+            return None
+        return CachedRecommendations.from_bytes(data if isinstance(data, bytes) else data.encode())
+
+    async def put(
+        self,
+        kind: str,
+        user_id: str,
+        surface: str,
+        value: CachedRecommendations,
+        ttl_seconds: int,
+    ) -> None:
+        key = self._key(kind, user_id, surface)
+        await translate(
+            lambda: self.client.set(key, value.to_bytes(), ex=ttl_seconds), "a cache write"
+        )
+
+    async def delete_user(self, user_id: str) -> int:
+        # Every configured surface, plus a scan for surfaces configured earlier.
+        keys = {self._key(kind, user_id, surface) for kind in KINDS for surface in self.surfaces}
+
+        async def scan() -> set[str]:
+            found = set()
+            for kind in KINDS:
+                pattern = f"{self.keys.namespace}:{kind}:{user_id}:*"
+                async for key in self.client.scan_iter(match=pattern, count=1000):
+                    found.add(key.decode() if isinstance(key, bytes) else key)
+            return found
+
+        keys |= await translate(scan, "a cache scan")
+        deleted: int = await translate(lambda: self.client.delete(*keys), "a cache delete")
+        return deleted
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,63 @@
+"""RecommendationCache: the response cache `recommendations:{user}:{surface}` (5 minutes) and
+pre-computed results `precomputed:{user}:{surface}` (1 hour), as the seed names them."""
+
+from __future__ import annotations
+
+import abc
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class CachedItem:
+    item_id: int
+    score: float
+    category: str = ""
+    reason: str = ""
+    reason_text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CachedRecommendations:
+    items: tuple[CachedItem, ...]
+    model_version: str = ""
+    index_version: str = ""
+    cold_start: bool = False
+    explanation: str = ""
+    ranking_backend: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CachedRecommendations:
+        raw = json.loads(data)
+        raw["items"] = tuple(CachedItem(**item) for item in raw["items"])
+        return cls(**raw)
+
+
+class RecommendationCache(abc.ABC):
+    """Reads and writes raise RecsysError (Unavailable) when the store is down; the pipeline
+    then serves without the cache."""
+
+    @abc.abstractmethod
+    async def get(self, kind: str, user_id: str, surface: str) -> CachedRecommendations | None:
+        """`kind` is "recommendations" (response cache) or "precomputed"."""
+
+    @abc.abstractmethod
+    async def put(
+        self,
+        kind: str,
+        user_id: str,
+        surface: str,
+        value: CachedRecommendations,
+        ttl_seconds: int,
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_user(self, user_id: str) -> int:
+        """Removes every cached and pre-computed entry of the user; returns how many."""
+
+    async def close(self) -> None:
+        return None
