@@ -253,6 +253,11 @@ class RateLimitSettings(_Section):
     # Seed: 100 requests per minute per user.
     requests_per_window: int = Field(default=100, ge=1)
     window_seconds: int = Field(default=60, ge=1)
+    # Budget of one limiter call; when it is exceeded or the store is down, the request is
+    # served (fail open, counted in recommendations_rate_limit_bypassed) unless fail_open is
+    # false, which answers UNAVAILABLE instead.
+    timeout_ms: int = Field(default=100, ge=1)
+    fail_open: bool = True
 
 
 class RedisSettings(_Section):

@@ -101,6 +101,8 @@ class RecommendPipeline:
         scorer: Scorer,
         limiter: RateLimiter | None = None,
         metrics: RecommendMetrics | None = None,
+        rate_limit_timeout_ms: int = 100,
+        rate_limit_fail_open: bool = True,
     ) -> None:
         self.settings = settings
         self.features = features
@@ -110,6 +112,8 @@ class RecommendPipeline:
         self.scorer = scorer
         self.limiter = limiter
         self.metrics = metrics
+        self.rate_limit_timeout_ms = rate_limit_timeout_ms
+        self.rate_limit_fail_open = rate_limit_fail_open
         self.default_embedding: UserEmbedding | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -204,11 +208,17 @@ class RecommendPipeline:
         async with self._stage("rate_limit"):
             try:
                 decision = await self._within(
-                    self.limiter.hit(user_id), self.settings.cache_timeout_ms, "the rate limiter"
+                    self.limiter.hit(user_id), self.rate_limit_timeout_ms, "the rate limiter"
                 )
             except (Unavailable, DeadlineExceeded) as error:
+                if not self.rate_limit_fail_open:
+                    raise Unavailable(
+                        "the rate limiter cannot be reached", reason="RATE_LIMITER_DOWN"
+                    ) from error
                 # The limiter's store is down: serve (fail open) rather than refuse everyone.
                 logger.warning("rate limiter unavailable", extra={"error": error.message})
+                if self.metrics is not None:
+                    self.metrics.rate_limit_bypassed.inc()
                 return
         if not decision.allowed:
             if self.metrics is not None:

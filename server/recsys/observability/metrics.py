@@ -185,6 +185,11 @@ class RecommendMetrics:
         self.rate_limited = Counter(
             "recommendations_rate_limited", "Calls refused by the rate limit.", registry=registry
         )
+        self.rate_limit_bypassed = Counter(
+            "recommendations_rate_limit_bypassed",
+            "Calls served unchecked because the rate limiter was down or slow (fail open).",
+            registry=registry,
+        )
         self.stage_seconds = Histogram(
             "recommendations_stage_seconds",
             "Time spent in each pipeline stage, in seconds.",

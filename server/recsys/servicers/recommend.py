@@ -215,6 +215,8 @@ async def build(context: ServiceContext) -> list[ServiceBinding]:
         scorer=scorer,
         limiter=limiter,
         metrics=RecommendMetrics(context.registry),
+        rate_limit_timeout_ms=settings.rate_limit.timeout_ms,
+        rate_limit_fail_open=settings.rate_limit.fail_open,
     )
     context.startup_hooks.append(lambda: _prepare(context, pipeline))
     context.shared["recommend_pipeline"] = pipeline

@@ -33,7 +33,8 @@ class RedisRateLimiter(RateLimiter):
     def from_settings(cls, settings: RecsysSettings) -> RedisRateLimiter:
         rate = settings.rate_limit
         return cls(
-            create_client(settings.redis),
+            # No retries: a retried INCR after a timeout could count one request twice.
+            create_client(settings.redis, retries=0),
             namespace=settings.redis.namespace,
             limit=rate.requests_per_window,
             window_seconds=rate.window_seconds,

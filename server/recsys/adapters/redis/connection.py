@@ -16,12 +16,13 @@ from recsys.settings import RedisSettings
 T = TypeVar("T")
 
 
-def create_client(settings: RedisSettings) -> aioredis.Redis:
-    # redis-py retries a failed connection 3 times with up to 10 s of backoff by default; on the
-    # serving path a dead Redis must fail fast (callers degrade), so one immediate retry only.
+def create_client(settings: RedisSettings, *, retries: int = 1) -> aioredis.Redis:
+    """redis-py retries a failed call 3 times with up to 10 s of backoff by default; on the
+    serving path a dead Redis must fail fast (callers degrade), so one immediate retry at most.
+    Writes that must not run twice (counters) pass retries=0: a timed-out call may have run."""
     return aioredis.Redis.from_url(
         settings.url,
-        retry=Retry(NoBackoff(), retries=1),
+        retry=Retry(NoBackoff(), retries=retries),
         socket_timeout=settings.socket_timeout_ms / 1000,
         socket_connect_timeout=settings.connect_timeout_ms / 1000,
         max_connections=settings.max_connections,
