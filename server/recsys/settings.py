@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -38,6 +38,49 @@ _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsSettings(_Section):
+    """TLS for the gRPC port; with client_ca_file and require_client_auth, mutual TLS."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+    require_client_auth: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls.cert_file and tls.key_file go together")
+        if self.require_client_auth and self.client_ca_file is None:
+            raise ValueError("tls.require_client_auth needs tls.client_ca_file")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("tls.client_ca_file needs tls.cert_file and tls.key_file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+class AuthSettings(_Section):
+    """Caller authentication: a bearer token or the mTLS client certificate's common name names
+    the caller; a per-method allowlist says who may call what."""
+
+    enabled: bool = False
+    # Caller name -> bearer token.
+    tokens: dict[str, SecretStr] = {}
+    # "/package.Service/Method" or "package.Service" -> caller names ("*": any caller).
+    allow: dict[str, tuple[str, ...]] = {}
+    # Callers allowed on methods that `allow` does not name.
+    default_allow: tuple[str, ...] = ("*",)
+    # Services reachable without credentials (probes, tooling).
+    exempt_services: tuple[str, ...] = (
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    )
+    # Accept the client certificate's common name as the caller (needs mutual TLS).
+    accept_client_certificates: bool = True
 
 
 class ServerSettings(_Section):
@@ -64,6 +107,7 @@ class ServerSettings(_Section):
     shutdown_drain_seconds: float = Field(default=2.0, ge=0, le=300)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=300)
     reflection: bool = True
+    tls: TlsSettings = TlsSettings()
 
 
 class MetricsSettings(_Section):
@@ -282,6 +326,7 @@ class RecsysSettings(BaseSettings):
     # embedded: one process, no external services; distributed: one process per service.
     mode: Literal["embedded", "distributed"] = "embedded"
     server: ServerSettings = ServerSettings()
+    auth: AuthSettings = AuthSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
     recommend: RecommendSettings = RecommendSettings()

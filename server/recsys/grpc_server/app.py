@@ -15,13 +15,14 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from recsys.errors import ConfigurationError
+from recsys.grpc_server.auth import AuthInterceptor
 from recsys.grpc_server.interceptors import server_interceptors
 from recsys.observability.metrics import (
     GrpcServerMetrics,
     MetricsEndpoint,
     start_metrics_endpoint,
 )
-from recsys.settings import RecsysSettings
+from recsys.settings import RecsysSettings, TlsSettings
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,19 @@ def server_options(settings: RecsysSettings) -> list[tuple[str, int]]:
         # A port already in use must be an error, not a silently shared listener.
         ("grpc.so_reuseport", 0),
     ]
+
+
+def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    assert tls.cert_file is not None
+    assert tls.key_file is not None
+    try:
+        key, chain = tls.key_file.read_bytes(), tls.cert_file.read_bytes()
+        client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    except OSError as error:
+        raise ConfigurationError(f"cannot read TLS files: {error}") from error
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=tls.require_client_auth
+    )
 
 
 class GrpcApplication:
@@ -108,11 +122,13 @@ class GrpcApplication:
     async def start(self) -> int:
         """Binds, starts serving and returns the bound port."""
         settings = self.settings.server
+        auth = AuthInterceptor(self.settings.auth) if self.settings.auth.enabled else None
         server = grpc.aio.server(
             interceptors=server_interceptors(
                 self.metrics,
                 access_log=self.settings.logging.access_log,
                 default_deadline_seconds=settings.default_deadline_ms / 1000,
+                auth=auth,
             ),
             options=server_options(self.settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
@@ -131,7 +147,10 @@ class GrpcApplication:
             reflection.enable_server_reflection(names, server)
         address = f"{settings.host}:{settings.port}"
         try:
-            port: int = server.add_insecure_port(address)
+            if settings.tls.enabled:
+                port: int = server.add_secure_port(address, server_credentials(settings.tls))
+            else:
+                port = server.add_insecure_port(address)
         except RuntimeError as error:
             raise ConfigurationError(f"cannot listen on {address}: {error}") from error
         if port == 0:

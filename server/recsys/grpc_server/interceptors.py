@@ -290,12 +290,20 @@ class DeadlineInterceptor(_UnaryInterceptor):
 
 
 def server_interceptors(
-    metrics: GrpcServerMetrics, *, access_log: bool, default_deadline_seconds: float
+    metrics: GrpcServerMetrics,
+    *,
+    access_log: bool,
+    default_deadline_seconds: float,
+    auth: grpc.aio.ServerInterceptor | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
-    """The interceptor chain of every recsys server, outermost first."""
-    return [
+    """The interceptor chain of every recsys server, outermost first. Authentication sits
+    inside error mapping, so its refusals carry the usual status details."""
+    chain: list[grpc.aio.ServerInterceptor] = [
         RequestIdInterceptor(),
         ObservabilityInterceptor(metrics, access_log=access_log),
         ErrorMappingInterceptor(),
-        DeadlineInterceptor(default_deadline_seconds),
     ]
+    if auth is not None:
+        chain.append(auth)
+    chain.append(DeadlineInterceptor(default_deadline_seconds))
+    return chain
