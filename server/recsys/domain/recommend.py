@@ -449,8 +449,7 @@ class RecommendPipeline:
             pool = _Candidates(scored.item_ids.tolist(), scored.scores.tolist(), pool.reasons)
         else:
             pool = _Candidates([], [], pool.reasons)
-        metadata = await self._item_metadata(pool.item_ids)
-        answer = self._select(query, pool, profile, consumed, metadata)
+        answer = await self._select_in_chunks(query, pool, profile, consumed)
         answer.model_version = model_version
         answer.index_version = index_version
         answer.ranking_backend = backend
@@ -469,6 +468,27 @@ class RecommendPipeline:
             "Popular right now" if degradation.popularity_candidates else "Picked for you"
         )
         return answer
+
+    async def _select_in_chunks(
+        self,
+        query: RecommendQuery,
+        pool: _Candidates,
+        profile: UserProfile | None,
+        consumed: set[int],
+    ) -> Recommendation:
+        """Filters the ranked pool reading item metadata for a prefix only (300 first, then
+        twice as many) until enough items survive for the cache, instead of all 1000."""
+        size = min(len(pool.item_ids), 300)
+        metadata: dict[int, ItemMetadata] = {}
+        fetched = 0
+        while True:
+            metadata.update(await self._item_metadata(pool.item_ids[fetched:size]))
+            fetched = size
+            prefix = _Candidates(pool.item_ids[:size], pool.scores[:size], pool.reasons)
+            answer = self._select(query, prefix, profile, consumed, metadata)
+            if len(answer.items) >= CACHE_LIMIT or size >= len(pool.item_ids):
+                return answer
+            size = min(len(pool.item_ids), size * 2)
 
     def _select(
         self,
