@@ -88,6 +88,7 @@ def test_serve_embedded_answers_health_and_reflection(tmp_path: Path) -> None:
             **os.environ,
             "RECSYS_SERVER__SHUTDOWN_DRAIN_SECONDS": "0.1",
             "RECSYS_INDEX__SNAPSHOT_DIR": str(tmp_path),
+            "RECSYS_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}",
         },
     )
     try:
