@@ -95,3 +95,28 @@ async def test_item_updates_are_visible(store: FeatureStore) -> None:
     await store.get_item_features([5])
     await store.put_item_features({5: ItemFeatures("Comedy", 0.8, 0.2)})
     assert (await store.get_item_features([5])).categories == ["Comedy"]
+
+
+async def test_user_features_in_one_read(store: FeatureStore) -> None:
+    empty = await store.get_user_features("nobody")
+    assert empty.empty
+    await store.put_user_embedding("u1", embedding())
+    await store.put_user_preferences("u1", {"Action": 0.8, "Drama": 0.2})
+    await store.record_recent_interactions("u1", [5, 6])
+    await store.record_recent_interactions("u1", [7], keep=2)
+    features = await store.get_user_features("u1")
+    assert features.embedding is not None
+    np.testing.assert_array_equal(features.embedding.vector, embedding().vector)
+    assert dict(features.preferences) == {"Action": 0.8, "Drama": 0.2}
+    assert features.recent_item_ids == (7, 6)  # newest first, at most `keep`
+    assert await store.delete_user("u1") >= 2
+    assert (await store.get_user_features("u1")).empty
+
+
+async def test_recent_interactions_expire(store: FeatureStore) -> None:
+    import asyncio
+
+    await store.record_recent_interactions("u2", [1], ttl_seconds=1)
+    assert (await store.get_user_features("u2")).recent_item_ids == (1,)
+    await asyncio.sleep(1.2)
+    assert (await store.get_user_features("u2")).recent_item_ids == ()

@@ -174,3 +174,41 @@ async def test_invalid_requests_name_the_fields(
             await client.recommend(user_id, **arguments)  # type: ignore[arg-type]
     assert caught.value.code.name == "INVALID_ARGUMENT"
     assert [violation.field for violation in caught.value.field_violations] == fields
+
+
+async def test_ingested_interactions_are_excluded_at_once(world: GrpcApplication) -> None:
+    from google.protobuf import timestamp_pb2
+
+    from recsys.v1 import interaction_event_pb2
+
+    async with client_for(world) as client:
+        before = await client.recommend("kid", surface="item_page", limit=5)
+        clicked = [item.item_id for item in before.items[:3]]
+        await client.record_interactions(
+            [
+                interaction_event_pb2.InteractionEvent(
+                    event_id=f"k{item}",
+                    user_id="kid",
+                    item_id=item,
+                    type=interaction_event_pb2.INTERACTION_TYPE_CLICK,
+                    event_time=timestamp_pb2.Timestamp(seconds=1_800_000_000 + index),
+                )
+                for index, item in enumerate(clicked)
+            ]
+        )
+        after = await client.recommend("kid", surface="cart", limit=5)
+    assert not set(clicked) & {item.item_id for item in after.items}
+
+
+async def test_preferences_lift_their_category_in_ranking(world: GrpcApplication) -> None:
+    features = world.components["feature_store"]
+    async with client_for(world) as client:
+        candidates = [(1, 0.5), (2, 0.5)]  # Comedy and Drama, equal retrieval scores
+        await features.put_user_preferences("kid", {"Comedy": 1.0})
+        comedy_first = await client.rank("kid", candidates)
+        await features.put_user_preferences("kid", {"Drama": 1.0})
+        drama_first = await client.rank("kid", candidates)
+    scores = {item.item_id: item.score for item in comedy_first.items}
+    lifted = {item.item_id: item.score for item in drama_first.items}
+    assert scores[1] > lifted[1]
+    assert lifted[2] > scores[2]

@@ -33,7 +33,7 @@ from recsys.errors import (
 from recsys.observability.metrics import RecommendMetrics
 from recsys.ports.cache import CachedItem, CachedRecommendations, RecommendationCache
 from recsys.ports.candidates import CandidateSource, Scorer
-from recsys.ports.features import FeatureStore, UserEmbedding
+from recsys.ports.features import FeatureStore, UserEmbedding, UserFeatures
 from recsys.ports.metadata import ItemMetadata, MetadataRepository, UserProfile
 from recsys.ports.rate_limit import RateLimiter
 from recsys.settings import RecommendSettings
@@ -190,8 +190,11 @@ class RecommendPipeline:
             )
             answer.model_version = answer.model_version or precomputed.model_version
             return answer
-        embedding = await self._user_embedding(query.user_id, degradation)
-        if embedding is None and not consumed:
+        user = await self._user_features(query.user_id, degradation)
+        embedding = user.embedding if user is not None else self.default_embedding
+        if user is not None:
+            consumed = consumed | set(user.recent_item_ids)  # realtime: the last 30 minutes
+        if user is not None and user.embedding is None and not consumed:
             return await self._cold_start(query, profile, consumed, degradation)
         if embedding is None:
             embedding = self.default_embedding
@@ -290,18 +293,20 @@ class RecommendPipeline:
                 logger.warning("metadata unavailable", extra={"error": error.message})
                 return None, set()
 
-    async def _user_embedding(self, user_id: str, degradation: Degradation) -> UserEmbedding | None:
+    async def _user_features(self, user_id: str, degradation: Degradation) -> UserFeatures | None:
+        """The user's features, or None (and `default_features`) when the store is slow or
+        down: the default embedding then stands in."""
         async with self._stage("features"):
             try:
                 return await self._within(
-                    self.features.get_user_embedding(user_id),
+                    self.features.get_user_features(user_id),
                     self.settings.feature_timeout_ms,
                     "user features",
                 )
             except (Unavailable, DeadlineExceeded) as error:
                 logger.warning("user features unavailable", extra={"error": error.message})
                 degradation.default_features = self.default_embedding is not None
-                return self.default_embedding
+                return None
 
     async def _retrieve(
         self,

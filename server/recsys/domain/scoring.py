@@ -16,7 +16,7 @@ from recsys.domain.ranking import Backend, RankingChain, RankingInputs, assemble
 from recsys.domain.requests import RequestContext
 from recsys.errors import RecsysError
 from recsys.observability.metrics import RankingMetrics
-from recsys.ports.features import FeatureStore, ItemFeatureBatch, UserEmbedding, batch_from
+from recsys.ports.features import FeatureStore, ItemFeatureBatch, UserFeatures, batch_from
 
 logger = logging.getLogger(__name__)
 
@@ -54,19 +54,26 @@ class CandidateScorer:
     ) -> ScoredCandidates:
         count = len(item_ids)
         user, items = await self._read_features(user_id, item_ids.tolist())
+        embedding = user.embedding if user is not None else None
         user_vector = None
         if (
-            user is not None
+            embedding is not None
             and items.embeddings is not None
-            and user.vector.shape[0] == items.embeddings.shape[1]
+            and embedding.vector.shape[0] == items.embeddings.shape[1]
         ):
-            user_vector = user.vector
+            user_vector = embedding.vector
+        preferences = user.preferences if user is not None else {}
+        affinity = np.zeros(count, np.float32)
+        if preferences:
+            affinity = np.array(
+                [preferences.get(category, 0.0) for category in items.categories], np.float32
+            )
         features = assemble_features(
             RankingInputs(
                 candidate_scores=candidate_scores.astype(np.float32),
                 popularity=items.popularity,
                 freshness=items.freshness,
-                category_affinity=np.zeros(count, np.float32),
+                category_affinity=affinity,
                 item_vectors=items.embeddings,
                 user_vector=user_vector,
                 request_time=context.request_time or dt.datetime.now(dt.UTC),
@@ -87,13 +94,13 @@ class CandidateScorer:
 
     async def _read_features(
         self, user_id: str, item_ids: list[int]
-    ) -> tuple[UserEmbedding | None, ItemFeatureBatch]:
-        """User embedding and item features together within the feature timeout; defaults when
-        the store is slow or down (seed "Feature Store Timeout Handling")."""
+    ) -> tuple[UserFeatures | None, ItemFeatureBatch]:
+        """User and item features together within the feature timeout; defaults when the
+        store is slow or down (seed "Feature Store Timeout Handling")."""
         try:
             async with asyncio.timeout(self.feature_timeout_seconds):
                 user, items = await asyncio.gather(
-                    self.features.get_user_embedding(user_id),
+                    self.features.get_user_features(user_id),
                     self.features.get_item_features(item_ids),
                 )
             return user, items

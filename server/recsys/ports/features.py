@@ -64,6 +64,21 @@ def batch_from(features: Sequence[ItemFeatures | None]) -> ItemFeatureBatch:
     return ItemFeatureBatch(categories, popularity, freshness, embeddings, found)
 
 
+@dataclass(frozen=True, slots=True)
+class UserFeatures:
+    """Everything the serving path reads about a user, in one round trip."""
+
+    embedding: UserEmbedding | None
+    # Category -> affinity in [0, 1] (from onboarding choices and behaviour).
+    preferences: Mapping[str, float]
+    # Items interacted with recently (seed: last 30 minutes), newest first.
+    recent_item_ids: tuple[int, ...]
+
+    @property
+    def empty(self) -> bool:
+        return self.embedding is None and not self.preferences and not self.recent_item_ids
+
+
 class FeatureStore(abc.ABC):
     """Reads raise RecsysError (Unavailable, DeadlineExceeded) when the store cannot answer;
     callers on the serving path degrade to default features."""
@@ -74,6 +89,22 @@ class FeatureStore(abc.ABC):
 
     @abc.abstractmethod
     async def put_user_embedding(self, user_id: str, embedding: UserEmbedding) -> None: ...
+
+    @abc.abstractmethod
+    async def get_user_features(self, user_id: str) -> UserFeatures:
+        """Embedding, preferences and recent interactions of a user, in one round trip."""
+
+    @abc.abstractmethod
+    async def put_user_preferences(
+        self, user_id: str, preferences: Mapping[str, float]
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def record_recent_interactions(
+        self, user_id: str, item_ids: Sequence[int], *, ttl_seconds: int = 1800, keep: int = 100
+    ) -> None:
+        """Prepends items to the user's recent interactions (newest first, at most `keep`);
+        the list expires `ttl_seconds` after its last update."""
 
     @abc.abstractmethod
     async def get_item_features(self, item_ids: Sequence[int]) -> ItemFeatureBatch:

@@ -21,7 +21,7 @@ from recsys.observability.metrics import BreakerMetrics, RankingMetrics
 from recsys.ports.ranker import Ranker
 from recsys.registry import create_adapter
 from recsys.servicers.convert import request_context_from_proto
-from recsys.servicers.retrieve import feature_store
+from recsys.servicers.shared import feature_store
 from recsys.settings import RankSettings
 from recsys.v1 import common_pb2
 from recsys.v1 import rank_service_pb2 as rank_pb2

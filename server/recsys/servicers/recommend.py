@@ -26,7 +26,7 @@ from recsys.ports.metadata import MetadataRepository
 from recsys.ports.rate_limit import RateLimiter
 from recsys.registry import create_adapter
 from recsys.servicers.convert import recommend_query_from_proto
-from recsys.servicers.retrieve import feature_store
+from recsys.servicers.shared import feature_store
 from recsys.settings import RecommendSettings
 from recsys.v1 import common_pb2, recommend_service_pb2, recommend_service_pb2_grpc
 

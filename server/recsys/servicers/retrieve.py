@@ -21,7 +21,7 @@ from recsys.index.spec import MAX_EF_SEARCH, MAX_NPROBE
 from recsys.observability.metrics import BreakerMetrics, RetrievalMetrics
 from recsys.ports.features import FeatureStore
 from recsys.ports.shards import ShardClient
-from recsys.registry import create_adapter
+from recsys.servicers.shared import feature_store
 from recsys.settings import RecsysSettings
 from recsys.v1 import retrieve_service_pb2 as retrieve_pb2
 from recsys.v1 import retrieve_service_pb2_grpc as retrieve_grpc
@@ -121,20 +121,6 @@ def retriever_config(settings: RecsysSettings) -> RetrieverConfig:
         breaker_half_open_fraction=retrieve.breaker_half_open_fraction,
         breaker_success_threshold=retrieve.breaker_success_threshold,
     )
-
-
-def feature_store(context: ServiceContext) -> FeatureStore:
-    """The process's feature store, shared by every service hosted in it."""
-
-    def create() -> FeatureStore:
-        settings = context.settings
-        store: FeatureStore = create_adapter("feature_store", settings.features.store, settings)
-        context.resources.push_async_callback(store.close)
-        return store
-
-    store = context.shared_object("feature_store", create)
-    assert isinstance(store, FeatureStore)
-    return store
 
 
 async def build(context: ServiceContext) -> list[ServiceBinding]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 from recsys.ports.features import (
@@ -9,6 +10,7 @@ from recsys.ports.features import (
     ItemFeatureBatch,
     ItemFeatures,
     UserEmbedding,
+    UserFeatures,
     batch_from,
 )
 from recsys.settings import RecsysSettings
@@ -19,6 +21,8 @@ class InMemoryFeatureStore(FeatureStore):
         self._embeddings: dict[str, UserEmbedding] = {}
         self._items: dict[int, ItemFeatures] = {}
         self._default: UserEmbedding | None = None
+        self._preferences: dict[str, dict[str, float]] = {}
+        self._recent: dict[str, tuple[float, list[int]]] = {}
 
     @classmethod
     def from_settings(cls, settings: RecsysSettings) -> InMemoryFeatureStore:
@@ -34,6 +38,26 @@ class InMemoryFeatureStore(FeatureStore):
             embedding.embedding_version,
             embedding.generated_at,
         )
+
+    async def get_user_features(self, user_id: str) -> UserFeatures:
+        recent = self._recent.get(user_id)
+        items: tuple[int, ...] = ()
+        if recent is not None and recent[0] > time.monotonic():
+            items = tuple(recent[1])
+        return UserFeatures(
+            self._embeddings.get(user_id), dict(self._preferences.get(user_id, {})), items
+        )
+
+    async def put_user_preferences(self, user_id: str, preferences: Mapping[str, float]) -> None:
+        self._preferences[user_id] = {key: float(value) for key, value in preferences.items()}
+
+    async def record_recent_interactions(
+        self, user_id: str, item_ids: Sequence[int], *, ttl_seconds: int = 1800, keep: int = 100
+    ) -> None:
+        now = time.monotonic()
+        previous = self._recent.get(user_id)
+        items = previous[1] if previous is not None and previous[0] > now else []
+        self._recent[user_id] = (now + ttl_seconds, ([*reversed(item_ids), *items])[:keep])
 
     async def get_item_features(self, item_ids: Sequence[int]) -> ItemFeatureBatch:
         items = self._items
@@ -53,4 +77,9 @@ class InMemoryFeatureStore(FeatureStore):
         self._default = embedding
 
     async def delete_user(self, user_id: str) -> int:
-        return 1 if self._embeddings.pop(user_id, None) is not None else 0
+        removed = [
+            self._embeddings.pop(user_id, None),
+            self._preferences.pop(user_id, None),
+            self._recent.pop(user_id, None),
+        ]
+        return sum(value is not None for value in removed)

@@ -46,6 +46,9 @@ class Keys:
     def item_features(self, item_id: int) -> str:
         return f"{self.namespace}:item_features:{item_id}"
 
+    def user_recent(self, user_id: str) -> str:
+        return f"{self.namespace}:user_recent:{user_id}"
+
     def default_user_features(self) -> str:
         return f"{self.namespace}:default_user_features"
 

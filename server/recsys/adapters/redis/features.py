@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import cast
@@ -21,6 +22,7 @@ from recsys.ports.features import (
     ItemFeatureBatch,
     ItemFeatures,
     UserEmbedding,
+    UserFeatures,
     batch_from,
 )
 from recsys.settings import RecsysSettings
@@ -96,6 +98,45 @@ class RedisFeatureStore(FeatureStore):
     async def put_user_embedding(self, user_id: str, embedding: UserEmbedding) -> None:
         await self._write_embedding(self.keys.user_features(user_id), embedding)
 
+    async def get_user_features(self, user_id: str) -> UserFeatures:
+        async def read() -> list[object]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self.keys.user_features(user_id))
+                pipe.lrange(self.keys.user_recent(user_id), 0, -1)
+                return list(await pipe.execute())
+
+        fields, recent = await translate(read, "a user read")
+        fields = cast(dict[bytes, bytes], fields)
+        preferences_raw = fields.get(b"preferences") if fields else None
+        return UserFeatures(
+            _embedding_from(fields),
+            json.loads(preferences_raw) if preferences_raw else {},
+            tuple(int(item) for item in cast(list[bytes], recent)),
+        )
+
+    async def put_user_preferences(self, user_id: str, preferences: Mapping[str, float]) -> None:
+        payload = json.dumps({key: float(value) for key, value in preferences.items()})
+        await translate(
+            lambda: self.client.hset(self.keys.user_features(user_id), "preferences", payload),
+            "a user write",
+        )
+
+    async def record_recent_interactions(
+        self, user_id: str, item_ids: Sequence[int], *, ttl_seconds: int = 1800, keep: int = 100
+    ) -> None:
+        if not item_ids:
+            return
+        key = self.keys.user_recent(user_id)
+
+        async def write() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.lpush(key, *[int(item) for item in item_ids])
+                pipe.ltrim(key, 0, keep - 1)
+                pipe.expire(key, ttl_seconds)
+                await pipe.execute()
+
+        await translate(write, "a recent-interactions write")
+
     async def get_default_user_embedding(self) -> UserEmbedding | None:
         return await self._read_embedding(self.keys.default_user_features())
 
@@ -107,13 +148,7 @@ class RedisFeatureStore(FeatureStore):
         fields = cast(
             dict[bytes, bytes], await translate(lambda: self.client.hgetall(key), "a user read")
         )
-        if not fields or b"embedding" not in fields:
-            return None
-        return UserEmbedding(
-            decode_vector(fields[b"embedding"]),
-            bytes(fields[b"embedding_version"]).decode(),
-            dt.datetime.fromisoformat(bytes(fields[b"generated_at"]).decode()),
-        )
+        return _embedding_from(fields)
 
     async def _write_embedding(self, key: str, embedding: UserEmbedding) -> None:
         mapping: dict[FieldT, EncodableT] = {
@@ -166,12 +201,26 @@ class RedisFeatureStore(FeatureStore):
             self.item_cache.drop(int(item_id))
 
     async def delete_user(self, user_id: str) -> int:
-        keys = [self.keys.user_features(user_id), self.keys.user_embedding(user_id)]
+        keys = [
+            self.keys.user_features(user_id),
+            self.keys.user_embedding(user_id),
+            self.keys.user_recent(user_id),
+        ]
         deleted: int = await translate(lambda: self.client.delete(*keys), "a user delete")
         return deleted
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _embedding_from(fields: dict[bytes, bytes] | None) -> UserEmbedding | None:
+    if not fields or b"embedding" not in fields:
+        return None
+    return UserEmbedding(
+        decode_vector(fields[b"embedding"]),
+        bytes(fields[b"embedding_version"]).decode(),
+        dt.datetime.fromisoformat(bytes(fields[b"generated_at"]).decode()),
+    )
 
 
 def _item_from_fields(fields: dict[bytes, bytes]) -> ItemFeatures | None:
