@@ -8,9 +8,13 @@ around a few hundred centres, so approximate indexes behave as they do on real e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from recsys.data.catalogue import Catalogue
 
 
 def _normalize(matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -63,3 +67,92 @@ def clustered_embeddings(
         spread=scale,
         seed=seed,
     )
+
+
+COUNTRIES = ("US", "DE", "FR", "GB", "JP", "BR", "CA", "IN")
+_KINDS = ("view", "click", "like", "add_to_cart", "purchase")
+
+
+def synthetic_catalogue(
+    item_count: int,
+    user_count: int,
+    *,
+    interactions_per_user: int = 20,
+    category_count: int = 20,
+    seed: int = 0,
+) -> Catalogue:
+    """A deterministic catalogue of any size: categories with skewed sizes, 3% adult items,
+    10% regionally restricted items, power-law popularity, uniform freshness; users with ages
+    (some minors), countries and a taste over categories; interactions drawn from the tastes
+    (category by taste, item within it by popularity)."""
+    import datetime as dt
+
+    from recsys.data.catalogue import Catalogue
+    from recsys.domain.interactions import Interaction, InteractionKind
+    from recsys.ports.metadata import ItemMetadata, UserProfile
+
+    rng = np.random.default_rng(seed)
+    categories = [f"category-{index:02d}" for index in range(category_count)]
+    category_weights = 1.0 / np.arange(1, category_count + 1)
+    category_weights /= category_weights.sum()
+    item_category = rng.choice(category_count, size=item_count, p=category_weights)
+    popularity = rng.pareto(1.5, item_count)
+    popularity = (popularity / popularity.max()).astype(np.float32) if item_count else popularity
+    adult = rng.random(item_count) < 0.03
+    restricted = rng.random(item_count) < 0.10
+    regions = rng.integers(0, len(COUNTRIES), size=(item_count, 2))
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    category_of = [categories[index] for index in item_category.tolist()]
+    items = [
+        ItemMetadata(
+            item_id=item,
+            category=category_of[item],
+            adult=is_adult,
+            available_regions=(
+                tuple(sorted({COUNTRIES[first], COUNTRIES[second]})) if is_restricted else ()
+            ),
+            popularity=score,
+        )
+        for item, (is_adult, is_restricted, score, (first, second)) in enumerate(
+            zip(adult.tolist(), restricted.tolist(), popularity.tolist(), regions.tolist(),
+                strict=True)
+        )
+    ]  # fmt: skip
+    freshness = dict(zip(range(item_count), rng.random(item_count).tolist(), strict=True))
+    by_category = [np.flatnonzero(item_category == index) for index in range(category_count)]
+    # Within a category, items are drawn by popularity: cumulative weights + searchsorted.
+    cumulative = [np.cumsum(popularity[pool] + 1e-3) for pool in by_category]
+    users: list[UserProfile] = []
+    interactions: list[Interaction] = []
+    kinds = [InteractionKind(kind) for kind in _KINDS]
+    for user in range(user_count):
+        taste = rng.dirichlet(np.full(category_count, 0.3))
+        favourite = categories[int(np.argmax(taste))]
+        users.append(
+            UserProfile(
+                f"user{user}",
+                age=int(rng.integers(13, 81)),
+                country=str(rng.choice(COUNTRIES)),
+                onboarding_categories=(favourite,),
+            )
+        )
+        chosen = rng.choice(category_count, size=interactions_per_user, p=taste)
+        draws = rng.random(interactions_per_user)
+        minutes = rng.integers(0, 500_000, interactions_per_user)
+        kind_draws = rng.integers(0, len(kinds), interactions_per_user)
+        for event in range(interactions_per_user):
+            pool, weights = by_category[chosen[event]], cumulative[chosen[event]]
+            if not len(pool):
+                continue
+            position = int(np.searchsorted(weights, draws[event] * weights[-1]))
+            interactions.append(
+                Interaction(
+                    event_id=f"syn-{seed}-{user}-{event}",
+                    user_id=f"user{user}",
+                    item_id=int(pool[min(position, len(pool) - 1)]),
+                    kind=kinds[int(kind_draws[event])],
+                    value=1.0,
+                    event_time=base + dt.timedelta(minutes=int(minutes[event])),
+                )
+            )
+    return Catalogue(items, users, interactions, freshness=freshness)

@@ -127,6 +127,7 @@ class SqlMetadataRepository(MetadataRepository):
     async def upsert_items(self, metadata: Sequence[ItemMetadata]) -> None:
         if not metadata:
             return
+        now = dt.datetime.now(dt.UTC)
         rows = [
             {
                 "item_id": item.item_id,
@@ -134,7 +135,8 @@ class SqlMetadataRepository(MetadataRepository):
                 "adult": item.adult,
                 "available_regions": list(item.available_regions),
                 "popularity": item.popularity,
-                **({"created_at": item.created_at} if item.created_at else {}),
+                # Every row names the same columns (one multi-row INSERT).
+                "created_at": item.created_at or now,
             }
             for item in metadata
         ]
@@ -179,16 +181,19 @@ class SqlMetadataRepository(MetadataRepository):
             }
             for event in events
         ]
-        # RETURNING lists only the rows actually inserted (rowcount is -1 for batched inserts).
-        statement = (
-            self._insert(interactions)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=[interactions.c.event_id])
-            .returning(interactions.c.event_id)
+        statement = self._insert(interactions).on_conflict_do_nothing(
+            index_elements=[interactions.c.event_id]
         )
+        sqlite_dialect = self.engine.dialect.name == "sqlite"
 
         async def work(connection: Any) -> int:
-            return len((await connection.execute(statement)).fetchall())
+            if sqlite_dialect:
+                # executemany: SQLite reports the rows it changed, ignored conflicts excluded.
+                return int((await connection.execute(statement, rows)).rowcount)
+            # PostgreSQL: RETURNING lists only the rows actually inserted (a batched insert's
+            # rowcount is -1).
+            returning = statement.values(rows).returning(interactions.c.event_id)
+            return len((await connection.execute(returning)).fetchall())
 
         result: int = await self._run(work, write=True)
         return result
