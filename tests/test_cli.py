@@ -43,6 +43,7 @@ runner = CliRunner()
         ["model", "check"],
         ["db"],
         ["db", "upgrade"],
+        ["up"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:

@@ -58,7 +58,10 @@ def serve(
     service: Annotated[
         str,
         typer.Argument(
-            help=f"What this process hosts: one of {', '.join(services.service_names())}.",
+            help=(
+                f"What this process hosts: one of {', '.join(services.service_names())}, "
+                "or several separated by commas."
+            ),
         ),
     ],
     config: ConfigOption = None,
@@ -95,14 +98,15 @@ def serve(
         overrides["index"] = index_keys
     settings = _settings_or_exit(config, overrides)
     configure_logging(settings.logging.level, settings.logging.format)
+    names = [name.strip() for name in service.split(",") if name.strip()]
     try:
-        services.expand([service])
+        services.expand(names)
     except ConfigurationError as error:
         typer.echo(f"recsys: {error.message}", err=True)
         raise typer.Exit(code=2) from error
 
     async def run() -> None:
-        application = await services.build_application(settings, [service])
+        application = await services.build_application(settings, names)
         await application.run_until_signal()
 
     try:
@@ -110,6 +114,26 @@ def serve(
     except ConfigurationError as error:
         logger.error("cannot start: %s", error.message)
         raise typer.Exit(code=2) from error
+
+
+@app.command("up")
+def up(
+    config: ConfigOption = None,
+    base_port: Annotated[
+        int, typer.Option(help="Shard s listens on base+s, retrieve on base+100, rank on +101.")
+    ] = 50100,
+    log_dir: Annotated[Path, typer.Option(help="One log file per process.")] = Path("var/logs"),
+) -> None:
+    """Run the distributed layout locally: a process per shard and per service, restarted
+    when one dies, until SIGTERM or Ctrl-C. Recommend listens on server.port."""
+    from recsys.deploy.supervisor import Supervisor, plan
+
+    settings = _settings_or_exit(config, {})
+    configure_logging(settings.logging.level, settings.logging.format)
+    children = plan(settings, base_port=base_port, config_file=config, log_dir=log_dir)
+    for child in children:
+        typer.echo(f"{child.name:<10} {child.address:<22} log {child.log}")
+    Supervisor(children).run()
 
 
 @config_app.command("show")

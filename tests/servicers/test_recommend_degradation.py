@@ -100,7 +100,9 @@ async def test_redis_outage_degrades_to_default_features(
     assert len(response.items) == 10
     assert response.degradation.default_features
     assert not response.degradation.served_from_cache
-    assert elapsed < 2.0, elapsed  # the timeouts held: no waiting on Redis
+    # Without the budgets each of the six Redis calls would wait >= 1 s (0.5 s each way) and
+    # the call would take >= 6 s; with them it takes a few hundred ms (more on a loaded box).
+    assert elapsed < 4.0, elapsed
     deployment.proxy.heal()
 
 

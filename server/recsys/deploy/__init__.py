@@ -1,0 +1,1 @@
+"""Local multi-process deployments (`recsys up`)."""

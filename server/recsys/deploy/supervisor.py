@@ -1,0 +1,183 @@
+"""`recsys up`: the distributed layout on one machine, one process per shard and per service,
+each on a fixed port, restarted when it dies.
+
+    shard s        base_port + s
+    retrieve       base_port + 100   (fans out to the shards)
+    rank           base_port + 101
+    recommend      server.port       (hosts recommend and ingest; calls retrieve and rank)
+
+Every child gets the supervisor's environment and config file plus the settings that wire it
+to the others. A child that exits is restarted after a back-off (1 s, doubling to 30 s); SIGTERM
+or SIGINT stops them all gracefully.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from recsys.settings import RecsysSettings
+
+logger = logging.getLogger(__name__)
+
+RETRIEVE_OFFSET = 100
+RANK_OFFSET = 101
+MAX_BACKOFF_SECONDS = 30.0
+
+
+@dataclass
+class Child:
+    name: str
+    arguments: list[str]
+    port: int
+    environment: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    backoff_seconds: float = 1.0
+    next_start: float = 0.0
+    log: Path | None = None
+    history: list[int] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def plan(
+    settings: RecsysSettings, *, base_port: int, config_file: Path | None, log_dir: Path
+) -> list[Child]:
+    """The children of a deployment and the settings that wire them together."""
+    executable = str(Path(sys.executable).with_name("recsys"))
+    common = {key: value for key, value in os.environ.items() if key != "RECSYS_SERVER__PORT"}
+    if config_file is not None:
+        common["RECSYS_CONFIG_FILE"] = str(config_file)
+    num_shards = settings.index.num_shards
+    children = []
+    for shard in range(num_shards):
+        children.append(
+            Child(
+                f"shard-{shard}",
+                [
+                    executable,
+                    "serve",
+                    "shard",
+                    "--shard-id",
+                    str(shard),
+                    "--num-shards",
+                    str(num_shards),
+                ],
+                base_port + shard,
+                dict(common),
+            )
+        )
+    targets = json.dumps([[f"127.0.0.1:{base_port + shard}"] for shard in range(num_shards)])
+    children.append(
+        Child(
+            "retrieve",
+            [executable, "serve", "retrieve"],
+            base_port + RETRIEVE_OFFSET,
+            {**common, "RECSYS_RETRIEVE__SHARD_TARGETS": targets},
+        )
+    )
+    children.append(
+        Child("rank", [executable, "serve", "rank"], base_port + RANK_OFFSET, dict(common))
+    )
+    children.append(
+        Child(
+            "recommend",
+            [executable, "serve", "recommend,ingest"],
+            settings.server.port,
+            {
+                **common,
+                "RECSYS_RECOMMEND__RETRIEVE_TARGET": f"127.0.0.1:{base_port + RETRIEVE_OFFSET}",
+                "RECSYS_RECOMMEND__RANK_TARGET": f"127.0.0.1:{base_port + RANK_OFFSET}",
+            },
+        )
+    )
+    for child in children:
+        child.log = log_dir / f"{child.name}.log"
+        # Metrics ports are ephemeral in a local deployment; each child logs its own.
+        child.arguments += ["--port", str(child.port), "--metrics-port", "0"]
+    return children
+
+
+class Supervisor:
+    def __init__(self, children: list[Child], *, poll_seconds: float = 0.5) -> None:
+        self.children = children
+        self.poll_seconds = poll_seconds
+        self._stopping = threading.Event()
+
+    def _start(self, child: Child) -> None:
+        assert child.log is not None
+        child.log.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(child.log, "ab")  # noqa: SIM115 - handed to the child process
+        child.process = subprocess.Popen(
+            child.arguments, stdout=handle, stderr=subprocess.STDOUT, env=child.environment
+        )
+        handle.close()
+        child.history.append(child.process.pid)
+        logger.info(
+            "process started",
+            extra={"process_name": child.name, "pid": child.process.pid, "address": child.address},
+        )
+
+    def start_all(self) -> None:
+        for child in self.children:
+            self._start(child)
+
+    def check(self) -> None:
+        """Restarts children that exited (after their back-off)."""
+        now = time.monotonic()
+        for child in self.children:
+            process = child.process
+            if process is None:
+                if now >= child.next_start:
+                    child.restarts += 1
+                    self._start(child)
+                continue
+            code = process.poll()
+            if code is None:
+                if child.backoff_seconds > 1.0 and now - child.next_start > 60:
+                    child.backoff_seconds = 1.0  # stable for a minute: reset the back-off
+                continue
+            logger.warning(
+                "process exited; restarting",
+                extra={"process_name": child.name, "exit_code": code,
+                       "restart_in_seconds": child.backoff_seconds},
+            )  # fmt: skip
+            child.process = None
+            child.next_start = now + child.backoff_seconds
+            child.backoff_seconds = min(MAX_BACKOFF_SECONDS, child.backoff_seconds * 2)
+
+    def run(self) -> None:
+        def stop(signal_number: int, frame: object) -> None:
+            self._stopping.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        self.start_all()
+        while not self._stopping.wait(self.poll_seconds):
+            self.check()
+        self.stop_all()
+
+    def stop_all(self, timeout: float = 20.0) -> None:
+        for child in self.children:
+            if child.process is not None and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()

@@ -1,0 +1,132 @@
+"""`recsys up` runs the distributed layout as real processes and restarts a killed shard."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from recsys.adapters.snapshots.local import LocalSnapshotStore
+from recsys.data.synthetic import clustered_embeddings
+from recsys.index.builder import build_shard_snapshots
+from recsys.index.embeddings_file import ItemEmbeddings
+from recsys.index.snapshots import SnapshotManager
+from recsys.index.spec import IndexSpec, IndexType
+from recsys_client import ClientOptions, RecsysClient
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+RECSYS = str(Path(sys.executable).with_name("recsys"))
+
+
+def free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def free_base() -> int:
+    for base in range(31_000, 39_000, 211):
+        if all(free(base + offset) for offset in (0, 1, 100, 101)):
+            return base
+    raise RuntimeError("no free port range")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def serving(address: str, service: str = "readiness") -> bool:
+    try:
+        with grpc.insecure_channel(address) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=1
+            )
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def wait_until(predicate, timeout: float = 90) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError("timed out waiting")
+
+
+def pid_of(pattern: str) -> int | None:
+    command = ["pgrep", "-f", "--", pattern]
+    found = subprocess.run(command, capture_output=True, text=True).stdout.split()
+    return int(found[0]) if found else None
+
+
+def test_up_serves_and_restarts_a_killed_shard(tmp_path: Path) -> None:
+    data = clustered_embeddings(2_000, 8, clusters=10, seed=1)
+    build_shard_snapshots(
+        ItemEmbeddings(data.item_ids, data.vectors, "e1"),
+        IndexSpec(dimension=8, index_type=IndexType.FLAT),
+        num_shards=2, index_version="v1",
+        snapshots=SnapshotManager(LocalSnapshotStore(tmp_path / "snapshots")),
+    )  # fmt: skip
+    base, public = free_base(), free_port()
+    environment = {
+        **os.environ,
+        "RECSYS_SERVER__PORT": str(public),
+        "RECSYS_SERVER__SHUTDOWN_DRAIN_SECONDS": "0",
+        "RECSYS_INDEX__NUM_SHARDS": "2",
+        "RECSYS_INDEX__SPEC__DIMENSION": "8",
+        "RECSYS_INDEX__SNAPSHOT_DIR": str(tmp_path / "snapshots"),
+        "RECSYS_RANK__MODEL_REPOSITORY": str(ROOT / "triton_models"),
+        "RECSYS_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}",
+        "RECSYS_LOGGING__ACCESS_LOG": "false",
+    }
+    supervisor = subprocess.Popen(
+        [RECSYS, "up", "--base-port", str(base), "--log-dir", str(tmp_path / "logs")],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    shard_pattern = f"--shard-id 1 --num-shards 2 --port {base + 1} "
+    try:
+        wait_until(lambda: serving(f"127.0.0.1:{public}"))
+        wait_until(lambda: serving(f"127.0.0.1:{base + 100}"))
+        with RecsysClient(ClientOptions(target=f"127.0.0.1:{public}", timeout_seconds=10)) as c:
+            assert c.recommend("newcomer", limit=5).cold_start
+        first_pid = pid_of(shard_pattern)
+        assert first_pid is not None
+        os.kill(first_pid, signal.SIGKILL)
+        wait_until(lambda: (pid_of(shard_pattern) or first_pid) != first_pid, timeout=30)
+        wait_until(lambda: serving(f"127.0.0.1:{base + 1}"), timeout=60)
+        retrieve = f"127.0.0.1:{base + 100}"
+        with RecsysClient(ClientOptions(target=retrieve, timeout_seconds=10)) as client:
+            query = np.asarray(data.queries(1)[0]).tolist()
+
+            def whole() -> bool:
+                response = client.retrieve(query_vector=query, embedding_version="e1", k=20)
+                return not response.partial and len(response.candidates) == 20
+
+            wait_until(whole, timeout=30)
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        try:
+            supervisor.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            supervisor.kill()
+            supervisor.wait()
+    assert supervisor.returncode == 0
+    output = supervisor.stdout.read().decode() if supervisor.stdout else ""
+    assert f"shard-1    127.0.0.1:{base + 1}" in output
+    assert pid_of(shard_pattern) is None  # every child stopped with the supervisor
