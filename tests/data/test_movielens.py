@@ -18,7 +18,13 @@ from recsys.metadata.database import create_engine
 from recsys.metadata.migrate import upgrade
 from recsys.settings import DatabaseSettings
 
-ML_100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
+# The checkout's sibling `shared/` (as on the development and CI machines), or a path of your own.
+ML_100K = Path(
+    os.environ.get(
+        "RECSYS_TEST_MOVIELENS",
+        Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k",
+    )
+)
 
 
 @pytest.fixture(scope="module")
