@@ -111,6 +111,38 @@ async def raw_redis_get(namespace: str, users: list[str]) -> dict[str, Any]:
     return latency_summary(samples)
 
 
+async def measure_in_process(
+    environment: dict[str, str], users: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The same deployment built in this process; the pipeline called directly (the embedded
+    mode's cost without any gRPC), on a fresh surface so the first pass misses the cache."""
+    from recsys import services
+    from recsys.domain.requests import RecommendQuery, RequestContext
+    from recsys.settings import load_settings
+
+    saved = dict(os.environ)
+    os.environ.update(environment)
+    try:
+        settings = load_settings(server={"port": 0}, metrics={"enabled": False})
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    application = await services.build_application(settings, ["embedded"])
+    await application.start()
+    pipeline = application.components["recommend_pipeline"]
+    try:
+        full, hits = [], []
+        for samples in (full, hits):
+            for user in users:
+                query = RecommendQuery(user, "search", 20, RequestContext())
+                began = time.perf_counter()
+                await pipeline.recommend(query)
+                samples.append(time.perf_counter() - began)
+    finally:
+        await application.shutdown()
+    return latency_summary(full), latency_summary(hits)
+
+
 def stage_shares(metrics_url: str) -> dict[str, float]:
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
     sums: dict[str, float] = {}
@@ -158,11 +190,14 @@ def run() -> dict[str, Any]:
     finally:
         server.stop()
     raw = asyncio.run(raw_redis_get(namespace, users))
+    in_process_full, in_process_hits = asyncio.run(measure_in_process(environment, users))
     asyncio.run(_cleanup(namespace))
     rows = [
         {"setup": "raw redis-py GET of a cached answer (the cache-hit limit)", **raw},
         {"setup": "Recommend over gRPC, cache hit", **hits},
         {"setup": f"Recommend over gRPC, full path ({ITEMS:,} items, 10 shards)", **full},
+        {"setup": "RecommendPipeline in-process (no gRPC), cache hit", **in_process_hits},
+        {"setup": "RecommendPipeline in-process (no gRPC), full path", **in_process_full},
     ]
     top = ", ".join(f"{stage} {share:.0%}" for stage, share in list(shares.items())[:6])
     return {
