@@ -44,6 +44,10 @@ runner = CliRunner()
         ["db"],
         ["db", "upgrade"],
         ["up"],
+        ["release"],
+        ["release", "publish"],
+        ["release", "status"],
+        ["release", "rollback"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:

@@ -14,6 +14,7 @@ from recsys.cli_data import data_app
 from recsys.cli_db import db_app
 from recsys.cli_index import index_app
 from recsys.cli_model import model_app
+from recsys.cli_release import release_app
 from recsys.errors import ConfigurationError
 from recsys.observability.logging import configure_logging
 from recsys.settings import RecsysSettings, load_settings
@@ -33,6 +34,7 @@ app.add_typer(index_app, name="index")
 app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
 app.add_typer(db_app, name="db")
+app.add_typer(release_app, name="release")
 
 ConfigOption = Annotated[
     Path | None,

@@ -291,6 +291,12 @@ class DatabaseSettings(_Section):
     statement_timeout_ms: int = Field(default=3000, ge=1)
 
 
+class ReleaseSettings(_Section):
+    # Where release manifests live; when set, services serve exactly the current release's
+    # model, embedding and index versions and refuse anything else.
+    directory: Path | None = None
+
+
 class RateLimitSettings(_Section):
     # Adapter short name: "in_memory" (one process) or "redis" (shared across processes).
     limiter: str = "in_memory"
@@ -338,6 +344,7 @@ class RecsysSettings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     database: DatabaseSettings = DatabaseSettings()
+    release: ReleaseSettings = ReleaseSettings()
 
     @model_validator(mode="after")
     def _shard_targets_match(self) -> RecsysSettings:

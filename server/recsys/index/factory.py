@@ -11,6 +11,7 @@ from recsys.index.host import ShardHost
 from recsys.index.snapshots import SnapshotManager
 from recsys.ports.snapshots import SnapshotStore
 from recsys.registry import create_adapter
+from recsys.release import current_release
 from recsys.settings import RecsysSettings
 
 logger = logging.getLogger(__name__)
@@ -55,12 +56,17 @@ def shard_host(
     executor: concurrent.futures.Executor | None,
 ) -> ShardHost:
     index = settings.index
+    expected = index.expected_embedding_version
+    release = current_release(settings.release.directory)
+    if release is not None:
+        # The release decides: a snapshot built from other embeddings is refused at load.
+        expected = release.embedding_version
     return ShardHost(
         index.spec,
         shard_id=shard_id,
         num_shards=index.num_shards,
         snapshots=snapshots,
-        expected_embedding_version=index.expected_embedding_version,
+        expected_embedding_version=expected,
         executor=executor,
         use_gpu=index.use_gpu,
         gpu_device=index.gpu_device,

@@ -48,6 +48,12 @@ class SnapshotInvalid(FailedPrecondition):
     default_reason = "SNAPSHOT_INVALID"
 
 
+class SnapshotOfAnotherRelease(SnapshotInvalid):
+    """An intact snapshot built from other embeddings than this deployment serves."""
+
+    default_reason = "EMBEDDING_VERSION_MISMATCH"
+
+
 @dataclass(frozen=True)
 class Expectations:
     """What a loader requires of a snapshot (None: anything goes)."""
@@ -145,16 +151,17 @@ class SnapshotManager:
             )
         if expected.dimension is not None and manifest.spec.dimension != expected.dimension:
             problems.append(f"dimension {manifest.spec.dimension}, expected {expected.dimension}")
+        if problems:
+            raise SnapshotInvalid(f"version {version} of shard {shard_id}: " + "; ".join(problems))
         if (
             expected.embedding_version is not None
             and manifest.embedding_version != expected.embedding_version
         ):
-            problems.append(
-                f"embedding version {manifest.embedding_version}, "
-                f"expected {expected.embedding_version}"
+            # An intact snapshot of another release: refused here, but not quarantined.
+            raise SnapshotOfAnotherRelease(
+                f"version {version} of shard {shard_id}: embedding version "
+                f"{manifest.embedding_version}, expected {expected.embedding_version}"
             )
-        if problems:
-            raise SnapshotInvalid(f"version {version} of shard {shard_id}: " + "; ".join(problems))
         files: dict[str, bytes] = {}
         for name, digest in manifest.files.items():
             try:
@@ -208,6 +215,12 @@ class SnapshotManager:
             )
         try:
             _, shard = self.verify(version, expected)
+        except SnapshotOfAnotherRelease as error:
+            logger.error(
+                "snapshot refused: built from other embeddings",
+                extra={"shard_id": shard_id, "index_version": version, "reason": error.message},
+            )
+            raise
         except SnapshotInvalid as error:
             logger.error(
                 "snapshot refused and quarantined",

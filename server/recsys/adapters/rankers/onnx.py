@@ -99,6 +99,8 @@ class OnnxRanker(Ranker):
         self._use_gpu = use_gpu
         self._loaded: LoadedModel | None = None
         self._reload_lock = asyncio.Lock()
+        # Pinned by a release: reload() keeps the loaded version.
+        self.pinned = False
 
     @classmethod
     def from_settings(cls, settings: RecsysSettings) -> OnnxRanker:
@@ -108,7 +110,15 @@ class OnnxRanker(Ranker):
             threads=rank.onnx_threads,
             use_gpu=rank.onnx_use_gpu,
         )
-        ranker.load()
+        from recsys.release import current_release
+
+        release = current_release(settings.release.directory)
+        if release is None:
+            ranker.load()
+        else:
+            # Exactly the release's model: no other version, no hot reload past it.
+            ranker.load(release.model_version.partition(":")[2])
+            ranker.pinned = True
         return ranker
 
     @property
@@ -142,6 +152,8 @@ class OnnxRanker(Ranker):
 
     async def reload(self) -> bool:
         """Swaps in the newest version if it is newer and passes; returns whether it swapped."""
+        if self.pinned:
+            return False
         async with self._reload_lock:
             newest = self.repository.versions()
             current = self._loaded.version.version if self._loaded else None
