@@ -22,7 +22,13 @@ _BACKENDS = {
     common_pb2.RANKING_BACKEND_CPU_MODEL: Backend.CPU_MODEL,
     common_pb2.RANKING_BACKEND_RULE_FALLBACK: Backend.RULE_FALLBACK,
 }
-OPTIONS = [("grpc.keepalive_time_ms", 30_000), ("grpc.enable_retries", 0)]
+OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.enable_retries", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
 
 
 def _translate(error: grpc.aio.AioRpcError, what: str) -> Exception:

@@ -28,6 +28,15 @@ from recsys.settings import RecsysSettings
 
 logger = logging.getLogger(__name__)
 
+# Passing channel_args replaces tritonclient's defaults, so the message limits are restated.
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
 # gRPC status names that mean the server is unhealthy or slow (breaker failures); anything
 # else (INVALID_ARGUMENT, NOT_FOUND...) is a refusal of the request.
 _UNHEALTHY = {"StatusCode.UNAVAILABLE", "StatusCode.INTERNAL", "StatusCode.UNKNOWN",
@@ -59,7 +68,9 @@ class TritonRanker(Ranker):
         self.requested_version = model_version
         self.schema = schema or FeatureSchema(features=RANKING_FEATURES)
         self.max_batch_size = max_batch_size
-        self._client = triton_aio.InferenceServerClient(url=url)
+        # A restarted model server must be reachable by the breaker's next probe: gRPC's default
+        # reconnect back-off grows to 120 s, so cap it.
+        self._client = triton_aio.InferenceServerClient(url=url, channel_args=CHANNEL_ARGS)
         self._served_version = model_version
         self._input_name = self.schema.input_name
         self._output_name = self.schema.output_name
