@@ -21,7 +21,7 @@ from recsys.index.builder import build_shard_snapshots
 from recsys.index.embeddings_file import ItemEmbeddings
 from recsys.index.snapshots import SnapshotManager
 from recsys.index.spec import IndexSpec, IndexType
-from recsys_client import ClientOptions, RecsysClient
+from recsys_client import ClientOptions, RecsysClient, RecsysClientError
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +115,10 @@ def test_up_serves_and_restarts_a_killed_shard(tmp_path: Path) -> None:
             query = np.asarray(data.queries(1)[0]).tolist()
 
             def whole() -> bool:
-                response = client.retrieve(query_vector=query, embedding_version="e1", k=20)
+                try:
+                    response = client.retrieve(query_vector=query, embedding_version="e1", k=20)
+                except RecsysClientError:
+                    return False  # still reconnecting or reloading
                 return not response.partial and len(response.candidates) == 20
 
             wait_until(whole, timeout=30)

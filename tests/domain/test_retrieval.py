@@ -199,3 +199,18 @@ async def test_top_k_stays_exact_when_one_shard_holds_most_of_it() -> None:
     expected = ids[np.argsort(-(vectors @ target))[:100]].tolist()
     assert result.item_ids.tolist() == expected
     assert set(result.shard_ids.tolist()) == {0}
+
+
+async def test_a_loading_shard_does_not_define_the_index(data) -> None:
+    hosts = await hosts_for(data)
+    loading = ShardHost(
+        IndexSpec(dimension=DIMENSION, index_type=IndexType.FLAT),
+        shard_id=1, num_shards=NUM_SHARDS, snapshots=None,
+    )  # fmt: skip  # an empty index, no version, built "now"
+    shards = [[LocalShardClient(h)] for h in hosts]
+    shards[1] = [LocalShardClient(loading)]
+    retriever = Retriever(shards)
+    description = await retriever.refresh_description()
+    assert description is not None
+    assert description.embedding_version == "e1"
+    assert description.index_versions == ("", "v1")

@@ -166,8 +166,11 @@ class Retriever:
             )
         # The newest embedding version wins during a rollout; shards still on the old one then
         # refuse its queries and count as failed until they swap.
+        # A shard still loading (or empty) reports no index version and a fresh build time;
+        # it must not decide what the index is.
+        loaded = [answer for answer in known if answer.index_version] or known
         oldest = dt.datetime.min.replace(tzinfo=dt.UTC)
-        newest = max(known, key=lambda answer: answer.built_at or oldest)
+        newest = max(loaded, key=lambda answer: answer.built_at or oldest)
         self.description = IndexDescription(
             dimension=newest.dimension,
             embedding_version=newest.embedding_version,
