@@ -135,7 +135,6 @@ class RankingChain:
         self.timeout_seconds = timeout_seconds
         self.reserve_seconds = reserve_seconds
         self.metrics = metrics
-        self.fallbacks = 0
         self.model_failures = 0
 
     async def rank(self, features: FloatArray) -> RankingOutcome:
@@ -157,7 +156,6 @@ class RankingChain:
                 self.breaker.record_success()
                 backend = Backend.RULE_FALLBACK if self.primary.rule_based else Backend.MODEL
                 return RankingOutcome(scores, backend, self.primary.model_version)
-        self.fallbacks += 1
         if self.cpu_model is not None:
             try:
                 scores = await self.cpu_model.score(features, timeout=self._timeout())

@@ -8,7 +8,6 @@ PERMISSION_DENIED.
 
 from __future__ import annotations
 
-import contextvars
 import hmac
 from typing import Any
 
@@ -17,12 +16,6 @@ import grpc
 from recsys.errors import PermissionDenied, Unauthenticated
 from recsys.grpc_server.interceptors import Behaviour, _UnaryInterceptor
 from recsys.settings import AuthSettings
-
-_caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("recsys_caller", default=None)
-
-
-def current_caller() -> str | None:
-    return _caller.get()
 
 
 class AuthInterceptor(_UnaryInterceptor):
@@ -75,8 +68,4 @@ class AuthInterceptor(_UnaryInterceptor):
             )
         if not self._allowed(method, caller):
             raise PermissionDenied(f"caller {caller} may not call {method}")
-        token = _caller.set(caller)
-        try:
-            return await behaviour(request, context)
-        finally:
-            _caller.reset(token)
+        return await behaviour(request, context)

@@ -97,10 +97,6 @@ class ShardHost:
             embedding_version=self.expected_embedding_version,
         )
 
-    @property
-    def on_gpu(self) -> bool:
-        return self.current.on_gpu
-
     async def _run(self, function: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, function, *args)

@@ -18,7 +18,6 @@ class InMemoryEventSink(EventSink):
         self._events: collections.deque[Interaction] = collections.deque(maxlen=capacity)
         self._lock = asyncio.Lock()
         self.dropped = 0
-        self.published = 0
         self.deletions: list[tuple[str, str]] = []
 
     @classmethod
@@ -32,7 +31,6 @@ class InMemoryEventSink(EventSink):
             if overflow > 0:
                 self.dropped += overflow
             self._events.extend(interactions)
-            self.published += len(interactions)
 
     async def publish_user_deletion(self, user_id: str, deletion_event_id: str) -> None:
         async with self._lock:
