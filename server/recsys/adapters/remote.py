@@ -7,6 +7,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from recsys.adapters.channels import reconnect_options
 from recsys.deadlines import outbound_timeout
 from recsys.domain.ranking import Backend
 from recsys.domain.requests import RequestContext
@@ -25,9 +26,7 @@ _BACKENDS = {
 OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.enable_retries", 0),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2000),
+    *reconnect_options(max_backoff_ms=2000),
 ]
 
 

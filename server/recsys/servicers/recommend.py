@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -24,9 +24,8 @@ from recsys.ports.events import EventSink
 from recsys.ports.features import FeatureStore
 from recsys.ports.metadata import MetadataRepository
 from recsys.ports.rate_limit import RateLimiter
-from recsys.registry import create_adapter
 from recsys.servicers.convert import recommend_query_from_proto
-from recsys.servicers.shared import feature_store
+from recsys.servicers.shared import feature_store, shared_adapter
 from recsys.settings import RecommendSettings
 from recsys.v1 import common_pb2, recommend_service_pb2, recommend_service_pb2_grpc
 
@@ -174,23 +173,14 @@ async def _zero() -> int:
     return 0
 
 
-def _adapter(context: ServiceContext, port: str, name: str) -> Any:
-    def create() -> Any:
-        adapter = create_adapter(port, name, context.settings)
-        context.resources.push_async_callback(adapter.close)
-        return adapter
-
-    return context.shared_object(port, create)
-
-
 async def build(context: ServiceContext) -> list[ServiceBinding]:
     settings = context.settings
     recommend = settings.recommend
     features = feature_store(context)
-    metadata: MetadataRepository = _adapter(context, "metadata", recommend.metadata)
-    cache: RecommendationCache = _adapter(context, "recommendation_cache", recommend.cache)
-    limiter: RateLimiter = _adapter(context, "rate_limiter", settings.rate_limit.limiter)
-    events: EventSink = _adapter(context, "event_sink", settings.ingest.event_sink)
+    metadata: MetadataRepository = shared_adapter(context, "metadata", recommend.metadata)
+    cache: RecommendationCache = shared_adapter(context, "recommendation_cache", recommend.cache)
+    limiter: RateLimiter = shared_adapter(context, "rate_limiter", settings.rate_limit.limiter)
+    events: EventSink = shared_adapter(context, "event_sink", settings.ingest.event_sink)
     candidates = context.shared.get("retriever")
     if recommend.retrieve_target:
         candidates = GrpcCandidateSource(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from recsys.ports.features import FeatureStore
 from recsys.registry import create_adapter
@@ -11,15 +11,19 @@ if TYPE_CHECKING:
     from recsys.services import ServiceContext
 
 
+def shared_adapter(context: ServiceContext, port: str, name: str) -> Any:
+    """The process's adapter for a port, created on first use and closed at shutdown."""
+
+    def create() -> Any:
+        adapter = create_adapter(port, name, context.settings)
+        context.resources.push_async_callback(adapter.close)
+        return adapter
+
+    return context.shared_object(port, create)
+
+
 def feature_store(context: ServiceContext) -> FeatureStore:
     """The process's feature store, shared by every service hosted in it."""
-
-    def create() -> FeatureStore:
-        settings = context.settings
-        store: FeatureStore = create_adapter("feature_store", settings.features.store, settings)
-        context.resources.push_async_callback(store.close)
-        return store
-
-    store = context.shared_object("feature_store", create)
+    store = shared_adapter(context, "feature_store", context.settings.features.store)
     assert isinstance(store, FeatureStore)
     return store

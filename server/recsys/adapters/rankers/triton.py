@@ -20,6 +20,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
+from recsys.adapters.channels import reconnect_options
 from recsys.domain.ranking import RANKING_FEATURES
 from recsys.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from recsys.ports.ranker import Ranker
@@ -32,9 +33,7 @@ logger = logging.getLogger(__name__)
 CHANNEL_ARGS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
+    *reconnect_options(max_backoff_ms=1000),
 ]
 
 # gRPC status names that mean the server is unhealthy or slow (breaker failures); anything
@@ -68,8 +67,7 @@ class TritonRanker(Ranker):
         self.requested_version = model_version
         self.schema = schema or FeatureSchema(features=RANKING_FEATURES)
         self.max_batch_size = max_batch_size
-        # A restarted model server must be reachable by the breaker's next probe: gRPC's default
-        # reconnect back-off grows to 120 s, so cap it.
+        # A restarted model server must be reachable by the breaker's next probe.
         self._client = triton_aio.InferenceServerClient(url=url, channel_args=CHANNEL_ARGS)
         self._served_version = model_version
         self._input_name = self.schema.input_name

@@ -7,6 +7,7 @@ import datetime as dt
 import grpc
 import numpy as np
 
+from recsys.adapters.channels import reconnect_options
 from recsys.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -25,11 +26,7 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     # Replica failover is the Retriever's job; the channel must not retry on its own.
     ("grpc.enable_retries", 0),
-    # A restarted shard must be found again within a second or two, not after gRPC's default
-    # reconnect back-off of up to 120 s.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2000),
+    *reconnect_options(max_backoff_ms=2000),
 ]
 
 
