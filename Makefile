@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "python3.11 not found" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet -c constraints.txt -e clients/python -e '.[cpu,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e clients/python -e '.[cpu,train,dev]'
 	touch $(STAMP)
 
 install: $(STAMP) ## Create the venv and install the platform, client and dev tools (pinned)

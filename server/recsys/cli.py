@@ -10,14 +10,15 @@ from typing import Annotated, Any
 import typer
 
 from recsys import registry, services
+from recsys.cli_common import ConfigOption, settings_or_exit
 from recsys.cli_data import data_app
 from recsys.cli_db import db_app
 from recsys.cli_index import index_app
 from recsys.cli_model import model_app
 from recsys.cli_release import release_app
+from recsys.cli_train import demo, evaluate, train
 from recsys.errors import ConfigurationError
 from recsys.observability.logging import configure_logging
-from recsys.settings import RecsysSettings, load_settings
 
 logger = logging.getLogger("recsys.cli")
 
@@ -35,24 +36,9 @@ app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
 app.add_typer(db_app, name="db")
 app.add_typer(release_app, name="release")
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="TOML settings file (also RECSYS_CONFIG_FILE). Environment RECSYS_* overrides it.",
-        dir_okay=False,
-    ),
-]
-
-
-def _settings_or_exit(config: Path | None, overrides: dict[str, Any]) -> RecsysSettings:
-    try:
-        return load_settings(config, **overrides)
-    except ConfigurationError as error:
-        typer.echo(f"recsys: {error.message}", err=True)
-        raise typer.Exit(code=2) from error
+app.command("train")(train)
+app.command("eval")(evaluate)
+app.command("demo")(demo)
 
 
 @app.command()
@@ -98,7 +84,7 @@ def serve(
     }
     if index_keys:
         overrides["index"] = index_keys
-    settings = _settings_or_exit(config, overrides)
+    settings = settings_or_exit(config, overrides)
     configure_logging(settings.logging.level, settings.logging.format)
     names = [name.strip() for name in service.split(",") if name.strip()]
     try:
@@ -130,7 +116,7 @@ def up(
     when one dies, until SIGTERM or Ctrl-C. Recommend listens on server.port."""
     from recsys.deploy.supervisor import Supervisor, plan
 
-    settings = _settings_or_exit(config, {})
+    settings = settings_or_exit(config, {})
     configure_logging(settings.logging.level, settings.logging.format)
     children = plan(settings, base_port=base_port, config_file=config, log_dir=log_dir)
     for child in children:
@@ -141,7 +127,7 @@ def up(
 @config_app.command("show")
 def config_show(config: ConfigOption = None) -> None:
     """Print the effective settings as JSON (defaults, file and environment merged)."""
-    settings = _settings_or_exit(config, {})
+    settings = settings_or_exit(config, {})
     typer.echo(settings.model_dump_json(indent=2))
 
 

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from recsys.cli_common import (
+    ConfigOption,
+    InteractionsOption,
+    ItemsOption,
+    MovieLensOption,
+    SeedOption,
+    UsersOption,
+    catalogue_from,
+    fail,
+    settings_or_exit,
+)
 from recsys.data.synthetic import clustered_embeddings
+from recsys.errors import RecsysError
 from recsys.index.embeddings_file import ItemEmbeddings, save_embeddings
 
-data_app = typer.Typer(help="Generate data sets.", no_args_is_help=True)
+data_app = typer.Typer(help="Generate and load data sets.", no_args_is_help=True)
 
 
 @data_app.command("embeddings")
@@ -28,3 +41,58 @@ def embeddings(
     data = clustered_embeddings(items, dimension, clusters=clusters, seed=seed)
     save_embeddings(output, ItemEmbeddings(data.item_ids, data.vectors, embedding_version))
     typer.echo(f"wrote {items} x {dimension} embeddings ({embedding_version}) to {output}")
+
+
+@data_app.command("load")
+def load(
+    config: ConfigOption = None,
+    movielens: MovieLensOption = None,
+    items: ItemsOption = 20_000,
+    users: UsersOption = 5_000,
+    interactions_per_user: InteractionsOption = 30,
+    seed: SeedOption = 0,
+) -> None:
+    """Load a catalogue (MovieLens files or a synthetic one) into the configured SQL metadata
+    store and feature store: items, users, interactions, item features."""
+    from recsys.data.catalogue import load_catalogue
+    from recsys.registry import create_adapter
+
+    settings = settings_or_exit(config, {})
+    catalogue = catalogue_from(movielens, items, users, interactions_per_user, seed)
+
+    async def run() -> None:
+        metadata = create_adapter("metadata", settings.recommend.metadata, settings)
+        features = create_adapter("feature_store", settings.features.store, settings)
+        try:
+            await load_catalogue(catalogue, metadata=metadata, features=features)
+        finally:
+            await metadata.close()
+            await features.close()
+
+    try:
+        asyncio.run(run())
+    except RecsysError as error:
+        raise fail(error) from error
+    typer.echo(
+        f"loaded {len(catalogue.items)} items, {len(catalogue.users)} users and "
+        f"{len(catalogue.interactions)} interactions ({settings.recommend.metadata} metadata, "
+        f"{settings.features.store} feature store)"
+    )
+
+
+@data_app.command("features")
+def features(
+    snapshot: Annotated[
+        Path, typer.Argument(help="A feature snapshot (`recsys train` writes features.npz).")
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Load a feature snapshot (user embeddings, preferences, item features) into the
+    configured feature store."""
+    from recsys.cli_train import load_features_into_store
+
+    settings = settings_or_exit(config, {})
+    try:
+        load_features_into_store(settings, snapshot)
+    except RecsysError as error:
+        raise fail(error) from error

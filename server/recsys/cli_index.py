@@ -48,6 +48,14 @@ def build(
     num_shards: Annotated[int, typer.Option(min=1, help="Shards (item_id % N).")] = 10,
     index_type: Annotated[IndexType, typer.Option(help="FAISS index type.")] = IndexType.IVF_FLAT,
     metric: Annotated[Metric, typer.Option(help="Similarity metric.")] = Metric.INNER_PRODUCT,
+    normalize: Annotated[
+        bool | None,
+        typer.Option(
+            "--normalize/--no-normalize",
+            help="Inner product on unit vectors (cosine); --no-normalize keeps raw inner products "
+            "(what `recsys train`'s ALS embeddings are scored by). Default: on for inner_product.",
+        ),
+    ] = None,
     nlist: Annotated[int, typer.Option(min=0, help="IVF lists per shard; 0 = about sqrt(n).")] = 0,
     nprobe: Annotated[int, typer.Option(min=1, help="Default IVF lists probed.")] = 16,
     pq_m: Annotated[int, typer.Option(min=1, help="IVF-PQ sub-quantizers.")] = 8,
@@ -76,7 +84,7 @@ def build(
             dimension=data.dimension,
             index_type=index_type,
             metric=metric,
-            normalize=metric is Metric.INNER_PRODUCT,
+            normalize=(metric is Metric.INNER_PRODUCT) if normalize is None else normalize,
             nlist=nlist,
             nprobe=nprobe,
             pq_m=pq_m,

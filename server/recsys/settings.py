@@ -147,6 +147,8 @@ class RecommendSettings(_Section):
     # Seed: at most 3 items per category in the top 20.
     diversity_max_per_category: int = Field(default=3, ge=1)
     diversity_window: int = Field(default=20, ge=1)
+    # Off only for offline-parity evaluation (`recsys eval`): the ranked order is served as is.
+    diversity_enabled: bool = True
     # Budget of the user-feature read (seed: 10 ms), then default features.
     feature_timeout_ms: int = Field(default=10, ge=1)
     # Budget of each cache read; past it the request continues without the cache.
@@ -273,6 +275,9 @@ class FeaturesSettings(_Section):
     # and at most this many are kept (least recently used go first).
     item_cache_ttl_seconds: float = Field(default=60.0, ge=0)
     item_cache_max_items: int = Field(default=100_000, ge=0)
+    # A feature snapshot (`recsys train` writes one) loaded into the store at every start;
+    # meant for the in-memory store of the embedded mode, which keeps nothing across runs.
+    preload_path: Path | None = None
 
 
 class DatabaseSettings(_Section):

@@ -512,12 +512,14 @@ class RecommendPipeline:
             ]
         ids = privacy_filter(ids, metadata, profile, query.context.country)
         categories = {item: metadata[item].category for item in ids}
-        ids = diversify(
-            ids,
-            categories,
-            max_per_category=self.settings.diversity_max_per_category,
-            window=self.settings.diversity_window,
-        )[:CACHE_LIMIT]
+        if self.settings.diversity_enabled:
+            ids = diversify(
+                ids,
+                categories,
+                max_per_category=self.settings.diversity_max_per_category,
+                window=self.settings.diversity_window,
+            )
+        ids = ids[:CACHE_LIMIT]
         items = [
             CachedItem(
                 item_id=item,

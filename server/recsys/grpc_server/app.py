@@ -210,14 +210,19 @@ class GrpcApplication:
     async def wait_for_termination(self) -> None:
         await self._terminated.wait()
 
-    async def run_until_signal(self) -> None:
-        """Starts, serves until SIGTERM or SIGINT, then shuts down gracefully."""
+    async def run_until_signal(
+        self, on_started: Callable[[int], Awaitable[bool]] | None = None
+    ) -> None:
+        """Starts, serves until SIGTERM or SIGINT, then shuts down gracefully.
+        `on_started(port)` runs once serving; returning False stops at once."""
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
         for signal_number in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signal_number, stop_requested.set)
         try:
-            await self.start()
+            port = await self.start()
+            if on_started is not None and not await on_started(port):
+                stop_requested.set()
             await stop_requested.wait()
             logger.info("stop signal received")
         finally:

@@ -75,11 +75,16 @@ class TritonRanker(Ranker):
 
     @classmethod
     def from_settings(cls, settings: RecsysSettings) -> TritonRanker:
+        from recsys.release import current_release
+
         rank = settings.rank
+        release = current_release(settings.release.directory)
+        # A release pins the version the server is asked for ("ranker:3" -> "3").
+        version = release.model_version.partition(":")[2] if release else rank.model_version
         return cls(
             rank.triton_url,
             rank.model_name,
-            model_version=rank.model_version,
+            model_version=version,
             max_batch_size=rank.triton_max_batch_size,
         )
 

@@ -1,0 +1,289 @@
+"""`recsys eval`: train on a split, then measure four recommenders on the held-out part:
+
+- popularity: the most interacted-with items of the training data;
+- retrieval: the embeddings' top candidates (retrieval alone);
+- retrieval + ranking: those candidates re-scored by the ranking model (ONNX Runtime);
+- served: the same through a running deployment over gRPC (Recommend, diversity off).
+
+Every row removes the user's training items and applies the same privacy filter the
+Recommend service applies (`allowed_by_privacy`), so the served row must equal the
+retrieval + ranking row; `parity` reports the share of users whose lists are identical.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from recsys.data.catalogue import Catalogue
+from recsys.domain.policies import privacy_filter
+from recsys.evaluation.metrics import TopKMetrics, evaluate_lists
+from recsys.ports.metadata import ItemMetadata, UserProfile
+from recsys.training.dataset import InteractionTable, leave_last_out, random_split
+from recsys.training.models import (
+    EmbeddingSettings,
+    RankerSettings,
+    feature_rows,
+    popularity_of,
+    top_candidates,
+)
+from recsys.training.pipeline import TrainedModels, train_models
+
+logger = logging.getLogger(__name__)
+
+IntArray = npt.NDArray[np.int64]
+
+
+class Protocol(enum.StrEnum):
+    RANDOM = "random"  # per-user random 75/25
+    LAST = "last"  # time-based leave-last-out
+
+
+PROTOCOL_TITLES = {
+    Protocol.RANDOM: "per-user random 75/25",
+    Protocol.LAST: "time-based leave-last-out",
+}
+ROWS = ("popularity", "retrieval", "retrieval + ranking", "served (gRPC)")
+
+
+def split(table: InteractionTable, protocol: Protocol, seed: int) -> tuple[InteractionTable, ...]:
+    if protocol is Protocol.RANDOM:
+        return random_split(table, train_ratio=0.75, seed=seed)
+    return leave_last_out(table)
+
+
+class OfflineRecommender:
+    """The evaluation's own implementation of each row, from the trained models."""
+
+    def __init__(self, catalogue: Catalogue, models: TrainedModels, candidates: int) -> None:
+        import onnxruntime
+
+        self.models = models
+        self.candidates = candidates
+        self.item_ids = models.table.item_ids
+        self.metadata: dict[int, ItemMetadata] = {item.item_id: item for item in catalogue.items}
+        self.profiles: dict[str, UserProfile] = {user.user_id: user for user in catalogue.users}
+        self.seen = models.table.items_by_user()
+        popularity = np.asarray(models.table.matrix().sum(axis=0)).ravel()
+        self.popular_rows = np.lexsort((np.arange(len(popularity)), -popularity))
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(
+            models.ranker_onnx, options, providers=["CPUExecutionProvider"]
+        )
+
+    def _finish(self, user_row: int, rows: IntArray, k: int) -> list[int]:
+        rows = rows[~np.isin(rows, self.seen[user_row])]
+        profile = self.profiles.get(self.models.table.user_ids[user_row])
+        allowed = privacy_filter(self.item_ids[rows].tolist(), self.metadata, profile, "")
+        return allowed[:k]
+
+    def popularity(self, user_row: int, k: int) -> list[int]:
+        return self._finish(user_row, self.popular_rows, k)
+
+    def _candidates(self, user_row: int) -> tuple[IntArray, npt.NDArray[np.float32]]:
+        vectors = self.models.embeddings
+        return top_candidates(vectors.user_vectors[user_row], vectors.item_vectors, self.candidates)
+
+    def retrieval(self, user_row: int, k: int) -> list[int]:
+        rows, _ = self._candidates(user_row)
+        return self._finish(user_row, rows, k)
+
+    def ranked(self, user_row: int, k: int) -> list[int]:
+        rows, scores = self._candidates(user_row)
+        keep = ~np.isin(rows, self.seen[user_row])
+        rows, scores = rows[keep], scores[keep]
+        embeddings = self.models.embeddings
+        features = feature_rows(
+            embeddings.user_vectors[user_row],
+            rows,
+            scores,
+            embeddings.item_vectors,
+            self.models.signals,
+            user_row,
+        )
+        (model_scores,) = self.session.run(["scores"], {"features": features})
+        order = np.argsort(-model_scores.ravel(), kind="stable")
+        return self._finish(user_row, rows[order], k)
+
+
+@dataclass
+class ProtocolResult:
+    protocol: Protocol
+    rows: dict[str, TopKMetrics]
+    parity: float | None  # share of users whose served list equals the offline ranked list
+    train_pairs: int
+    test_pairs: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def training_catalogue(catalogue: Catalogue, train: InteractionTable) -> Catalogue:
+    """The catalogue as the deployment should know it: training interactions only, and item
+    popularity from them (nothing of the held-out part leaks into serving)."""
+    pairs = {
+        (train.user_ids[user], int(train.item_ids[item]))
+        for user, item in zip(train.user_rows, train.item_rows, strict=True)
+    }
+    interactions = [
+        event for event in catalogue.interactions if (event.user_id, event.item_id) in pairs
+    ]
+    popularity = popularity_of(train.matrix())
+    row_of = {int(item): row for row, item in enumerate(train.item_ids)}
+    items = [
+        replace(item, popularity=float(popularity[row_of[item.item_id]]))
+        if item.item_id in row_of
+        else item
+        for item in catalogue.items
+    ]
+    return replace(catalogue, items=items, interactions=interactions)
+
+
+async def served_lists(
+    catalogue: Catalogue,
+    models: TrainedModels,
+    users: list[str],
+    *,
+    k: int,
+    candidates: int,
+    folder: Path,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, list[int]]:
+    """Deploys `models` (10 shards, embedded mode, loopback port) and asks Recommend for every
+    user through the client library, one call at a time."""
+    from recsys import services
+    from recsys.deploy.sample import prepare_deployment
+    from recsys.settings import load_settings
+    from recsys_client import AsyncRecsysClient, ClientOptions
+
+    deployment = await prepare_deployment(catalogue, models, folder, progress=progress)
+    overrides: dict[str, Any] = {
+        **deployment.settings,
+        "server": {"host": "127.0.0.1", "port": 0, "shutdown_drain_seconds": 0.0},
+        "metrics": {"enabled": False},
+        "logging": {"access_log": False, "level": "WARNING"},
+        # Offline parity: the ranked order as is, nobody throttled, budgets no call runs into.
+        "recommend": {
+            "diversity_enabled": False,
+            "rate_limit_enabled": False,
+            "candidates": candidates,
+            "feature_timeout_ms": 5_000,
+            "cache_timeout_ms": 5_000,
+        },
+        "rank": {
+            **deployment.settings["rank"],
+            "feature_timeout_ms": 5_000,
+            "timeout_ms": 5_000,
+            "reload_poll_seconds": 0,
+        },
+    }
+    overrides["index"] = {**overrides["index"], "snapshot_poll_seconds": 0}
+    settings = load_settings(**overrides)
+    application = await services.build_application(settings, ["embedded"])
+    port = await application.start()
+    answers: dict[str, list[int]] = {}
+    try:
+        options = ClientOptions(target=f"127.0.0.1:{port}", timeout_seconds=30.0)
+        async with AsyncRecsysClient(options) as client:
+            for number, user in enumerate(users, start=1):
+                response = await client.recommend(user, limit=k)
+                answers[user] = [item.item_id for item in response.items]
+                if progress and number % 200 == 0:
+                    progress(f"served path: {number}/{len(users)} users")
+    finally:
+        await application.shutdown()
+    return answers
+
+
+async def evaluate_protocol(
+    catalogue: Catalogue,
+    protocol: Protocol,
+    *,
+    k: int = 10,
+    candidates: int = 1000,
+    seed: int = 42,
+    served: bool = True,
+    embedding: EmbeddingSettings | None = None,
+    ranker: RankerSettings | None = None,
+    workdir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ProtocolResult:
+    say = progress or (lambda message: None)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    table = InteractionTable.from_interactions(
+        catalogue.interactions, [item.item_id for item in catalogue.items]
+    )
+    train, test = split(table, protocol, seed)
+    say(f"{protocol.value}: {len(train)} training pairs, {len(test)} held out; training")
+    models = await asyncio.to_thread(
+        train_models, catalogue, train, embedding=embedding, ranker=ranker
+    )
+    seconds["train"] = round(time.perf_counter() - started, 2)
+    offline = OfflineRecommender(catalogue, models, candidates)
+    relevant: dict[str, set[int]] = {}
+    for user_row, items in enumerate(test.items_by_user()):
+        if len(items):
+            relevant[train.user_ids[user_row]] = set(train.item_ids[items].tolist())
+    user_rows = {user: row for row, user in enumerate(train.user_ids)}
+    category_of = {item.item_id: item.category for item in catalogue.items}
+
+    def measure(lists: Mapping[str, list[int]]) -> TopKMetrics:
+        return evaluate_lists(
+            lists, relevant, category_of=category_of, catalogue_size=len(catalogue.items), k=k
+        )
+
+    rows: dict[str, TopKMetrics] = {}
+    ranked: dict[str, list[int]] = {}
+    for name, method in (
+        ("popularity", offline.popularity),
+        ("retrieval", offline.retrieval),
+        ("retrieval + ranking", offline.ranked),
+    ):
+        clock = time.perf_counter()
+        lists = {user: method(user_rows[user], k) for user in relevant}
+        rows[name] = measure(lists)
+        seconds[name] = round(time.perf_counter() - clock, 2)
+        if name == "retrieval + ranking":
+            ranked = lists
+    parity = None
+    if served:
+        clock = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="recsys-eval-", dir=workdir) as folder:
+            answers = await served_lists(
+                training_catalogue(catalogue, train),
+                models,
+                list(relevant),
+                k=k,
+                candidates=candidates,
+                folder=Path(folder) / "deployment",
+                progress=say,
+            )
+        rows["served (gRPC)"] = measure(answers)
+        parity = sum(answers.get(user) == ranked[user] for user in relevant) / len(relevant)
+        seconds["served (gRPC)"] = round(time.perf_counter() - clock, 2)
+    return ProtocolResult(protocol, rows, parity, len(train), len(test), seconds)
+
+
+def markdown_table(results: list[ProtocolResult], *, k: int = 10) -> str:
+    lines = [
+        f"| protocol | recommender | P@{k} | R@{k} | NDCG@{k} | MAP@{k} | coverage | diversity |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        for name, metrics in result.rows.items():
+            lines.append(
+                f"| {PROTOCOL_TITLES[result.protocol]} | {name} | {metrics.precision:.4f} | "
+                f"{metrics.recall:.4f} | {metrics.ndcg:.4f} | {metrics.map:.4f} | "
+                f"{metrics.coverage:.4f} | {metrics.diversity:.4f} |"
+            )
+    return "\n".join(lines)

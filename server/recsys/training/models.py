@@ -1,0 +1,251 @@
+"""The two learned models: user and item embeddings (implicit's ALS on BM25-weighted
+interactions) and the ranking model (LightGBM lambdarank over exactly RANKING_FEATURES),
+exported to ONNX for Triton and the in-process ONNX ranker."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from recsys.domain.ranking import RANKING_FEATURES, RankingInputs, assemble_features
+from recsys.domain.requests import DeviceType
+from recsys.ranking.model_repository import MODEL_FILE, SCHEMA_FILE, FeatureSchema, write_schema
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+# MovieLens and the synthetic catalogues carry no request context: every training row gets
+# this time and no device, so the model learns nothing from those columns (the trees never
+# split on a constant) and serves the same scores at any hour and on any device.
+TRAINING_REQUEST_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+ONNX_OPSET = 15  # the newest onnxmltools' LightGBM converter supports
+
+
+@dataclass(frozen=True)
+class EmbeddingSettings:
+    """Chosen on ML-100K with a validation split carved from the training data (docs/quality.md):
+    strong regularisation of BM25-weighted ALS beats more factors."""
+
+    factors: int = 64
+    regularization: float = 20.0
+    iterations: int = 15
+    bm25_k1: float = 100.0
+    bm25_b: float = 0.8
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RankerSettings:
+    trees: int = 100
+    learning_rate: float = 0.05
+    leaves: int = 7
+    min_child_samples: int = 200
+    # Candidates per user in the ranker's training rows (retrieval's top, seen items removed).
+    candidates: int = 100
+    # Share of each user's training pairs held out to label the ranker's rows.
+    holdout_ratio: float = 0.1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    user_vectors: FloatArray  # users x factors, rows as in the interaction table
+    item_vectors: FloatArray  # items x factors
+
+
+def fit_embeddings(
+    interactions: sp.csr_matrix, settings: EmbeddingSettings, *, show_progress: bool = False
+) -> Embeddings:
+    """ALS on the users x items matrix (1 per interaction), BM25-weighted."""
+    import threadpoolctl
+    from implicit.cpu.als import AlternatingLeastSquares
+    from implicit.nearest_neighbours import bm25_weight
+
+    weighted = bm25_weight(interactions, K1=settings.bm25_k1, B=settings.bm25_b).tocsr()
+    # implicit runs its own threads; a multi-threaded BLAS under them only oversubscribes.
+    with threadpoolctl.threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=settings.factors,
+            regularization=settings.regularization,
+            iterations=settings.iterations,
+            random_state=settings.seed,
+            calculate_training_loss=False,
+        )
+        model.fit(weighted.astype(np.float32), show_progress=show_progress)
+    return Embeddings(
+        np.ascontiguousarray(model.user_factors, dtype=np.float32),
+        np.ascontiguousarray(model.item_factors, dtype=np.float32),
+    )
+
+
+@dataclass(frozen=True)
+class ItemSignals:
+    """Per-item ranking inputs aligned with the item rows, and per-user preferences."""
+
+    popularity: FloatArray
+    freshness: FloatArray
+    category_rows: IntArray
+    categories: list[str]
+    preferences: FloatArray  # users x categories in [0, 1]
+
+
+def popularity_of(interactions: sp.csr_matrix) -> FloatArray:
+    """Interaction counts on a log scale in [0, 1] (as the catalogue loader computes it)."""
+    counts = np.asarray(interactions.sum(axis=0)).ravel()
+    top = counts.max(initial=0)
+    if not top:
+        return np.zeros(len(counts), np.float32)
+    result: FloatArray = (np.log1p(counts) / np.log1p(top)).astype(np.float32)
+    return result
+
+
+def preferences_of(
+    interactions: sp.csr_matrix, category_rows: IntArray, category_count: int
+) -> FloatArray:
+    """Each user's share of interactions per category, scaled so the favourite is 1."""
+    coo = interactions.tocoo()
+    counts = np.zeros((interactions.shape[0], category_count), np.float32)
+    np.add.at(counts, (coo.row, category_rows[coo.col]), 1.0)
+    top = counts.max(axis=1, keepdims=True)
+    result: FloatArray = np.divide(counts, top, out=np.zeros_like(counts), where=top > 0)
+    return result
+
+
+def top_candidates(
+    user_vector: FloatArray, item_vectors: FloatArray, count: int
+) -> tuple[IntArray, FloatArray]:
+    """Item rows of the `count` best inner products, best first (ties by item row)."""
+    scores = (item_vectors @ user_vector).astype(np.float32)
+    count = min(count, len(scores))
+    head = np.argpartition(-scores, count - 1)[:count] if count < len(scores) else np.arange(count)
+    order = np.lexsort((head, -scores[head]))
+    return head[order].astype(np.int64), scores[head[order]]
+
+
+def feature_rows(
+    user_vector: FloatArray,
+    candidate_rows: IntArray,
+    candidate_scores: FloatArray,
+    item_vectors: FloatArray,
+    signals: ItemSignals,
+    user_row: int,
+) -> FloatArray:
+    """The candidates' feature matrix, assembled by the same function the Rank service uses."""
+    preferences = signals.preferences[user_row]
+    return assemble_features(
+        RankingInputs(
+            candidate_scores=candidate_scores,
+            popularity=signals.popularity[candidate_rows],
+            freshness=signals.freshness[candidate_rows],
+            category_affinity=preferences[signals.category_rows[candidate_rows]],
+            item_vectors=item_vectors[candidate_rows],
+            user_vector=user_vector,
+            request_time=TRAINING_REQUEST_TIME,
+            device_type=DeviceType.UNKNOWN,
+        )
+    )
+
+
+def ranker_training_rows(
+    embeddings: Embeddings,
+    signals: ItemSignals,
+    seen: Sequence[IntArray],
+    held_out: Sequence[IntArray],
+    candidates: int,
+) -> tuple[FloatArray, FloatArray, list[int]]:
+    """For each user with held-out items: retrieval's top candidates (seen items removed),
+    labelled 1 when held out. Returns features, labels and group sizes."""
+    features, labels, groups = [], [], []
+    for user_row, (seen_rows, positive_rows) in enumerate(zip(seen, held_out, strict=True)):
+        if not len(positive_rows):
+            continue
+        user_vector = embeddings.user_vectors[user_row]
+        rows, scores = top_candidates(
+            user_vector, embeddings.item_vectors, candidates + len(seen_rows)
+        )
+        keep = ~np.isin(rows, seen_rows)
+        rows, scores = rows[keep][:candidates], scores[keep][:candidates]
+        label = np.isin(rows, positive_rows).astype(np.float32)
+        if not label.any():
+            continue  # lambdarank learns nothing from a group without a positive
+        features.append(
+            feature_rows(user_vector, rows, scores, embeddings.item_vectors, signals, user_row)
+        )
+        labels.append(label)
+        groups.append(len(rows))
+    if not groups:
+        raise ValueError("no user has a held-out item among its candidates; too little data")
+    return np.concatenate(features), np.concatenate(labels), groups
+
+
+def fit_ranker(
+    features: FloatArray, labels: FloatArray, groups: list[int], settings: RankerSettings
+) -> Any:
+    """A LightGBM lambdarank model; returns its Booster."""
+    import lightgbm
+
+    model = lightgbm.LGBMRanker(
+        n_estimators=settings.trees,
+        learning_rate=settings.learning_rate,
+        num_leaves=settings.leaves,
+        min_child_samples=settings.min_child_samples,
+        random_state=settings.seed,
+        n_jobs=1,
+        deterministic=True,
+        verbose=-1,
+    )
+    model.fit(features, labels, group=groups)
+    return model.booster_
+
+
+def ranker_to_onnx(booster: Any) -> bytes:
+    """The booster as ONNX with the tensor names Triton's config and the schema use:
+    features[batch, F] -> scores[batch, 1]."""
+    import onnx
+    from onnxmltools import convert_lightgbm
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    width = len(RANKING_FEATURES)
+    model = convert_lightgbm(
+        booster,
+        name="recsys_ranker",
+        initial_types=[("features", FloatTensorType([None, width]))],
+        target_opset=ONNX_OPSET,
+        zipmap=False,
+    )
+    (output,) = model.graph.output
+    produced = output.name
+    for node in model.graph.node:
+        node.output[:] = ["scores" if name == produced else name for name in node.output]
+    output.name = "scores"
+    model.producer_name = "recsys"
+    onnx.checker.check_model(model)
+    serialized: bytes = model.SerializeToString()
+    return serialized
+
+
+def write_model_version(model_folder: Path, version: str, serialized: bytes) -> Path:
+    """`<model_folder>/<version>/model.onnx` with its feature schema, written in a staging
+    folder and renamed, so a watching ranker never sees half a version."""
+    folder = model_folder / version
+    if folder.exists():
+        raise FileExistsError(f"model version {folder} exists")
+    staging = model_folder / f".{version}.partial"
+    staging.mkdir(parents=True, exist_ok=False)
+    (staging / MODEL_FILE).write_bytes(serialized)
+    write_schema(staging / SCHEMA_FILE, FeatureSchema(features=RANKING_FEATURES))
+    staging.rename(folder)
+    return folder
+
+
+def next_model_version(model_folder: Path) -> str:
+    """Triton numbers versions: one past the highest present."""
+    numbers = [int(p.name) for p in model_folder.glob("*") if p.is_dir() and p.name.isdigit()]
+    return str(max(numbers, default=0) + 1)
