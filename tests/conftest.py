@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,6 +19,25 @@ import pytest
 
 from recsys.grpc_server.app import GrpcApplication, ServiceBinding
 from recsys.settings import RecsysSettings, load_settings
+
+# The checkout's sibling `shared/` (as on the development and CI machines), or a path of your own.
+ML_100K = Path(
+    os.environ.get(
+        "RECSYS_TEST_MOVIELENS",
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k",
+    )
+)
+
+
+@pytest.fixture(scope="module")
+def movielens_path() -> Path:
+    if not (ML_100K / "u.data").is_file():
+        message = f"MovieLens 100K not found at {ML_100K}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return ML_100K
+
 
 ADDRESS_PATTERN = re.compile(r'"address": "(127\.0\.0\.1:\d+)"')
 

@@ -176,7 +176,7 @@ def evaluate(
         if result.parity is not None:
             typer.echo(
                 f"{result.protocol.value}: served lists equal the offline ranked lists for "
-                f"{result.parity:.2%} of users"
+                f"{result.parity:.2%} of users ({result.degraded} degraded answers)"
             )
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
@@ -189,6 +189,7 @@ def evaluate(
                         "train_pairs": result.train_pairs,
                         "test_pairs": result.test_pairs,
                         "parity": result.parity,
+                        "degraded_answers": result.degraded,
                         "seconds": result.seconds,
                         "rows": {name: row.as_dict() for name, row in result.rows.items()},
                     }

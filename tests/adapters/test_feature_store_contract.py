@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,3 +121,58 @@ async def test_recent_interactions_expire(store: FeatureStore) -> None:
     assert (await store.get_user_features("u2")).recent_item_ids == (1,)
     await asyncio.sleep(1.2)
     assert (await store.get_user_features("u2")).recent_item_ids == ()
+
+
+async def test_a_feature_snapshot_loads_through_the_port(
+    store: FeatureStore, tmp_path: Path
+) -> None:
+    from recsys.data.features_file import (
+        FeatureSnapshot,
+        load_features,
+        load_into_store,
+        save_features,
+    )
+
+    rng = np.random.default_rng(4)
+    snapshot = FeatureSnapshot(
+        embedding_version="als-1",
+        generated_at=dt.datetime(2026, 11, 30, tzinfo=dt.UTC),
+        user_ids=["u1", "u2", "u3"],
+        user_vectors=rng.normal(size=(3, 8)).astype(np.float32),
+        preference_categories=["", "Drama", "Horror"],
+        user_preferences=np.array([[0, 1, 0.5], [0, 0, 0], [0, 0.2, 1]], np.float32),
+        item_ids=np.array([10, 11], np.int64),
+        item_categories=["Drama", "Horror"],
+        item_popularity=np.array([0.9, 0.1], np.float32),
+        item_freshness=np.array([0.3, 0.7], np.float32),
+        item_vectors=rng.normal(size=(2, 8)).astype(np.float32),
+        default_user_vector=np.zeros(8, np.float32),
+    )
+    path = tmp_path / "features.npz"
+    save_features(path, snapshot)
+    await load_into_store(load_features(path), store, batch=2)
+
+    first = await store.get_user_features("u1")
+    assert first.embedding is not None
+    assert first.embedding.embedding_version == "als-1"
+    np.testing.assert_array_equal(first.embedding.vector, snapshot.user_vectors[0])
+    assert dict(first.preferences) == pytest.approx({"Drama": 1.0, "Horror": 0.5})
+    assert dict((await store.get_user_features("u2")).preferences) == {}
+    items = await store.get_item_features([11, 10, 12])
+    assert items.categories == ["Horror", "Drama", ""]
+    assert items.found.tolist() == [True, True, False]
+    assert items.embeddings is not None
+    np.testing.assert_array_equal(items.embeddings[0], snapshot.item_vectors[1])
+    default = await store.get_default_user_embedding()
+    assert default is not None
+    assert default.embedding_version == "als-1"
+
+
+def test_a_file_that_is_not_a_feature_snapshot_is_refused(tmp_path: Path) -> None:
+    from recsys.data.features_file import load_features
+    from recsys.errors import ConfigurationError
+
+    path = tmp_path / "other.npz"
+    np.savez(path, vectors=np.zeros((2, 2)))
+    with pytest.raises(ConfigurationError, match="not a feature snapshot"):
+        load_features(path)

@@ -3,11 +3,8 @@ into the SQL and feature stores through their ports."""
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
-
-import pytest
 
 from recsys.adapters.features.in_memory import InMemoryFeatureStore
 from recsys.adapters.sql.metadata import SqlMetadataRepository
@@ -17,24 +14,6 @@ from recsys.data.synthetic import synthetic_catalogue
 from recsys.metadata.database import create_engine
 from recsys.metadata.migrate import upgrade
 from recsys.settings import DatabaseSettings
-
-# The checkout's sibling `shared/` (as on the development and CI machines), or a path of your own.
-ML_100K = Path(
-    os.environ.get(
-        "RECSYS_TEST_MOVIELENS",
-        Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k",
-    )
-)
-
-
-@pytest.fixture(scope="module")
-def movielens_path() -> Path:
-    if not (ML_100K / "u.data").is_file():
-        message = f"MovieLens 100K not found at {ML_100K}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return ML_100K
 
 
 def test_counts_of_ml_100k(movielens_path: Path) -> None:

@@ -122,6 +122,7 @@ class ProtocolResult:
     protocol: Protocol
     rows: dict[str, TopKMetrics]
     parity: float | None  # share of users whose served list equals the offline ranked list
+    degraded: int | None  # served answers with a degradation flag (each may explain a mismatch)
     train_pairs: int
     test_pairs: int
     seconds: dict[str, float] = field(default_factory=dict)
@@ -157,12 +158,14 @@ async def served_lists(
     candidates: int,
     folder: Path,
     progress: Callable[[str], None] | None = None,
-) -> dict[str, list[int]]:
+) -> tuple[dict[str, list[int]], int]:
     """Deploys `models` (10 shards, embedded mode, loopback port) and asks Recommend for every
-    user through the client library, one call at a time."""
+    user through the client library, one call at a time. Returns the lists and how many
+    answers were degraded."""
     from recsys import services
     from recsys.deploy.sample import prepare_deployment
     from recsys.settings import load_settings
+    from recsys.v1.common_pb2 import RANKING_BACKEND_MODEL
     from recsys_client import AsyncRecsysClient, ClientOptions
 
     deployment = await prepare_deployment(catalogue, models, folder, progress=progress)
@@ -178,7 +181,10 @@ async def served_lists(
             "candidates": candidates,
             "feature_timeout_ms": 5_000,
             "cache_timeout_ms": 5_000,
+            "retrieve_timeout_ms": 10_000,
+            "rank_timeout_ms": 10_000,
         },
+        "retrieve": {"shard_timeout_ms": 10_000},
         "rank": {
             **deployment.settings["rank"],
             "feature_timeout_ms": 5_000,
@@ -191,17 +197,26 @@ async def served_lists(
     application = await services.build_application(settings, ["embedded"])
     port = await application.start()
     answers: dict[str, list[int]] = {}
+    degraded = 0
     try:
         options = ClientOptions(target=f"127.0.0.1:{port}", timeout_seconds=30.0)
         async with AsyncRecsysClient(options) as client:
             for number, user in enumerate(users, start=1):
                 response = await client.recommend(user, limit=k)
                 answers[user] = [item.item_id for item in response.items]
+                flags = response.degradation
+                if any(flags.ListFields()) or response.ranking_backend != RANKING_BACKEND_MODEL:
+                    # Parity needs the undegraded path; say why a list may differ.
+                    degraded += 1
+                    logger.warning(
+                        "served answer degraded",
+                        extra={"user_id": user, "degradation": str(flags).replace("\n", " ")},
+                    )
                 if progress and number % 200 == 0:
                     progress(f"served path: {number}/{len(users)} users")
     finally:
         await application.shutdown()
-    return answers
+    return answers, degraded
 
 
 async def evaluate_protocol(
@@ -255,11 +270,11 @@ async def evaluate_protocol(
         seconds[name] = round(time.perf_counter() - clock, 2)
         if name == "retrieval + ranking":
             ranked = lists
-    parity = None
+    parity = degraded = None
     if served:
         clock = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="recsys-eval-", dir=workdir) as folder:
-            answers = await served_lists(
+            answers, degraded = await served_lists(
                 training_catalogue(catalogue, train),
                 models,
                 list(relevant),
@@ -271,7 +286,7 @@ async def evaluate_protocol(
         rows["served (gRPC)"] = measure(answers)
         parity = sum(answers.get(user) == ranked[user] for user in relevant) / len(relevant)
         seconds["served (gRPC)"] = round(time.perf_counter() - clock, 2)
-    return ProtocolResult(protocol, rows, parity, len(train), len(test), seconds)
+    return ProtocolResult(protocol, rows, parity, degraded, len(train), len(test), seconds)
 
 
 def markdown_table(results: list[ProtocolResult], *, k: int = 10) -> str:

@@ -1,0 +1,149 @@
+"""The offline loop through the real commands: train -> index build -> serve -> Recommend,
+`recsys eval`, `recsys data load`, and the sample deployment `make run` starts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from recsys import services
+from recsys.cli import app
+from recsys_client import AsyncRecsysClient, ClientOptions
+from recsys_client.errors import RecsysClientError
+from tests.conftest import make_settings
+
+runner = CliRunner()
+SYNTHETIC = ["--items", "500", "--users", "120", "--interactions-per-user", "20", "--seed", "9"]
+
+
+def recsys(*arguments: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "recsys.cli", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.e2e
+async def test_train_build_serve_recommend(tmp_path: Path) -> None:
+    repository = tmp_path / "models"
+    trained = recsys(
+        "train", *SYNTHETIC, "--output", str(tmp_path / "training"),
+        "--model-repository", str(repository), "--embedding-version", "als-e2e",
+        "--factors", "16",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert "model ranker:1" in trained.stdout
+    assert "features.preload_path" in trained.stdout  # in-memory store: how to serve it
+    report = json.loads((tmp_path / "training/train_report.json").read_text())
+    assert report["model_version"] == "1"
+    assert report["ranker_groups"] > 0
+
+    built = recsys(
+        "index", "build", "--embeddings", str(tmp_path / "training/item_embeddings.npz"),
+        "--snapshots", str(tmp_path / "snapshots"), "--index-type", "flat", "--no-normalize",
+        "--index-version", "idx-e2e",
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    assert "CURRENT now points at it" in built.stdout
+
+    settings = make_settings(
+        index={
+            "snapshot_dir": str(tmp_path / "snapshots"),
+            "spec": {"dimension": 16, "normalize": False},
+            "snapshot_poll_seconds": 0,
+        },
+        rank={"model_repository": str(repository), "reload_poll_seconds": 0},
+        features={"preload_path": str(tmp_path / "training/features.npz")},
+        database={"url": f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}"},
+        recommend={"feature_timeout_ms": 500, "cache_timeout_ms": 500},
+        logging={"access_log": False},
+    )
+    application = await services.build_application(settings, ["embedded"])
+    port = await application.start()
+    try:
+        # Items must be known to the metadata store to pass the privacy filters.
+        from recsys.data.catalogue import load_catalogue
+        from recsys.data.synthetic import synthetic_catalogue
+
+        catalogue = synthetic_catalogue(500, 120, interactions_per_user=20, seed=9)
+        await load_catalogue(
+            catalogue,
+            metadata=application.components["metadata"],
+            features=application.components["feature_store"],
+        )
+        options = ClientOptions(target=f"127.0.0.1:{port}", timeout_seconds=10.0)
+        async with AsyncRecsysClient(options) as client:
+            response = await client.recommend("user7", limit=10)
+            history = {e.item_id for e in catalogue.interactions if e.user_id == "user7"}
+            with pytest.raises(RecsysClientError) as refused:
+                await client.recommend("", limit=10)
+    finally:
+        await application.shutdown()
+    assert len(response.items) == 10
+    assert not response.cold_start
+    assert response.model_version == "ranker:1"
+    assert response.index_version == "idx-e2e"
+    assert not response.degradation.default_features
+    assert not response.degradation.popularity_candidates
+    assert not response.degradation.fallback_ranking
+    assert not {item.item_id for item in response.items} & history
+    assert refused.value.code.name == "INVALID_ARGUMENT"
+
+
+@pytest.mark.e2e
+def test_eval_prints_the_table_and_writes_the_report(tmp_path: Path) -> None:
+    report = tmp_path / "quality.json"
+    result = runner.invoke(
+        app,
+        ["eval", *SYNTHETIC, "--protocol", "random", "--no-served", "--report", str(report)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "| per-user random 75/25 | retrieval + ranking |" in result.output
+    (written,) = json.loads(report.read_text())
+    assert set(written["rows"]) == {"popularity", "retrieval", "retrieval + ranking"}
+    assert 0 < written["rows"]["retrieval"]["ndcg"] <= 1
+
+
+def test_eval_refuses_an_unknown_protocol() -> None:
+    result = runner.invoke(app, ["eval", *SYNTHETIC, "--protocol", "sideways"])
+    assert result.exit_code == 1
+    assert "--protocol" in result.output
+
+
+def test_data_load_fills_the_configured_stores(tmp_path: Path) -> None:
+    config = tmp_path / "recsys.toml"
+    config.write_text(f'[database]\nurl = "sqlite+aiosqlite:///{tmp_path / "meta.db"}"\n')
+    subprocess.run(
+        [sys.executable, "-m", "recsys.cli", "db", "upgrade", "--config", str(config)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    result = runner.invoke(app, ["data", "load", "--config", str(config), *SYNTHETIC])
+    assert result.exit_code == 0, result.output
+    assert "loaded 500 items, 120 users and 2400 interactions" in result.output
+
+
+@pytest.mark.e2e
+def test_the_sample_deployment_prepares_serves_and_prints(tmp_path: Path) -> None:
+    folder = tmp_path / "sample"
+    arguments = ["demo", *SYNTHETIC, "--folder", str(folder), "--port", "0", "--exit-after-samples"]
+    first = recsys(*arguments)
+    assert first.returncode == 0, first.stderr
+    assert "sample deployment ready" in first.stderr
+    assert "user user0: Picked for you (model ranker:1" in first.stdout
+    assert "user someone-new: Based on your preferences" in first.stdout  # cold start
+    assert "recsys.v1.RecommendService/Recommend" in first.stdout
+    assert (folder / "recsys.toml").is_file()
+    again = recsys(*arguments)
+    assert again.returncode == 0, again.stderr
+    assert "using the sample deployment" in again.stderr
+    assert "user user0: Picked for you" in again.stdout

@@ -1,0 +1,77 @@
+"""Interaction tables and the two evaluation splits."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+
+from recsys.domain.interactions import Interaction, InteractionKind
+from recsys.training.dataset import InteractionTable, leave_last_out, random_split
+
+BASE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def event(user: str, item: int, minute: int) -> Interaction:
+    return Interaction(
+        f"{user}-{item}-{minute}",
+        user,
+        item,
+        InteractionKind.CLICK,
+        1.0,
+        BASE + dt.timedelta(minutes=minute),
+    )
+
+
+def table_of(counts: dict[str, int], items: int = 200) -> InteractionTable:
+    events = [
+        event(user, (index * 7 + offset) % items, index)
+        for offset, (user, count) in enumerate(counts.items())
+        for index in range(count)
+    ]
+    return InteractionTable.from_interactions(events, list(range(items)))
+
+
+def test_pairs_are_distinct_and_keep_the_latest_time() -> None:
+    events = [event("u", 3, 5), event("u", 3, 9), event("u", 4, 1), event("u", 999, 2)]
+    table = InteractionTable.from_interactions(events, [3, 4])
+    assert len(table) == 2  # item 999 is not in the catalogue
+    times = dict(zip(table.item_ids[table.item_rows].tolist(), table.times.tolist(), strict=True))
+    assert times[3] == int((BASE + dt.timedelta(minutes=9)).timestamp())
+
+
+def test_random_split_keeps_three_quarters_of_every_user() -> None:
+    table = table_of({"a": 20, "b": 8, "c": 3, "d": 1})
+    train, test = random_split(table, train_ratio=0.75, seed=1)
+    assert len(train) + len(test) == len(table)
+    train_counts = np.bincount(train.user_rows, minlength=table.user_count)
+    expected = [round(n * 0.75) for n in (20, 8, 3, 1)]
+    assert train_counts.tolist() == expected
+    pairs = set(zip(train.user_rows.tolist(), train.item_rows.tolist(), strict=True))
+    held = set(zip(test.user_rows.tolist(), test.item_rows.tolist(), strict=True))
+    assert not pairs & held
+
+
+def test_random_split_is_deterministic_per_seed() -> None:
+    table = table_of({"a": 40, "b": 30})
+    first, _ = random_split(table, seed=5)
+    again, _ = random_split(table, seed=5)
+    other, _ = random_split(table, seed=6)
+    assert np.array_equal(first.item_rows, again.item_rows)
+    assert not np.array_equal(np.sort(first.item_rows), np.sort(other.item_rows))
+
+
+def test_leave_last_out_holds_out_each_users_latest_pair() -> None:
+    table = table_of({"a": 5, "b": 2, "c": 1})
+    train, test = leave_last_out(table)
+    assert sorted(test.user_ids[row] for row in test.user_rows) == ["a", "b"]
+    for user_row, time in zip(test.user_rows, test.times, strict=True):
+        assert time > train.times[train.user_rows == user_row].max()
+    assert (train.user_rows == table.user_ids.index("c")).sum() == 1  # one pair: kept
+
+
+def test_items_by_user_and_matrix_agree() -> None:
+    table = table_of({"a": 6, "b": 4})
+    matrix = table.matrix()
+    for row, items in enumerate(table.items_by_user()):
+        assert sorted(items.tolist()) == sorted(matrix[row].indices.tolist())
