@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 RUN_ARGS ?=
+# A MovieLens folder for `make run` (default: a synthetic catalogue).
+MOVIELENS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-only lint format typecheck protos check-protos buf-lint \
@@ -23,8 +25,8 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create the venv and install the platform, client and dev tools (pinned)
 
-run: install ## Start the platform (embedded mode) on 127.0.0.1:50051 until Ctrl-C
-	$(BIN)/recsys serve embedded $(RUN_ARGS)
+run: install ## Prepare the sample deployment, serve it on 127.0.0.1:50051 until Ctrl-C
+	$(BIN)/recsys demo $(if $(MOVIELENS),--movielens $(MOVIELENS)) $(RUN_ARGS)
 
 test: install check test-only ## Lint, type-check, check the protos, then run every test
 
