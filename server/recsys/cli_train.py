@@ -72,9 +72,7 @@ def train(
     repository = model_repository or settings.rank.model_repository
     _say("reading the catalogue")
     catalogue = catalogue_from(movielens, items, users, interactions_per_user, seed)
-    table = InteractionTable.from_interactions(
-        catalogue.interactions, [item.item_id for item in catalogue.items]
-    )
+    table = InteractionTable.from_catalogue(catalogue)
     _say(f"{table.user_count} users, {table.item_count} items, {len(table)} pairs")
     embedding = EmbeddingSettings(
         factors=factors, regularization=regularization, iterations=iterations
@@ -278,9 +276,7 @@ def _prepare_sample(catalogue: Any, folder: Path) -> None:
     from recsys.training.dataset import InteractionTable
     from recsys.training.pipeline import train_models
 
-    table = InteractionTable.from_interactions(
-        catalogue.interactions, [item.item_id for item in catalogue.items]
-    )
+    table = InteractionTable.from_catalogue(catalogue)
     _say(
         f"catalogue: {table.item_count} items, {table.user_count} users, {len(table)} pairs; "
         "training"

@@ -39,9 +39,7 @@ def catalogue():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def table(catalogue) -> InteractionTable:  # type: ignore[no-untyped-def]
-    return InteractionTable.from_interactions(
-        catalogue.interactions, [item.item_id for item in catalogue.items]
-    )
+    return InteractionTable.from_catalogue(catalogue)
 
 
 def test_embeddings_have_a_row_per_user_and_item(table: InteractionTable) -> None:

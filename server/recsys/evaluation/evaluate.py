@@ -235,9 +235,7 @@ async def evaluate_protocol(
     say = progress or (lambda message: None)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    table = InteractionTable.from_interactions(
-        catalogue.interactions, [item.item_id for item in catalogue.items]
-    )
+    table = InteractionTable.from_catalogue(catalogue)
     train, test = split(table, protocol, seed)
     say(f"{protocol.value}: {len(train)} training pairs, {len(test)} held out; training")
     models = await asyncio.to_thread(

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from recsys.data.catalogue import Catalogue
 from recsys.domain.interactions import Interaction
 
 IntArray = npt.NDArray[np.int64]
@@ -49,6 +50,12 @@ class InteractionTable:
             user_rows=pairs[:, 0].copy(),
             item_rows=pairs[:, 1].copy(),
             times=np.fromiter(latest.values(), dtype=np.int64, count=len(latest)),
+        )
+
+    @classmethod
+    def from_catalogue(cls, catalogue: Catalogue) -> InteractionTable:
+        return cls.from_interactions(
+            catalogue.interactions, [item.item_id for item in catalogue.items]
         )
 
     def __len__(self) -> int:
