@@ -147,3 +147,59 @@ def test_the_sample_deployment_prepares_serves_and_prints(tmp_path: Path) -> Non
     assert again.returncode == 0, again.stderr
     assert "using the sample deployment" in again.stderr
     assert "user user0: Picked for you" in again.stdout
+
+
+@pytest.mark.integration
+def test_train_loads_the_features_into_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import uuid
+
+    import redis.asyncio as aioredis
+
+    from recsys.adapters.redis.features import RedisFeatureStore
+    from tests.support.services import require_redis
+
+    url = require_redis()
+    namespace = f"test-train-{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("RECSYS_FEATURES__STORE", "redis")
+    monkeypatch.setenv("RECSYS_REDIS__URL", url)
+    monkeypatch.setenv("RECSYS_REDIS__NAMESPACE", namespace)
+    result = runner.invoke(
+        app,
+        ["train", *SYNTHETIC, "--output", str(tmp_path / "training"),
+         "--model-repository", str(tmp_path / "models"), "--embedding-version", "als-redis",
+         "--factors", "16"],
+    )  # fmt: skip
+
+    async def check() -> None:
+        store = RedisFeatureStore(aioredis.Redis.from_url(url), namespace=namespace)
+        try:
+            user = await store.get_user_features("user3")
+            assert user.embedding is not None
+            assert user.embedding.embedding_version == "als-redis"
+            assert user.embedding.vector.shape == (16,)
+            assert user.preferences
+            items = await store.get_item_features([0, 499])
+            assert items.found.all()
+            assert items.embeddings is not None
+            assert await store.get_default_user_embedding() is not None
+        finally:
+            await store.close()
+
+    async def clean() -> None:
+        client = aioredis.Redis.from_url(url)
+        keys = [key async for key in client.scan_iter(match=f"{namespace}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+    try:
+        assert result.exit_code == 0, result.output
+        assert "loaded 120 users and 500 items (als-redis) into the redis feature store" in (
+            result.output
+        )
+        asyncio.run(check())
+    finally:
+        asyncio.run(clean())

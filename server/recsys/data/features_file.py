@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,10 +127,17 @@ async def load_into_store(
     store: FeatureStore,
     *,
     batch: int = 2_000,
+    concurrency: int = 16,
     progress: Callable[[str, int], None] | None = None,
 ) -> None:
     """Writes every user's embedding and preferences, every item's features and the default
-    user embedding; `batch` writes are in flight at once."""
+    user embedding; at most `concurrency` writes are in flight (a Redis pool has a bound)."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def bounded(write: Awaitable[None]) -> None:
+        async with limit:
+            await write
+
     for start in range(0, len(snapshot.item_ids), batch):
         stop = min(start + batch, len(snapshot.item_ids))
         await store.put_item_features(
@@ -157,7 +164,7 @@ async def load_into_store(
             for row in rows
             if (preferences := snapshot.preferences(row))
         ]
-        await asyncio.gather(*writes)
+        await asyncio.gather(*(bounded(write) for write in writes))
         if progress:
             progress("users", len(rows))
     await store.put_default_user_embedding(
