@@ -98,6 +98,14 @@ async def test_shards_and_ranker_serve_exactly_the_release(world) -> None:  # ty
     ranker = OnnxRanker.from_settings(settings)
     assert ranker.model_version == "ranker:1"  # not the newer version 2: the release decides
     assert not await ranker.reload()
+    from recsys.adapters.rankers.triton import TritonRanker
+
+    triton = TritonRanker.from_settings(settings)
+    try:
+        # The inference server is asked for the release's version, not its latest.
+        assert triton.requested_version == "1"
+    finally:
+        await triton.close()
     # Someone points CURRENT at the e2 index behind the release's back: the shard refuses it.
     snapshots.store.set_current(0, "idx-2")
     fresh = factory.shard_host(settings, 0, snapshots=snapshots, executor=None)
