@@ -133,3 +133,23 @@ def test_up_serves_and_restarts_a_killed_shard(tmp_path: Path) -> None:
     output = supervisor.stdout.read().decode() if supervisor.stdout else ""
     assert f"shard-1    127.0.0.1:{base + 1}" in output
     assert pid_of(shard_pattern) is None  # every child stopped with the supervisor
+
+
+def test_shard_processes_share_the_cores(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from recsys.deploy.supervisor import plan
+    from tests.conftest import make_settings
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    settings = make_settings(index={"num_shards": 4})
+    children = {child.name: child for child in plan(
+        settings, base_port=40_000, config_file=None, log_dir=tmp_path
+    )}  # fmt: skip
+    shard = children["shard-0"].environment
+    assert shard["RECSYS_INDEX__FAISS_THREADS"] == "2"  # 8 cores / 4 shards
+    assert shard["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert "RECSYS_INDEX__FAISS_THREADS" not in children["retrieve"].environment
+    # An explicit choice wins.
+    explicit = make_settings(index={"num_shards": 4, "faiss_threads": 3})
+    (first, *_) = plan(explicit, base_port=40_000, config_file=None, log_dir=tmp_path)
+    assert "RECSYS_INDEX__FAISS_THREADS" not in first.environment

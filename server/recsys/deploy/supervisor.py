@@ -60,6 +60,14 @@ def plan(
     if config_file is not None:
         common["RECSYS_CONFIG_FILE"] = str(config_file)
     num_shards = settings.index.num_shards
+    shard_environment = dict(common)
+    if not settings.index.faiss_threads:
+        # N shard processes share this machine's cores: FAISS's default (every core per
+        # process) oversubscribes them and searches wait on each other's threads.
+        threads = max(1, (os.cpu_count() or 1) // num_shards)
+        shard_environment["RECSYS_INDEX__FAISS_THREADS"] = str(threads)
+    # Idle OpenMP threads sleep instead of spinning on cores the other processes need.
+    shard_environment.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     children = []
     for shard in range(num_shards):
         children.append(
@@ -75,7 +83,7 @@ def plan(
                     str(num_shards),
                 ],
                 base_port + shard,
-                dict(common),
+                dict(shard_environment),
             )
         )
     targets = json.dumps([[f"127.0.0.1:{base_port + shard}"] for shard in range(num_shards)])
