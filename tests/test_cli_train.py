@@ -41,7 +41,7 @@ async def test_train_build_serve_recommend(tmp_path: Path) -> None:
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     assert "model ranker:1" in trained.stdout
-    assert "features.preload_path" in trained.stdout  # in-memory store: how to serve it
+    assert "next: recsys index build" in trained.stdout
     report = json.loads((tmp_path / "training/train_report.json").read_text())
     assert report["model_version"] == "1"
     assert report["ranker_groups"] > 0
@@ -67,18 +67,18 @@ async def test_train_build_serve_recommend(tmp_path: Path) -> None:
         logging={"access_log": False},
     )
     application = await services.build_application(settings, ["embedded"])
-    port = await application.start()
     try:
-        # Items must be known to the metadata store to pass the privacy filters.
+        port = await application.start()
+        # Items must be known to the metadata store to pass the privacy filters; their
+        # features are the trained ones the snapshot preloaded.
         from recsys.data.catalogue import load_catalogue
         from recsys.data.synthetic import synthetic_catalogue
 
         catalogue = synthetic_catalogue(500, 120, interactions_per_user=20, seed=9)
-        await load_catalogue(
-            catalogue,
-            metadata=application.components["metadata"],
-            features=application.components["feature_store"],
-        )
+        await load_catalogue(catalogue, metadata=application.components["metadata"], features=None)
+        store = application.components["feature_store"]
+        user = await store.get_user_features("user7")
+        items = await store.get_item_features([0, 1])
         options = ClientOptions(target=f"127.0.0.1:{port}", timeout_seconds=10.0)
         async with AsyncRecsysClient(options) as client:
             response = await client.recommend("user7", limit=10)
@@ -87,6 +87,11 @@ async def test_train_build_serve_recommend(tmp_path: Path) -> None:
                 await client.recommend("", limit=10)
     finally:
         await application.shutdown()
+    assert user.embedding is not None
+    assert user.embedding.embedding_version == "als-e2e"
+    assert user.preferences
+    assert items.embeddings is not None
+    assert items.embeddings.shape == (2, 16)
     assert len(response.items) == 10
     assert not response.cold_start
     assert response.model_version == "ranker:1"
@@ -130,6 +135,12 @@ def test_data_load_fills_the_configured_stores(tmp_path: Path) -> None:
     result = runner.invoke(app, ["data", "load", "--config", str(config), *SYNTHETIC])
     assert result.exit_code == 0, result.output
     assert "loaded 500 items, 120 users and 2400 interactions" in result.output
+    assert "feature store" in result.output
+    metadata_only = runner.invoke(
+        app, ["data", "load", "--config", str(config), *SYNTHETIC, "--metadata-only"]
+    )
+    assert metadata_only.exit_code == 0, metadata_only.output
+    assert "interactions (sql metadata)" in metadata_only.output
 
 
 @pytest.mark.e2e
@@ -170,7 +181,7 @@ def test_train_loads_the_features_into_redis(
         app,
         ["train", *SYNTHETIC, "--output", str(tmp_path / "training"),
          "--model-repository", str(tmp_path / "models"), "--embedding-version", "als-redis",
-         "--factors", "16"],
+         "--factors", "16", "--load-features"],
     )  # fmt: skip
 
     async def check() -> None:

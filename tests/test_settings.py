@@ -79,3 +79,9 @@ def test_missing_config_file_is_refused(tmp_path: Path) -> None:
 def test_metrics_and_grpc_ports_must_differ() -> None:
     with pytest.raises(ConfigurationError, match=r"metrics\.port"):
         load_settings(server={"port": 9000}, metrics={"port": 9000})
+
+
+def test_a_feature_preload_is_for_the_in_memory_store() -> None:
+    assert load_settings(features={"preload_path": "var/features.npz"}).features.preload_path
+    with pytest.raises(ConfigurationError, match=r"features\.preload_path is for the in_memory"):
+        load_settings(features={"store": "redis", "preload_path": "var/features.npz"})

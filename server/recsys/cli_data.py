@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -51,6 +52,14 @@ def load(
     users: UsersOption = 5_000,
     interactions_per_user: InteractionsOption = 30,
     seed: SeedOption = 0,
+    metadata_only: Annotated[
+        bool,
+        typer.Option(
+            "--metadata-only",
+            help="Only the SQL side; after `recsys train` the feature snapshot carries the "
+            "item features (`recsys data features`).",
+        ),
+    ] = False,
 ) -> None:
     """Load a catalogue (MovieLens files or a synthetic one) into the configured SQL metadata
     store and feature store: items, users, interactions, item features."""
@@ -61,13 +70,14 @@ def load(
     catalogue = catalogue_from(movielens, items, users, interactions_per_user, seed)
 
     async def run() -> None:
-        metadata = create_adapter("metadata", settings.recommend.metadata, settings)
-        features = create_adapter("feature_store", settings.features.store, settings)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            metadata = create_adapter("metadata", settings.recommend.metadata, settings)
+            stack.push_async_callback(metadata.close)
+            features = None
+            if not metadata_only:
+                features = create_adapter("feature_store", settings.features.store, settings)
+                stack.push_async_callback(features.close)
             await load_catalogue(catalogue, metadata=metadata, features=features)
-        finally:
-            await metadata.close()
-            await features.close()
 
     try:
         asyncio.run(run())
@@ -75,8 +85,9 @@ def load(
         raise fail(error) from error
     typer.echo(
         f"loaded {len(catalogue.items)} items, {len(catalogue.users)} users and "
-        f"{len(catalogue.interactions)} interactions ({settings.recommend.metadata} metadata, "
-        f"{settings.features.store} feature store)"
+        f"{len(catalogue.interactions)} interactions ({settings.recommend.metadata} metadata"
+        + ("" if metadata_only else f", {settings.features.store} feature store")
+        + ")"
     )
 
 
@@ -92,6 +103,13 @@ def features(
     from recsys.cli_train import load_features_into_store
 
     settings = settings_or_exit(config, {})
+    if settings.features.store == "in_memory":
+        typer.echo(
+            "recsys: the in-memory feature store lives inside a serving process; serve with "
+            f"features.preload_path = {snapshot} instead",
+            err=True,
+        )
+        raise typer.Exit(code=2)
     try:
         load_features_into_store(settings, snapshot)
     except RecsysError as error:

@@ -23,6 +23,7 @@ from recsys.cli_common import (
     settings_or_exit,
 )
 from recsys.errors import RecsysError
+from recsys_client import RecsysClientError
 
 
 def _say(message: str) -> None:
@@ -56,9 +57,11 @@ def train(
         bool,
         typer.Option(
             "--load-features/--no-load-features",
-            help="Write the feature snapshot into the configured feature store.",
+            help="Also write the feature snapshot into the configured feature store. Off by "
+            "default: a live deployment would then ask its index with embeddings of a version "
+            "it does not hold yet (popularity answers) until the new index is released.",
         ),
-    ] = True,
+    ] = False,
 ) -> None:
     """Learn user and item embeddings (implicit ALS) and the ranking model (LightGBM
     lambdarank, exported to ONNX with its feature schema), from MovieLens files or a synthetic
@@ -100,7 +103,13 @@ def train(
         f"model {settings.rank.model_name}:{artifacts.model_version}: {artifacts.model_folder}"
     )
     typer.echo(f"feature snapshot: {artifacts.features_path}; report: {artifacts.report_path}")
-    if load_features:
+    if not load_features:
+        typer.echo(
+            "next: recsys index build --embeddings "
+            f"{artifacts.embeddings_path} --no-normalize; recsys release publish; "
+            f"recsys data features {artifacts.features_path}"
+        )
+    else:
         if settings.features.store == "in_memory":
             typer.echo(
                 "the in-memory feature store keeps nothing across processes: serve with "
@@ -167,7 +176,10 @@ def evaluate(
             for chosen in protocols
         ]
 
-    results = asyncio.run(run())
+    try:
+        results = asyncio.run(run())
+    except (RecsysError, ValueError) as error:
+        raise fail(error) from error
     typer.echo(markdown_table(results, k=k))
     mismatched = [r for r in results if r.parity is not None and r.parity < 1.0]
     for result in results:
@@ -245,7 +257,10 @@ def demo(
     if reuse:
         _say(f"using the sample deployment in {folder} (--rebuild prepares it again)")
     else:
-        _prepare_sample(catalogue, folder)
+        try:
+            _prepare_sample(catalogue, folder)
+        except (RecsysError, ValueError, OSError) as error:
+            raise fail(error) from error
         source_file.write_text(json.dumps(source) + "\n")
         _say(f"sample deployment ready in {time.perf_counter() - started:.0f} s")
     settings = load_settings(
@@ -258,7 +273,11 @@ def demo(
     titles = catalogue.titles
 
     async def show_samples(bound_port: int) -> bool:
-        await _print_samples(f"{host}:{bound_port}", sample_users, titles)
+        try:
+            await _print_samples(f"{host}:{bound_port}", sample_users, titles)
+        except RecsysClientError as error:
+            # Serving goes on: the samples are a courtesy, the platform is the point.
+            typer.echo(f"recsys: the sample calls failed: {error}", err=True)
         return not exit_after_samples
 
     async def run() -> None:

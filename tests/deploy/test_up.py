@@ -149,7 +149,8 @@ def test_shard_processes_share_the_cores(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert shard["RECSYS_INDEX__FAISS_THREADS"] == "2"  # 8 cores / 4 shards
     assert shard["OMP_WAIT_POLICY"] == "PASSIVE"
     assert "RECSYS_INDEX__FAISS_THREADS" not in children["retrieve"].environment
-    # An explicit choice wins.
-    explicit = make_settings(index={"num_shards": 4, "faiss_threads": 3})
+    # An explicit choice wins (children inherit the supervisor's environment).
+    monkeypatch.setenv("RECSYS_INDEX__FAISS_THREADS", "3")
+    explicit = make_settings(index={"num_shards": 4})
     (first, *_) = plan(explicit, base_port=40_000, config_file=None, log_dir=tmp_path)
-    assert "RECSYS_INDEX__FAISS_THREADS" not in first.environment
+    assert first.environment["RECSYS_INDEX__FAISS_THREADS"] == "3"

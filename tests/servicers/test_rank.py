@@ -51,6 +51,7 @@ async def test_rank_scores_sorts_and_names_the_backend(app: GrpcApplication) -> 
         response = await client.rank("u1", [(10, 0.5), (11, 0.5), (12, 0.5), (13, 0.9)])
     assert response.backend == common_pb2.RANKING_BACKEND_MODEL
     assert response.model_version == "ranker:1"
+    assert not response.default_features
     scores = [item.score for item in response.items]
     assert scores == sorted(scores, reverse=True)
     assert {item.item_id for item in response.items} == {10, 11, 12, 13}
@@ -90,3 +91,24 @@ async def test_rule_backend_when_configured() -> None:
         assert response.model_version == ""
     finally:
         await application.shutdown()
+
+
+async def test_a_feature_store_outage_scores_defaults_and_says_so() -> None:
+    # Redis refused (nothing listens on port 1): the model still scores, on default features.
+    settings = make_settings(
+        rank={"model_repository": str(ROOT / "triton_models"), "reload_poll_seconds": 0},
+        features={"store": "redis"},
+        redis={"url": "redis://127.0.0.1:1/0"},
+        logging={"access_log": False},
+    )
+    application = await services.build_application(settings, ["rank"])
+    try:
+        await application.start()
+        options = ClientOptions(target=application.address, timeout_seconds=5)
+        async with AsyncRecsysClient(options) as client:
+            response = await client.rank("u1", [(10, 0.9), (11, 0.1)])
+    finally:
+        await application.shutdown()
+    assert response.backend == common_pb2.RANKING_BACKEND_MODEL
+    assert response.default_features
+    assert [item.item_id for item in response.items] == [10, 11]  # the retrieval score decides

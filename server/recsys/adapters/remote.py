@@ -106,6 +106,7 @@ class GrpcScorer:
             np.array([item.score for item in response.items], np.float32),
             _BACKENDS.get(response.backend, Backend.MODEL),
             response.model_version,
+            default_features=response.default_features,
         )
 
     async def close(self) -> None:

@@ -56,15 +56,21 @@ async def load_catalogue(
     catalogue: Catalogue,
     *,
     metadata: MetadataRepository,
-    features: FeatureStore,
+    features: FeatureStore | None,
     batch: int = 5_000,
     progress: Callable[[str, int], None] | None = None,
 ) -> None:
-    """Writes items, users and interactions to the SQL store and item features to the feature
-    store, in batches (`progress(stage, count)` after each)."""
+    """Writes items, users and interactions to the SQL store and, unless `features` is None,
+    item features (without embeddings) to the feature store, in batches (`progress(stage,
+    count)` after each). After `recsys train`, load the metadata only: the feature snapshot
+    carries the item features the ranker was trained with."""
     for start in range(0, len(catalogue.items), batch):
         chunk = catalogue.items[start : start + batch]
         await metadata.upsert_items(chunk)
+        if features is None:
+            if progress:
+                progress("items", len(chunk))
+            continue
         await features.put_item_features(
             {
                 item.item_id: ItemFeatures(

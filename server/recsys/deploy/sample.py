@@ -121,7 +121,6 @@ async def prepare_deployment(
     """Writes everything a deployment of `models` needs under `folder` (emptied first).
     `catalogue.interactions` should be the training interactions: they become the history the
     served path excludes."""
-    from recsys.adapters.features.in_memory import InMemoryFeatureStore
     from recsys.adapters.sql.metadata import SqlMetadataRepository
     from recsys.metadata.migrate import upgrade
     from recsys.settings import load_settings
@@ -137,7 +136,7 @@ async def prepare_deployment(
     metadata = SqlMetadataRepository.from_settings(loaded)
     try:
         # The SQL side only: item features come from the feature snapshot at startup.
-        await load_catalogue(catalogue, metadata=metadata, features=InMemoryFeatureStore())
+        await load_catalogue(catalogue, metadata=metadata, features=None)
     finally:
         await metadata.close()
     await asyncio.to_thread((folder / SETTINGS_FILE).write_text, _toml(settings))

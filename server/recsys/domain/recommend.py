@@ -451,6 +451,7 @@ class RecommendPipeline:
                 scored = await self.scorer.score(query.user_id, item_ids, scores, query.context)
             model_version, backend = scored.model_version, scored.backend.value
             degradation.fallback_ranking = scored.backend is not Backend.MODEL
+            degradation.default_features |= scored.default_features
             pool = _Candidates(scored.item_ids.tolist(), scored.scores.tolist(), pool.reasons)
         else:
             pool = _Candidates([], [], pool.reasons)

@@ -29,6 +29,8 @@ class ScoredCandidates:
     scores: npt.NDArray[np.float32]
     backend: Backend
     model_version: str
+    # The features could not be read in time; the model scored defaults.
+    default_features: bool = False
 
 
 class CandidateScorer:
@@ -53,7 +55,8 @@ class CandidateScorer:
         context: RequestContext,
     ) -> ScoredCandidates:
         count = len(item_ids)
-        user, items = await self._read_features(user_id, item_ids.tolist())
+        features_read = await self._read_features(user_id, item_ids.tolist())
+        user, items = features_read if features_read is not None else (None, _defaults(count))
         embedding = user.embedding if user is not None else None
         user_vector = None
         if (
@@ -89,14 +92,19 @@ class CandidateScorer:
             )
         order = np.argsort(-outcome.scores, kind="stable")
         return ScoredCandidates(
-            item_ids[order], outcome.scores[order], outcome.backend, outcome.model_version
+            item_ids[order],
+            outcome.scores[order],
+            outcome.backend,
+            outcome.model_version,
+            default_features=features_read is None,
         )
 
     async def _read_features(
         self, user_id: str, item_ids: list[int]
-    ) -> tuple[UserFeatures | None, ItemFeatureBatch]:
-        """User and item features together within the feature timeout; defaults when the
-        store is slow or down (seed "Feature Store Timeout Handling")."""
+    ) -> tuple[UserFeatures | None, ItemFeatureBatch] | None:
+        """User and item features together within the feature timeout; None (the caller
+        uses defaults) when the store is slow or down (seed "Feature Store Timeout
+        Handling")."""
         try:
             async with asyncio.timeout(self.feature_timeout_seconds):
                 user, items = await asyncio.gather(
@@ -104,8 +112,19 @@ class CandidateScorer:
                     self.features.get_item_features(item_ids),
                 )
             return user, items
-        except (TimeoutError, RecsysError) as error:
+        except TimeoutError:
+            logger.warning(
+                "features unavailable; ranking with defaults",
+                extra={"error": f"slower than {self.feature_timeout_seconds * 1000:.0f} ms"},
+            )
+        except RecsysError as error:
             logger.warning(
                 "features unavailable; ranking with defaults", extra={"error": str(error)}
             )
-        return None, batch_from([None] * len(item_ids))
+        if self.metrics is not None:
+            self.metrics.default_features.inc()
+        return None
+
+
+def _defaults(count: int) -> ItemFeatureBatch:
+    return batch_from([None] * count)

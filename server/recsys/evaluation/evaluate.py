@@ -195,10 +195,10 @@ async def served_lists(
     overrides["index"] = {**overrides["index"], "snapshot_poll_seconds": 0}
     settings = load_settings(**overrides)
     application = await services.build_application(settings, ["embedded"])
-    port = await application.start()
     answers: dict[str, list[int]] = {}
     degraded = 0
     try:
+        port = await application.start()
         options = ClientOptions(target=f"127.0.0.1:{port}", timeout_seconds=30.0)
         async with AsyncRecsysClient(options) as client:
             for number, user in enumerate(users, start=1):

@@ -147,6 +147,11 @@ class RankingMetrics:
             ("kind",),
             registry=registry,
         )
+        self.default_features = Counter(
+            "recsys_rank_default_features",
+            "Rank calls scored with default features (the feature store was slow or down).",
+            registry=registry,
+        )
         self.model_seconds = Histogram(
             "recsys_rank_model_seconds",
             "Latency of scoring one request's candidates, by backend, in seconds.",

@@ -67,7 +67,9 @@ class RankServicer(rank_grpc.RankServiceServicer):
             request.user_id, item_ids, scores, request_context_from_proto(request.context)
         )
         response = rank_pb2.RankResponse(
-            model_version=scored.model_version, backend=BACKENDS[scored.backend]
+            model_version=scored.model_version,
+            backend=BACKENDS[scored.backend],
+            default_features=scored.default_features,
         )
         add = response.items.add  # twice as fast as building ScoredItem objects to extend with
         for item_id, score in zip(scored.item_ids.tolist(), scored.scores.tolist(), strict=True):

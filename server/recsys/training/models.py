@@ -5,6 +5,7 @@ exported to ONNX for Triton and the in-process ONNX ranker."""
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +122,8 @@ def preferences_of(
 def top_candidates(
     user_vector: FloatArray, item_vectors: FloatArray, count: int
 ) -> tuple[IntArray, FloatArray]:
-    """Item rows of the `count` best inner products, best first (ties by item row)."""
+    """Item rows of the `count` best inner products, best first (ties inside the chosen set by
+    item row; which of several items tied at the cut-off gets in is arbitrary, as in FAISS)."""
     scores = (item_vectors @ user_vector).astype(np.float32)
     count = min(count, len(scores))
     head = np.argpartition(-scores, count - 1)[:count] if count < len(scores) else np.arange(count)
@@ -238,10 +240,15 @@ def write_model_version(model_folder: Path, version: str, serialized: bytes) -> 
     if folder.exists():
         raise FileExistsError(f"model version {folder} exists")
     staging = model_folder / f".{version}.partial"
-    staging.mkdir(parents=True, exist_ok=False)
-    (staging / MODEL_FILE).write_bytes(serialized)
-    write_schema(staging / SCHEMA_FILE, FeatureSchema(features=RANKING_FEATURES))
-    staging.rename(folder)
+    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
+    staging.mkdir(parents=True)
+    try:
+        (staging / MODEL_FILE).write_bytes(serialized)
+        write_schema(staging / SCHEMA_FILE, FeatureSchema(features=RANKING_FEATURES))
+        staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return folder
 
 

@@ -2,9 +2,9 @@
 the platform serves from them.
 
 The ranker must learn what retrieval misses, so its rows come from a model that has not seen the
-labels: each user's training pairs are split 75/25 again, embeddings are fitted on the 75%,
-candidates are retrieved with them and labelled by the 25%. The served embeddings are then
-fitted on every training pair."""
+labels: a share of each user's training pairs (`RankerSettings.holdout_ratio`, 10%) is held
+out, embeddings are fitted on the rest, candidates are retrieved with them and labelled by the
+held-out pairs. The served embeddings are then fitted on every training pair."""
 
 from __future__ import annotations
 
@@ -191,6 +191,11 @@ def write_artifacts(
 ) -> TrainingArtifacts:
     """Item embeddings (for `recsys index build`), the feature snapshot (for the feature
     store), a new model version in the Triton repository, and a JSON report."""
+    model_root = model_repository / model_name
+    version = model_version or next_model_version(model_root)
+    if (model_root / version).exists():
+        # Checked before anything is written, so a refused run changes nothing.
+        raise FileExistsError(f"model version {model_root / version} exists")
     output.mkdir(parents=True, exist_ok=True)
     embeddings_path = output / EMBEDDINGS_FILE
     save_embeddings(
@@ -201,8 +206,6 @@ def write_artifacts(
     )
     features_path = output / FEATURES_FILE
     save_features(features_path, feature_snapshot(models))
-    model_root = model_repository / model_name
-    version = model_version or next_model_version(model_root)
     folder = write_model_version(model_root, version, models.ranker_onnx)
     report_path = output / REPORT_FILE
     report = {

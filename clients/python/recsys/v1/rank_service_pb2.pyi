@@ -116,10 +116,15 @@ class RankResponse(_message.Message):
     ITEMS_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
+    DEFAULT_FEATURES_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
     """Version of the model that scored; empty for the rule-based fallback."""
     backend: _common_pb2.RankingBackend.ValueType
     """Which backend scored."""
+    default_features: _builtins.bool
+    """The user's or the items' ranking features could not be read in time (or the feature store
+    was down); the model scored default features.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoredItem]:
         """Every candidate of the request, sorted by descending score."""
@@ -130,10 +135,11 @@ class RankResponse(_message.Message):
         items: _abc.Iterable[Global___ScoredItem] | None = ...,
         model_version: _builtins.str = ...,
         backend: _common_pb2.RankingBackend.ValueType = ...,
+        default_features: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "items", b"items", "model_version", b"model_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "default_features", b"default_features", "items", b"items", "model_version", b"model_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
