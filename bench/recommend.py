@@ -91,6 +91,7 @@ async def measure(address: str, users: list[str]) -> tuple[dict[str, Any], dict[
             response = await client.recommend(user, limit=20)
             full.append(time.perf_counter() - began)
             assert not response.degradation.served_from_cache
+            assert not response.degradation.default_features  # measured on real features
             assert len(response.items) == 20
         for user in users:  # second call: the response cache
             began = time.perf_counter()
