@@ -154,31 +154,48 @@ def evaluate(
             "--served/--no-served", help="Also measure a deployment through gRPC and compare."
         ),
     ] = True,
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="Where the served path runs: embedded (one process) or distributed "
+            "(`recsys up`: a process per shard and service)."
+        ),
+    ] = "embedded",
     k: Annotated[int, typer.Option(min=1, max=100, help="List length.")] = 10,
     split_seed: Annotated[int, typer.Option(help="Seed of the random split.")] = 42,
     report: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
 ) -> None:
     """Offline evaluation on a held-out split: popularity, retrieval, retrieval + ranking and
     the served path (gRPC, diversity off), with P/R/NDCG/MAP@k, coverage and diversity."""
-    from recsys.evaluation.evaluate import Protocol, evaluate_protocol, markdown_table
+    from recsys.evaluation.evaluate import Layout, Protocol, evaluate_protocol, markdown_table
 
     try:
         protocols = [Protocol(name) for name in protocol]
     except ValueError as error:
         raise fail(ValueError(f"--protocol: {error}")) from error
+    try:
+        chosen_layout = Layout(layout)
+    except ValueError as error:
+        raise fail(ValueError(f"--layout: {error}")) from error
     catalogue = catalogue_from(movielens, items, users, interactions_per_user, seed)
 
     async def run() -> list[Any]:
         return [
             await evaluate_protocol(
-                catalogue, chosen, k=k, seed=split_seed, served=served, progress=_say
+                catalogue,
+                chosen,
+                k=k,
+                seed=split_seed,
+                served=served,
+                layout=chosen_layout,
+                progress=_say,
             )
             for chosen in protocols
         ]
 
     try:
         results = asyncio.run(run())
-    except (RecsysError, ValueError) as error:
+    except (RecsysError, ValueError, RuntimeError, TimeoutError) as error:
         raise fail(error) from error
     typer.echo(markdown_table(results, k=k))
     mismatched = [r for r in results if r.parity is not None and r.parity < 1.0]

@@ -9,7 +9,7 @@ import pytest
 
 from recsys.data.movielens import load_movielens
 from recsys.data.synthetic import synthetic_catalogue
-from recsys.evaluation.evaluate import Protocol, evaluate_protocol, markdown_table
+from recsys.evaluation.evaluate import Layout, Protocol, evaluate_protocol, markdown_table
 from recsys.training.models import EmbeddingSettings
 
 SMALL = EmbeddingSettings(factors=16, regularization=5.0, iterations=8)
@@ -24,7 +24,7 @@ async def test_served_numbers_equal_the_offline_ones(protocol: Protocol, tmp_pat
     result = await evaluate_protocol(
         catalogue, protocol, served=True, embedding=SMALL, workdir=tmp_path
     )
-    served = result.rows["served (gRPC)"]
+    served = result.rows["served (gRPC, embedded)"]
     offline = result.rows["retrieval + ranking"]
     assert result.degraded == 0
     assert result.parity == 1.0
@@ -33,6 +33,24 @@ async def test_served_numbers_equal_the_offline_ones(protocol: Protocol, tmp_pat
     assert result.rows["retrieval"].ndcg > result.rows["popularity"].ndcg
     table = markdown_table([result])
     assert table.count("\n") == 1 + len(result.rows)
+
+
+@pytest.mark.e2e
+@pytest.mark.integration
+async def test_served_numbers_equal_the_offline_ones_through_recsys_up(tmp_path: Path) -> None:
+    # The distributed layout: 10 shard processes, retrieve, rank and recommend processes.
+    catalogue = synthetic_catalogue(800, 150, interactions_per_user=25, category_count=8, seed=5)
+    result = await evaluate_protocol(
+        catalogue,
+        Protocol.RANDOM,
+        served=True,
+        embedding=SMALL,
+        workdir=tmp_path,
+        layout=Layout.DISTRIBUTED,
+    )
+    assert result.degraded == 0
+    assert result.parity == 1.0
+    assert result.rows["served (gRPC, distributed)"] == result.rows["retrieval + ranking"]
 
 
 @pytest.mark.integration

@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +120,7 @@ class Supervisor:
     def __init__(self, children: list[Child], *, poll_seconds: float = 0.5) -> None:
         self.children = children
         self.poll_seconds = poll_seconds
-        self._stopping = threading.Event()
+        self._stop_requested = False
 
     def _start(self, child: Child) -> None:
         assert child.log is not None
@@ -167,13 +166,16 @@ class Supervisor:
 
     def run(self) -> None:
         def stop(signal_number: int, frame: object) -> None:
-            self._stopping.set()
+            # Only a flag: a handler that takes a lock (threading.Event.set) deadlocks when
+            # the signal lands while the main thread holds that lock inside Event.wait.
+            self._stop_requested = True
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         self.start_all()
-        while not self._stopping.wait(self.poll_seconds):
+        while not self._stop_requested:
             self.check()
+            time.sleep(self.poll_seconds)
         self.stop_all()
 
     def stop_all(self, timeout: float = 20.0) -> None:

@@ -3,7 +3,9 @@
 - popularity: the most interacted-with items of the training data;
 - retrieval: the embeddings' top candidates (retrieval alone);
 - retrieval + ranking: those candidates re-scored by the ranking model (ONNX Runtime);
-- served: the same through a running deployment over gRPC (Recommend, diversity off).
+- served: the same through a running deployment over gRPC (Recommend, diversity off): the
+  embedded mode in this process, or the distributed layout of `recsys up` (10 shard
+  processes, retrieve, rank, recommend).
 
 Every row removes the user's training items and applies the same privacy filter the
 Recommend service applies (`allowed_by_privacy`), so the served row must equal the
@@ -53,7 +55,6 @@ PROTOCOL_TITLES = {
     Protocol.RANDOM: "per-user random 75/25",
     Protocol.LAST: "time-based leave-last-out",
 }
-ROWS = ("popularity", "retrieval", "retrieval + ranking", "served (gRPC)")
 
 
 def split(table: InteractionTable, protocol: Protocol, seed: int) -> tuple[InteractionTable, ...]:
@@ -149,32 +150,19 @@ def training_catalogue(catalogue: Catalogue, train: InteractionTable) -> Catalog
     return replace(catalogue, items=items, interactions=interactions)
 
 
-async def served_lists(
-    catalogue: Catalogue,
-    models: TrainedModels,
-    users: list[str],
-    *,
-    k: int,
-    candidates: int,
-    folder: Path,
-    progress: Callable[[str], None] | None = None,
-) -> tuple[dict[str, list[int]], int]:
-    """Deploys `models` (10 shards, embedded mode, loopback port) and asks Recommend for every
-    user through the client library, one call at a time. Returns the lists and how many
-    answers were degraded."""
-    from recsys import services
-    from recsys.deploy.sample import prepare_deployment
-    from recsys.settings import load_settings
-    from recsys.v1.common_pb2 import RANKING_BACKEND_MODEL
-    from recsys_client import AsyncRecsysClient, ClientOptions
+class Layout(enum.StrEnum):
+    EMBEDDED = "embedded"  # one process (`recsys serve embedded`), in this process
+    DISTRIBUTED = "distributed"  # `recsys up`: 10 shard processes, retrieve, rank, recommend
 
-    deployment = await prepare_deployment(catalogue, models, folder, progress=progress)
-    overrides: dict[str, Any] = {
-        **deployment.settings,
-        "server": {"host": "127.0.0.1", "port": 0, "shutdown_drain_seconds": 0.0},
-        "metrics": {"enabled": False},
-        "logging": {"access_log": False, "level": "WARNING"},
-        # Offline parity: the ranked order as is, nobody throttled, budgets no call runs into.
+
+def served_row(layout: Layout) -> str:
+    return f"served (gRPC, {layout.value})"
+
+
+def evaluation_overrides(candidates: int) -> dict[str, dict[str, Any]]:
+    """Offline parity: the ranked order as is, nobody throttled, budgets no call runs into
+    (a timeout would degrade an answer and so change it)."""
+    return {
         "recommend": {
             "diversity_enabled": False,
             "rate_limit_enabled": False,
@@ -185,38 +173,179 @@ async def served_lists(
             "rank_timeout_ms": 10_000,
         },
         "retrieve": {"shard_timeout_ms": 10_000},
-        "rank": {
-            **deployment.settings["rank"],
-            "feature_timeout_ms": 5_000,
-            "timeout_ms": 5_000,
-            "reload_poll_seconds": 0,
-        },
+        "rank": {"feature_timeout_ms": 5_000, "timeout_ms": 5_000, "reload_poll_seconds": 0},
+        "index": {"snapshot_poll_seconds": 0},
+        "logging": {"access_log": False, "level": "WARNING"},
     }
-    overrides["index"] = {**overrides["index"], "snapshot_poll_seconds": 0}
-    settings = load_settings(**overrides)
-    application = await services.build_application(settings, ["embedded"])
+
+
+def environment_of(overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Settings as RECSYS_SECTION__KEY variables (what `recsys up` passes its children)."""
+    return {
+        f"RECSYS_{section.upper()}__{key.upper()}": (
+            str(value).lower() if isinstance(value, bool) else str(value)
+        )
+        for section, values in overrides.items()
+        for key, value in values.items()
+    }
+
+
+async def _ask(
+    target: str, users: list[str], k: int, progress: Callable[[str], None] | None
+) -> tuple[dict[str, list[int]], int]:
+    from recsys.v1.common_pb2 import RANKING_BACKEND_MODEL
+    from recsys_client import AsyncRecsysClient, ClientOptions
+
     answers: dict[str, list[int]] = {}
     degraded = 0
+    options = ClientOptions(target=target, timeout_seconds=30.0)
+    async with AsyncRecsysClient(options) as client:
+        for number, user in enumerate(users, start=1):
+            response = await client.recommend(user, limit=k)
+            answers[user] = [item.item_id for item in response.items]
+            flags = response.degradation
+            if any(flags.ListFields()) or response.ranking_backend != RANKING_BACKEND_MODEL:
+                # Parity needs the undegraded path; say why a list may differ.
+                degraded += 1
+                logger.warning(
+                    "served answer degraded",
+                    extra={"user_id": user, "degradation": str(flags).replace("\n", " ")},
+                )
+            if progress and number % 200 == 0:
+                progress(f"served path: {number}/{len(users)} users")
+    return answers, degraded
+
+
+async def served_lists(
+    catalogue: Catalogue,
+    models: TrainedModels,
+    users: list[str],
+    *,
+    k: int,
+    candidates: int,
+    folder: Path,
+    layout: Layout = Layout.EMBEDDED,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict[str, list[int]], int]:
+    """Deploys `models` (10 shards) in `layout` on loopback ports and asks Recommend for every
+    user through the client library, one call at a time. Returns the lists and how many
+    answers were degraded."""
+    from recsys import services
+    from recsys.deploy.sample import prepare_deployment
+    from recsys.settings import load_settings
+
+    deployment = await prepare_deployment(catalogue, models, folder, progress=progress)
+    overrides = evaluation_overrides(candidates)
+    if layout is Layout.DISTRIBUTED:
+        return await _served_by_processes(deployment, overrides, users, k, progress)
+    merged: dict[str, Any] = {
+        **deployment.settings,
+        "server": {"host": "127.0.0.1", "port": 0, "shutdown_drain_seconds": 0.0},
+        "metrics": {"enabled": False},
+    }
+    for section, values in overrides.items():
+        merged[section] = {**merged.get(section, {}), **values}
+    settings = load_settings(**merged)
+    application = await services.build_application(settings, ["embedded"])
     try:
         port = await application.start()
-        options = ClientOptions(target=f"127.0.0.1:{port}", timeout_seconds=30.0)
-        async with AsyncRecsysClient(options) as client:
-            for number, user in enumerate(users, start=1):
-                response = await client.recommend(user, limit=k)
-                answers[user] = [item.item_id for item in response.items]
-                flags = response.degradation
-                if any(flags.ListFields()) or response.ranking_backend != RANKING_BACKEND_MODEL:
-                    # Parity needs the undegraded path; say why a list may differ.
-                    degraded += 1
-                    logger.warning(
-                        "served answer degraded",
-                        extra={"user_id": user, "degradation": str(flags).replace("\n", " ")},
-                    )
-                if progress and number % 200 == 0:
-                    progress(f"served path: {number}/{len(users)} users")
+        return await _ask(f"127.0.0.1:{port}", users, k, progress)
     finally:
         await application.shutdown()
-    return answers, degraded
+
+
+async def _served_by_processes(
+    deployment: Any,
+    overrides: dict[str, dict[str, Any]],
+    users: list[str],
+    k: int,
+    progress: Callable[[str], None] | None,
+) -> tuple[dict[str, list[int]], int]:
+    """`recsys up` over the deployment's settings file, torn down afterwards."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from recsys.deploy.supervisor import RANK_OFFSET, RETRIEVE_OFFSET
+    from recsys_client import AsyncRecsysClient, ClientOptions, RecsysClientError
+
+    num_shards = int(deployment.settings["index"]["num_shards"])
+    offsets = [*range(num_shards), RETRIEVE_OFFSET, RANK_OFFSET]
+    base, port = _free_ports(offsets)
+    environment = {
+        **os.environ,
+        **environment_of(overrides),
+        "RECSYS_SERVER__HOST": "127.0.0.1",
+        "RECSYS_SERVER__PORT": str(port),
+        "RECSYS_SERVER__SHUTDOWN_DRAIN_SECONDS": "0",
+    }
+    logs = deployment.folder / "logs"
+    command = [
+        str(Path(sys.executable).with_name("recsys")),
+        "up",
+        "--config",
+        str(deployment.settings_file),
+        "--base-port",
+        str(base),
+        "--log-dir",
+        str(logs),
+    ]
+    supervisor = await asyncio.to_thread(
+        _start_process, command, environment, deployment.folder / "up.log"
+    )
+    try:
+        addresses = [f"127.0.0.1:{base + offset}" for offset in offsets] + [f"127.0.0.1:{port}"]
+        if progress:
+            progress(f"recsys up: waiting for {len(addresses)} processes")
+        deadline = time.monotonic() + 180
+        for address in addresses:
+            async with AsyncRecsysClient(ClientOptions(target=address, retry=None)) as client:
+                while True:
+                    if supervisor.poll() is not None:
+                        raise RuntimeError(f"recsys up exited; see {deployment.folder / 'up.log'}")
+                    try:
+                        if await client.check_health("readiness", timeout=1.0) == "SERVING":
+                            break
+                    except RecsysClientError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{address} not serving after 180 s; logs in {logs}")
+                    await asyncio.sleep(0.3)
+        return await _ask(f"127.0.0.1:{port}", users, k, progress)
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(supervisor.wait, 60)
+        except subprocess.TimeoutExpired:
+            supervisor.kill()
+
+
+def _start_process(command: list[str], environment: dict[str, str], log: Path) -> Any:
+    import subprocess
+
+    with open(log, "wb") as output:
+        return subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT)
+
+
+def _free_ports(offsets: list[int]) -> tuple[int, int]:
+    """A base port with base + every offset free, and one more free port."""
+    import socket
+
+    def free(port: int) -> bool:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+            return True
+
+    for base in range(41_000, 49_000, 211):
+        if all(free(base + offset) for offset in offsets):
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                return base, int(probe.getsockname()[1])
+    raise RuntimeError("no free loopback port range for `recsys up`")
 
 
 async def evaluate_protocol(
@@ -230,6 +359,7 @@ async def evaluate_protocol(
     embedding: EmbeddingSettings | None = None,
     ranker: RankerSettings | None = None,
     workdir: Path | None = None,
+    layout: Layout = Layout.EMBEDDED,
     progress: Callable[[str], None] | None = None,
 ) -> ProtocolResult:
     say = progress or (lambda message: None)
@@ -279,11 +409,12 @@ async def evaluate_protocol(
                 k=k,
                 candidates=candidates,
                 folder=Path(folder) / "deployment",
+                layout=layout,
                 progress=say,
             )
-        rows["served (gRPC)"] = measure(answers)
+        rows[served_row(layout)] = measure(answers)
         parity = sum(answers.get(user) == ranked[user] for user in relevant) / len(relevant)
-        seconds["served (gRPC)"] = round(time.perf_counter() - clock, 2)
+        seconds[served_row(layout)] = round(time.perf_counter() - clock, 2)
     return ProtocolResult(protocol, rows, parity, degraded, len(train), len(test), seconds)
 
 
