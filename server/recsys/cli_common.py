@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -62,3 +64,28 @@ def catalogue_from(
     if movielens is not None:
         return load_movielens(movielens)
     return synthetic_catalogue(items, users, interactions_per_user=interactions_per_user, seed=seed)
+
+
+@contextlib.contextmanager
+def stage_progress(totals: dict[str, int]) -> Iterator[Callable[[str, int], None]]:
+    """Progress bars on stderr, one per stage (hidden when stderr is not a terminal); yields
+    the `progress(stage, count)` callback the loaders take."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    console = Console(stderr=True)
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+        tasks = {stage: progress.add_task(stage, total=total) for stage, total in totals.items()}
+        yield lambda stage, count: progress.advance(tasks[stage], count)

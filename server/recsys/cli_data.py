@@ -19,6 +19,7 @@ from recsys.cli_common import (
     catalogue_from,
     fail,
     settings_or_exit,
+    stage_progress,
 )
 from recsys.data.synthetic import clustered_embeddings
 from recsys.errors import RecsysError
@@ -77,7 +78,15 @@ def load(
             if not metadata_only:
                 features = create_adapter("feature_store", settings.features.store, settings)
                 stack.push_async_callback(features.close)
-            await load_catalogue(catalogue, metadata=metadata, features=features)
+            totals = {
+                "items": len(catalogue.items),
+                "users": len(catalogue.users),
+                "interactions": len(catalogue.interactions),
+            }
+            with stage_progress(totals) as progress:
+                await load_catalogue(
+                    catalogue, metadata=metadata, features=features, progress=progress
+                )
 
     try:
         asyncio.run(run())

@@ -21,6 +21,7 @@ from recsys.cli_common import (
     catalogue_from,
     fail,
     settings_or_exit,
+    stage_progress,
 )
 from recsys.errors import RecsysError
 from recsys_client import RecsysClientError
@@ -130,7 +131,9 @@ async def _load_features(settings: Any, path: Path) -> None:
     snapshot = load_features(path)
     store = create_adapter("feature_store", settings.features.store, settings)
     try:
-        await load_into_store(snapshot, store)
+        totals = {"items": len(snapshot.item_ids), "users": len(snapshot.user_ids)}
+        with stage_progress(totals) as progress:
+            await load_into_store(snapshot, store, progress=progress)
     finally:
         await store.close()
     typer.echo(

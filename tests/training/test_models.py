@@ -125,3 +125,14 @@ def await_scores(ranker: OnnxRanker, features: np.ndarray) -> np.ndarray:
     import asyncio
 
     return asyncio.run(ranker.score(features, timeout=5.0))
+
+
+def test_ranker_rows_sample_at_most_max_users(catalogue, table: InteractionTable) -> None:  # type: ignore[no-untyped-def]
+    inner, held_out = random_split(table, train_ratio=0.75, seed=1)
+    embeddings = fit_embeddings(inner.matrix(), SMALL)
+    arguments = (embeddings, item_signals(catalogue, inner), inner.items_by_user(),
+                 held_out.items_by_user())  # fmt: skip
+    _, _, every = ranker_training_rows(*arguments, candidates=50)
+    _, _, sampled = ranker_training_rows(*arguments, candidates=50, max_users=40, seed=2)
+    assert len(every) > 40
+    assert 0 < len(sampled) <= 40

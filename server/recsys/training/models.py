@@ -52,6 +52,9 @@ class RankerSettings:
     candidates: int = 100
     # Share of each user's training pairs held out to label the ranker's rows.
     holdout_ratio: float = 0.1
+    # Users whose candidates become rows, sampled when more have held-out items: each costs a
+    # pass over the whole catalogue, and a ranker of 12 features needs no more.
+    max_users: int = 10_000
     seed: int = 0
 
 
@@ -161,13 +164,24 @@ def ranker_training_rows(
     seen: Sequence[IntArray],
     held_out: Sequence[IntArray],
     candidates: int,
+    *,
+    max_users: int | None = None,
+    seed: int = 0,
+    show_progress: bool = False,
 ) -> tuple[FloatArray, FloatArray, list[int]]:
-    """For each user with held-out items: retrieval's top candidates (seen items removed),
-    labelled 1 when held out. Returns features, labels and group sizes."""
+    """For each user with held-out items (at most `max_users`, a seeded sample): retrieval's
+    top candidates (seen items removed), labelled 1 when held out. Returns features, labels
+    and group sizes."""
+    users = np.array([row for row, items in enumerate(held_out) if len(items)], dtype=np.int64)
+    if max_users is not None and len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    from tqdm import tqdm
+
     features, labels, groups = [], [], []
-    for user_row, (seen_rows, positive_rows) in enumerate(zip(seen, held_out, strict=True)):
-        if not len(positive_rows):
-            continue
+    for user_row in tqdm(
+        users.tolist(), desc="ranker rows", unit="user", disable=not show_progress
+    ):
+        seen_rows, positive_rows = seen[user_row], held_out[user_row]
         user_vector = embeddings.user_vectors[user_row]
         rows, scores = top_candidates(
             user_vector, embeddings.item_vectors, candidates + len(seen_rows)

@@ -113,6 +113,9 @@ def train_models(
         inner.items_by_user(),
         held_out.items_by_user(),
         ranker.candidates,
+        max_users=ranker.max_users,
+        seed=ranker.seed,
+        show_progress=show_progress,
     )
     done()
     done = timed("ranking model: LightGBM lambdarank")
