@@ -127,7 +127,11 @@ def top_candidates(
 ) -> tuple[IntArray, FloatArray]:
     """Item rows of the `count` best inner products, best first (ties inside the chosen set by
     item row; which of several items tied at the cut-off gets in is arbitrary, as in FAISS)."""
-    scores = (item_vectors @ user_vector).astype(np.float32)
+    return top_of((item_vectors @ user_vector).astype(np.float32), count)
+
+
+def top_of(scores: FloatArray, count: int) -> tuple[IntArray, FloatArray]:
+    """Rows of the `count` highest scores, best first (ties by row)."""
     count = min(count, len(scores))
     head = np.argpartition(-scores, count - 1)[:count] if count < len(scores) else np.arange(count)
     order = np.lexsort((head, -scores[head]))
@@ -172,33 +176,55 @@ def ranker_training_rows(
     """For each user with held-out items (at most `max_users`, a seeded sample): retrieval's
     top candidates (seen items removed), labelled 1 when held out. Returns features, labels
     and group sizes."""
+    from tqdm import tqdm
+
     users = np.array([row for row, items in enumerate(held_out) if len(items)], dtype=np.int64)
     if max_users is not None and len(users) > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-    from tqdm import tqdm
-
+    item_vectors = embeddings.item_vectors
+    # A block of users scored in one matrix product (about 128 MB of scores at a time).
+    block = max(1, (1 << 25) // max(1, len(item_vectors)))
     features, labels, groups = [], [], []
-    for user_row in tqdm(
-        users.tolist(), desc="ranker rows", unit="user", disable=not show_progress
-    ):
-        seen_rows, positive_rows = seen[user_row], held_out[user_row]
-        user_vector = embeddings.user_vectors[user_row]
-        rows, scores = top_candidates(
-            user_vector, embeddings.item_vectors, candidates + len(seen_rows)
-        )
-        keep = ~np.isin(rows, seen_rows)
-        rows, scores = rows[keep][:candidates], scores[keep][:candidates]
-        label = np.isin(rows, positive_rows).astype(np.float32)
-        if not label.any():
-            continue  # lambdarank learns nothing from a group without a positive
-        features.append(
-            feature_rows(user_vector, rows, scores, embeddings.item_vectors, signals, user_row)
-        )
-        labels.append(label)
-        groups.append(len(rows))
+    with tqdm(total=len(users), desc="ranker rows", unit="user", disable=not show_progress) as bar:
+        for start in range(0, len(users), block):
+            chunk = users[start : start + block]
+            block_scores = (embeddings.user_vectors[chunk] @ item_vectors.T).astype(np.float32)
+            for position, user_row in enumerate(chunk.tolist()):
+                group = _ranker_group(
+                    embeddings, signals, user_row, block_scores[position],
+                    seen[user_row], held_out[user_row], candidates,
+                )  # fmt: skip
+                if group is not None:
+                    features.append(group[0])
+                    labels.append(group[1])
+                    groups.append(len(group[1]))
+            bar.update(len(chunk))
     if not groups:
         raise ValueError("no user has a held-out item among its candidates; too little data")
     return np.concatenate(features), np.concatenate(labels), groups
+
+
+def _ranker_group(
+    embeddings: Embeddings,
+    signals: ItemSignals,
+    user_row: int,
+    item_scores: FloatArray,
+    seen_rows: IntArray,
+    positive_rows: IntArray,
+    candidates: int,
+) -> tuple[FloatArray, FloatArray] | None:
+    """One user's rows: retrieval's top candidates (seen removed), labelled by the held-out
+    items; None when none is among them (lambdarank learns nothing from such a group)."""
+    rows, scores = top_of(item_scores, candidates + len(seen_rows))
+    keep = ~np.isin(rows, seen_rows)
+    rows, scores = rows[keep][:candidates], scores[keep][:candidates]
+    label = np.isin(rows, positive_rows).astype(np.float32)
+    if not label.any():
+        return None
+    user_vector = embeddings.user_vectors[user_row]
+    return feature_rows(
+        user_vector, rows, scores, embeddings.item_vectors, signals, user_row
+    ), label
 
 
 def fit_ranker(
