@@ -198,7 +198,7 @@ def evaluate(
 
     try:
         results = asyncio.run(run())
-    except (RecsysError, ValueError, RuntimeError, TimeoutError) as error:
+    except (RecsysError, RecsysClientError, ValueError, RuntimeError, OSError) as error:
         raise fail(error) from error
     typer.echo(markdown_table(results, k=k))
     mismatched = [r for r in results if r.parity is not None and r.parity < 1.0]

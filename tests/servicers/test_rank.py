@@ -107,8 +107,20 @@ async def test_a_feature_store_outage_scores_defaults_and_says_so() -> None:
         options = ClientOptions(target=application.address, timeout_seconds=5)
         async with AsyncRecsysClient(options) as client:
             response = await client.rank("u1", [(10, 0.9), (11, 0.1)])
+        # Recommend's remote scorer (the distributed layout) carries the flag on.
+        from recsys.adapters.remote import GrpcScorer
+        from recsys.domain.requests import RequestContext
+
+        scorer = GrpcScorer(application.address, timeout_seconds=5)
+        try:
+            scored = await scorer.score(
+                "u1", np.array([10, 11]), np.array([0.9, 0.1], np.float32), RequestContext()
+            )
+        finally:
+            await scorer.close()
     finally:
         await application.shutdown()
+    assert scored.default_features
     assert response.backend == common_pb2.RANKING_BACKEND_MODEL
     assert response.default_features
     assert [item.item_id for item in response.items] == [10, 11]  # the retrieval score decides

@@ -118,6 +118,11 @@ async def test_a_shard_down_gives_a_partial_flagged_answer(deployment: Deploymen
         assert all(item.item_id % 2 == 0 for item in response.items)
     finally:
         hosts[1].ready = True
+    # The partial answer was not cached: once the shard is back, the answer is whole.
+    async with client_for(deployment.app) as client:
+        healed = await client.recommend("kid", limit=10)
+    assert not healed.degradation.served_from_cache
+    assert not healed.degradation.partial_retrieval
 
 
 async def test_the_ranking_model_down_gives_fallback_ranking(deployment: Deployment) -> None:

@@ -84,6 +84,12 @@ def test_written_artifacts_serve_through_the_onnx_ranker(
     assert next_model_version(repository / "ranker") == "3"
     with pytest.raises(FileExistsError):
         write_model_version(repository / "ranker", "2", models.ranker_onnx)
+    # A version that exists is refused before anything is written.
+    with pytest.raises(FileExistsError):
+        write_artifacts(
+            models, output=tmp_path / "refused", model_repository=repository, model_version="1"
+        )
+    assert not (tmp_path / "refused").exists()
 
     embeddings = load_embeddings(artifacts.embeddings_path)
     assert embeddings.embedding_version == "als-test"
@@ -132,7 +138,11 @@ def test_ranker_rows_sample_at_most_max_users(catalogue, table: InteractionTable
     embeddings = fit_embeddings(inner.matrix(), SMALL)
     arguments = (embeddings, item_signals(catalogue, inner), inner.items_by_user(),
                  held_out.items_by_user())  # fmt: skip
-    _, _, every = ranker_training_rows(*arguments, candidates=50)
+    every_features, _, every = ranker_training_rows(*arguments, candidates=50)
+    # One user per matrix product gives the same rows as the default blocks.
+    one_by_one, _, groups = ranker_training_rows(*arguments, candidates=50, block=1)
+    assert groups == every
+    np.testing.assert_allclose(one_by_one, every_features, rtol=1e-5, atol=1e-6)
     _, _, sampled = ranker_training_rows(*arguments, candidates=50, max_users=40, seed=2)
     assert len(every) > 40
     assert 0 < len(sampled) <= 40

@@ -172,11 +172,13 @@ class Supervisor:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        self.start_all()
-        while not self._stop_requested:
-            self.check()
-            time.sleep(self.poll_seconds)
-        self.stop_all()
+        try:
+            self.start_all()
+            while not self._stop_requested:
+                self.check()
+                time.sleep(self.poll_seconds)
+        finally:
+            self.stop_all()  # whatever ended the loop, no child outlives its supervisor
 
     def stop_all(self, timeout: float = 20.0) -> None:
         for child in self.children:

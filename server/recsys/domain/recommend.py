@@ -201,7 +201,9 @@ class RecommendPipeline:
             degradation.default_features = embedding is not None
         pool, index_version = await self._retrieve(query, embedding, consumed, degradation)
         answer = await self._finish(query, pool, profile, consumed, degradation, index_version)
-        if cacheable and answer.items:
+        # A degraded answer is not cached: the cache would serve it for minutes after the
+        # dependency recovered, and without its flags.
+        if cacheable and answer.items and not answer.degradation.kinds():
             await self._store(query, answer)
         return answer
 

@@ -318,14 +318,22 @@ async def _served_by_processes(
         try:
             await asyncio.to_thread(supervisor.wait, 60)
         except subprocess.TimeoutExpired:
-            supervisor.kill()
+            # The supervisor leads its own process group: take its children down with it.
+            os.killpg(supervisor.pid, signal.SIGKILL)
+            await asyncio.to_thread(supervisor.wait)
 
 
 def _start_process(command: list[str], environment: dict[str, str], log: Path) -> Any:
     import subprocess
 
     with open(log, "wb") as output:
-        return subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            command,
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a process group to kill as one if it will not stop
+        )
 
 
 def _free_ports(offsets: list[int]) -> tuple[int, int]:
@@ -340,11 +348,19 @@ def _free_ports(offsets: list[int]) -> tuple[int, int]:
                 return False
             return True
 
-    for base in range(41_000, 49_000, 211):
-        if all(free(base + offset) for offset in offsets):
+    import random
+
+    # A random start, so two evaluations at once do not race for the same range.
+    bases = list(range(41_000, 49_000, 211))
+    start = random.randrange(len(bases))
+    for base in bases[start:] + bases[:start]:
+        taken = {base + offset for offset in offsets}
+        if all(free(port) for port in taken):
             with socket.socket() as probe:
                 probe.bind(("127.0.0.1", 0))
-                return base, int(probe.getsockname()[1])
+                port = int(probe.getsockname()[1])
+            if port not in taken:
+                return base, port
     raise RuntimeError("no free loopback port range for `recsys up`")
 
 

@@ -172,23 +172,26 @@ def ranker_training_rows(
     max_users: int | None = None,
     seed: int = 0,
     show_progress: bool = False,
+    block: int | None = None,
 ) -> tuple[FloatArray, FloatArray, list[int]]:
     """For each user with held-out items (at most `max_users`, a seeded sample): retrieval's
     top candidates (seen items removed), labelled 1 when held out. Returns features, labels
-    and group sizes."""
+    and group sizes. `block` users are scored per matrix product (default: about 128 MB of
+    scores)."""
     from tqdm import tqdm
 
     users = np.array([row for row, items in enumerate(held_out) if len(items)], dtype=np.int64)
     if max_users is not None and len(users) > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
     item_vectors = embeddings.item_vectors
-    # A block of users scored in one matrix product (about 128 MB of scores at a time).
-    block = max(1, (1 << 25) // max(1, len(item_vectors)))
+    block = block or max(1, (1 << 25) // max(1, len(item_vectors)))
     features, labels, groups = [], [], []
     with tqdm(total=len(users), desc="ranker rows", unit="user", disable=not show_progress) as bar:
         for start in range(0, len(users), block):
             chunk = users[start : start + block]
-            block_scores = (embeddings.user_vectors[chunk] @ item_vectors.T).astype(np.float32)
+            block_scores = (embeddings.user_vectors[chunk] @ item_vectors.T).astype(
+                np.float32, copy=False
+            )
             for position, user_row in enumerate(chunk.tolist()):
                 group = _ranker_group(
                     embeddings, signals, user_row, block_scores[position],
