@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from recsys.cli_common import fail
 from recsys.errors import RecsysError
 from recsys.index.builder import build_shard_snapshots, default_index_version
 from recsys.index.embeddings_file import load_embeddings
@@ -31,12 +32,6 @@ def _manager(snapshots: Path, keep: int = 3) -> SnapshotManager:
     from recsys.adapters.snapshots.local import LocalSnapshotStore
 
     return SnapshotManager(LocalSnapshotStore(snapshots), keep_versions=keep)
-
-
-def _fail(error: Exception) -> typer.Exit:
-    message = error.message if isinstance(error, RecsysError) else str(error)
-    typer.echo(f"recsys: {message}", err=True)
-    return typer.Exit(code=1)
 
 
 @index_app.command("build")
@@ -92,7 +87,7 @@ def build(
             ef_search=ef_search,
         )
     except (RecsysError, ValueError) as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     version = index_version or default_index_version()
     manager = _manager(snapshots, keep)
     columns = (
@@ -114,7 +109,7 @@ def build(
                 on_shard_done=lambda shard_id, manifest: progress.advance(task),
             )
         except (RecsysError, ValueError, FileExistsError) as error:
-            raise _fail(error) from error
+            raise fail(error) from error
     items = sum(manifest.item_count for manifest in manifests)
     typer.echo(
         f"built {version}: {items} items of dimension {spec.dimension} in {num_shards} shards "
@@ -200,5 +195,5 @@ def rollback(snapshots: SnapshotsOption = Path("var/snapshots"), shard: ShardOpt
         try:
             previous = manager.rollback(shard_id)
         except RecsysError as error:
-            raise _fail(error) from error
+            raise fail(error) from error
         typer.echo(f"shard {shard_id}: CURRENT -> {previous}")

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from recsys.cli_common import fail
 from recsys.errors import RecsysError
 
 release_app = typer.Typer(
@@ -18,11 +19,6 @@ DirectoryOption = Annotated[
     Path, typer.Option("--releases", "-r", help="Release directory (release.directory).")
 ]
 SnapshotsOption = Annotated[Path, typer.Option("--snapshots", "-s", help="Snapshot folder.")]
-
-
-def _fail(error: RecsysError) -> typer.Exit:
-    typer.echo(f"recsys: {error.message}", err=True)
-    return typer.Exit(code=1)
 
 
 @release_app.command("publish")
@@ -58,7 +54,7 @@ def publish(
             models=ModelRepository(repository, model_name),
         )
     except RecsysError as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     typer.echo(
         f"release {release_id} is current: {model_version}, {embedding_version}, {index_version}"
     )
@@ -97,5 +93,5 @@ def rollback(
             snapshots=SnapshotManager(LocalSnapshotStore(snapshots))
         )
     except RecsysError as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     typer.echo(f"release {previous.release_id} is current again")

@@ -255,6 +255,7 @@ def demo(
     snapshot) unless FOLDER already holds it, serve the embedded mode, print recommendations
     for a few users through the client library, and serve until Ctrl-C."""
     from recsys import services
+    from recsys.deploy.sample import SETTINGS_FILE
     from recsys.observability.logging import configure_logging
     from recsys.settings import load_settings
 
@@ -271,7 +272,7 @@ def demo(
         not rebuild
         and source_file.is_file()
         and json.loads(source_file.read_text()) == source
-        and (folder / "recsys.toml").is_file()
+        and (folder / SETTINGS_FILE).is_file()
     )
     catalogue = catalogue_from(movielens, items, users, interactions_per_user, seed)
     if reuse:
@@ -284,7 +285,7 @@ def demo(
         source_file.write_text(json.dumps(source) + "\n")
         _say(f"sample deployment ready in {time.perf_counter() - started:.0f} s")
     settings = load_settings(
-        folder / "recsys.toml",
+        folder / SETTINGS_FILE,
         server={"host": host, "port": port},
         logging={"access_log": False, "level": "WARNING"},
     )

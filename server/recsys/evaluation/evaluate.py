@@ -36,7 +36,6 @@ from recsys.training.models import (
     EmbeddingSettings,
     RankerSettings,
     feature_rows,
-    popularity_of,
     top_candidates,
 )
 from recsys.training.pipeline import TrainedModels, train_models
@@ -129,9 +128,10 @@ class ProtocolResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def training_catalogue(catalogue: Catalogue, train: InteractionTable) -> Catalogue:
+def training_catalogue(catalogue: Catalogue, models: TrainedModels) -> Catalogue:
     """The catalogue as the deployment should know it: training interactions only, and item
-    popularity from them (nothing of the held-out part leaks into serving)."""
+    popularity from them, as training computed it (nothing held out leaks into serving)."""
+    train = models.table
     pairs = {
         (train.user_ids[user], int(train.item_ids[item]))
         for user, item in zip(train.user_rows, train.item_rows, strict=True)
@@ -139,7 +139,7 @@ def training_catalogue(catalogue: Catalogue, train: InteractionTable) -> Catalog
     interactions = [
         event for event in catalogue.interactions if (event.user_id, event.item_id) in pairs
     ]
-    popularity = popularity_of(train.matrix())
+    popularity = models.signals.popularity
     row_of = {int(item): row for row, item in enumerate(train.item_ids)}
     items = [
         replace(item, popularity=float(popularity[row_of[item.item_id]]))
@@ -419,7 +419,7 @@ async def evaluate_protocol(
         clock = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="recsys-eval-", dir=workdir) as folder:
             answers, degraded = await served_lists(
-                training_catalogue(catalogue, train),
+                training_catalogue(catalogue, models),
                 models,
                 list(relevant),
                 k=k,

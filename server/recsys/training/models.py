@@ -101,7 +101,7 @@ class ItemSignals:
 
 
 def popularity_of(interactions: sp.csr_matrix) -> FloatArray:
-    """Interaction counts on a log scale in [0, 1] (as the catalogue loader computes it)."""
+    """Counts of distinct user-item pairs on the catalogue loader's log scale, in [0, 1]."""
     counts = np.asarray(interactions.sum(axis=0)).ravel()
     top = counts.max(initial=0)
     if not top:
