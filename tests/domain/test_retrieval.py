@@ -214,3 +214,30 @@ async def test_a_loading_shard_does_not_define_the_index(data) -> None:
     assert description is not None
     assert description.embedding_version == "e1"
     assert description.index_versions == ("", "v1")
+
+
+async def test_ties_across_shards_merge_by_item_id() -> None:
+    # Every item has the same vector: the merged top k is the k lowest ids, from all shards.
+    spec = IndexSpec(dimension=DIMENSION, index_type=IndexType.FLAT)
+    ids = np.arange(400, dtype=np.int64)[::-1].copy()
+    vectors = np.ones((400, DIMENSION), np.float32)
+    hosts = []
+    for shard_id in range(NUM_SHARDS):
+        mine = ids % NUM_SHARDS == shard_id
+        host = ShardHost(spec, shard_id=shard_id, num_shards=NUM_SHARDS, snapshots=None)
+        host.current = ShardIndex.build(
+            spec, shard_id=shard_id, num_shards=NUM_SHARDS, item_ids=ids[mine],
+            vectors=vectors[mine], index_version="v1", embedding_version="e1",
+        )  # fmt: skip
+        await host.start()
+        hosts.append(host)
+    retriever = Retriever([[LocalShardClient(h)] for h in hosts])
+    query = RetrievalQuery(vector=np.ones(DIMENSION, np.float32), embedding_version="e1", k=30)
+    result = await retriever.retrieve(query)
+    assert result.item_ids.tolist() == list(range(30))
+    excluded = await retriever.retrieve(
+        RetrievalQuery(
+            vector=query.vector, embedding_version="e1", k=5, excluded_item_ids=frozenset({0, 2})
+        )
+    )
+    assert excluded.item_ids.tolist() == [1, 3, 4, 5, 6]

@@ -180,3 +180,30 @@ def test_bad_input_is_invalid_argument(data) -> None:
 def test_ivf_pq_needs_a_dividing_sub_quantizer_count() -> None:
     with pytest.raises(ValueError, match="divide"):
         IndexSpec(dimension=10, index_type=IndexType.IVF_PQ, pq_m=4)
+
+
+@pytest.mark.parametrize("index_type", [IndexType.FLAT, IndexType.IVF_FLAT, IndexType.HNSW])
+def test_tied_scores_are_ordered_by_item_id_and_the_cut_off_takes_the_lowest_ids(
+    index_type: IndexType,
+) -> None:
+    # 40 items of this shard share one vector, the other 60 lie farther from the query.
+    rng = np.random.default_rng(4)
+    # Inserted out of id order, so FAISS's own choice among ties is not the id order.
+    ids = rng.permutation(100).astype(np.int64) * NUM_SHARDS + SHARD_ID
+    vectors = rng.normal(size=(100, DIMENSION)).astype(np.float32) * 0.1
+    shared = np.zeros(DIMENSION, np.float32)
+    shared[0] = 1.0
+    tied = rng.permutation(100)[:40]
+    vectors[tied] = shared
+    shard = ShardIndex.build(
+        spec_for(index_type),
+        shard_id=SHARD_ID,
+        num_shards=NUM_SHARDS,
+        item_ids=ids,
+        vectors=vectors,
+        index_version="v1",
+        embedding_version="e1",
+    )
+    (hits,) = shard.search(shared.reshape(1, -1), 25)
+    assert hits.item_ids.tolist() == sorted(ids[tied].tolist())[:25]
+    assert len(set(hits.scores.tolist())) == 1

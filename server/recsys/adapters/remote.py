@@ -9,6 +9,7 @@ import numpy.typing as npt
 
 from recsys.adapters.channels import reconnect_options
 from recsys.deadlines import outbound_timeout
+from recsys.domain.ordering import ranked_order
 from recsys.domain.ranking import Backend
 from recsys.domain.requests import RequestContext
 from recsys.domain.retrieval import RetrievalQuery, RetrievalResult
@@ -96,7 +97,7 @@ class GrpcScorer:
         except grpc.aio.AioRpcError as error:
             # The rank service itself is down: order by the retrieval score (rule fallback).
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                order = np.argsort(-candidate_scores, kind="stable")
+                order = ranked_order(item_ids, candidate_scores)
                 return ScoredCandidates(
                     item_ids[order], candidate_scores[order], Backend.RULE_FALLBACK, ""
                 )

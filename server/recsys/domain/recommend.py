@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from recsys.domain.ordering import ranked_order
 from recsys.domain.policies import diversify, privacy_filter
 from recsys.domain.ranking import Backend
 from recsys.domain.requests import RecommendQuery
@@ -390,7 +391,7 @@ class RecommendPipeline:
             + (0.5 if reasons[item] == SIMILAR else 0.0)
             for item in ids
         ]
-        order = sorted(range(len(ids)), key=lambda index: -scores[index])
+        order = ranked_order(ids, scores).tolist()
         pool = _Candidates([ids[i] for i in order], [scores[i] for i in order], reasons)
         answer = self._select(query, pool, profile, consumed, metadata)
         answer.cold_start = True

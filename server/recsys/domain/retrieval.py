@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from recsys.deadlines import outbound_timeout
 from recsys.domain.circuit_breaker import BreakerState, CircuitBreaker
+from recsys.domain.ordering import top_k_order
 from recsys.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -323,11 +324,9 @@ class Retriever:
         if excluded.size:
             keep = ~np.isin(ids, excluded)
             ids, scores, shard_ids = ids[keep], scores[keep], shard_ids[keep]
-        if len(ids) > k:
-            # Top k of all shards' answers: a partial selection, then a sort of those k only.
-            top = np.argpartition(-scores, k - 1)[:k]
-            ids, scores, shard_ids = ids[top], scores[top], shard_ids[top]
-        order = np.argsort(-scores, kind="stable")
+        # Top k of all shards' answers in rank order (score, then item id): a partial
+        # selection, then a sort of those k only.
+        order = top_k_order(ids, scores, k)
         versions = sorted({r.index_version for r in results})
         return RetrievalResult(
             item_ids=ids[order],

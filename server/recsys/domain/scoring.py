@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from recsys.domain.ordering import ranked_order
 from recsys.domain.ranking import Backend, RankingChain, RankingInputs, assemble_features
 from recsys.domain.requests import RequestContext
 from recsys.errors import RecsysError
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ScoredCandidates:
-    """Candidates sorted by descending score."""
+    """Candidates in rank order: score descending, then item id ascending."""
 
     item_ids: npt.NDArray[np.int64]
     scores: npt.NDArray[np.float32]
@@ -90,7 +91,7 @@ class CandidateScorer:
             self.metrics.model_seconds.labels(outcome.backend.value).observe(
                 time.perf_counter() - started
             )
-        order = np.argsort(-outcome.scores, kind="stable")
+        order = ranked_order(item_ids, outcome.scores)
         return ScoredCandidates(
             item_ids[order],
             outcome.scores[order],

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from recsys.domain.ordering import top_k_order
 from recsys.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from recsys.index.faiss_module import faiss
 from recsys.index.rwlock import ReadWriteLock
@@ -69,6 +70,14 @@ def as_vectors(values: Any, dimension: int, field: str = "vectors") -> FloatArra
     if not np.isfinite(array).all():
         raise InvalidArgument([FieldViolation(field, "vectors must hold finite numbers")])
     return np.ascontiguousarray(array)
+
+
+def _tie_at_cut(distances: FloatArray, positions: IdArray, k: int) -> bool:
+    """Whether some query's hit k+1 has the same distance as its hit k."""
+    if distances.shape[1] <= k:
+        return False
+    found = positions[:, k] >= 0
+    return bool(np.any(found & (distances[:, k] == distances[:, k - 1])))
 
 
 def _metric_type(metric: Metric) -> int:
@@ -238,14 +247,25 @@ class ShardIndex:
         nprobe: int | None = None,
         ef_search: int | None = None,
     ) -> list[SearchHits]:
-        """Top-k items per query, best first; FAISS's -1 padding removed."""
+        """Top-k items per query in rank order (score descending, then item id ascending);
+        FAISS's -1 padding removed."""
         matrix = self._prepare(as_vectors(queries, self.spec.dimension, field="query_vectors"))
         with self._lock.reading():
             if self._index.ntotal == 0:
                 empty = SearchHits(np.empty(0, np.int64), np.empty(0, np.float32))
                 return [empty for _ in range(len(matrix))]
             parameters, keep_alive = self._search_parameters(nprobe, ef_search)
-            distances, positions = self._search_index.search(matrix, k, params=parameters)
+            # GPU FAISS returns at most 2,048 hits per query.
+            total = int(self._index.ntotal) if not self.on_gpu else min(self._index.ntotal, 2048)
+            # One hit more than asked: when it ties with the k-th, FAISS chose among tied items
+            # by its own order, so ask deeper until the tie is inside the answer; the ordering
+            # rule (score, then item id) then decides which tied items make the cut.
+            depth = min(k + 1, total)
+            while True:
+                distances, positions = self._search_index.search(matrix, depth, params=parameters)
+                if depth >= total or not _tie_at_cut(distances, positions, k):
+                    break
+                depth = min(depth * 2, total)
             del keep_alive
             labels = self._labels if self.spec.index_type is IndexType.HNSW else None
         if self.spec.metric is Metric.L2:
@@ -256,9 +276,10 @@ class ShardIndex:
             row_ids = row_positions[found]
             if labels is not None:
                 row_ids = labels[row_ids]
-            hits.append(
-                SearchHits(row_ids.astype(np.int64), row_distances[found].astype(np.float32))
-            )
+            row_ids = row_ids.astype(np.int64)
+            row_scores = row_distances[found].astype(np.float32)
+            keep = top_k_order(row_ids, row_scores, k)
+            hits.append(SearchHits(row_ids[keep], row_scores[keep]))
         return hits
 
     def _search_parameters(self, nprobe: int | None, ef_search: int | None) -> tuple[Any, Any]:

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from recsys.domain.ordering import top_k_order
 from recsys.domain.ranking import RANKING_FEATURES, RankingInputs, assemble_features
 from recsys.domain.requests import DeviceType
 from recsys.ranking.model_repository import MODEL_FILE, SCHEMA_FILE, FeatureSchema, write_schema
@@ -125,17 +126,15 @@ def preferences_of(
 def top_candidates(
     user_vector: FloatArray, item_vectors: FloatArray, count: int
 ) -> tuple[IntArray, FloatArray]:
-    """Item rows of the `count` best inner products, best first (ties inside the chosen set by
-    item row; which of several items tied at the cut-off gets in is arbitrary, as in FAISS)."""
+    """Item rows of the `count` best inner products in rank order (item rows follow item ids,
+    so ties go to the lower item id)."""
     return top_of((item_vectors @ user_vector).astype(np.float32), count)
 
 
 def top_of(scores: FloatArray, count: int) -> tuple[IntArray, FloatArray]:
-    """Rows of the `count` highest scores, best first (ties by row)."""
-    count = min(count, len(scores))
-    head = np.argpartition(-scores, count - 1)[:count] if count < len(scores) else np.arange(count)
-    order = np.lexsort((head, -scores[head]))
-    return head[order].astype(np.int64), scores[head[order]]
+    """Rows of the `count` highest scores in rank order (score descending, then row)."""
+    head = top_k_order(np.arange(len(scores)), scores, count)
+    return head, scores[head]
 
 
 def feature_rows(
