@@ -75,3 +75,36 @@ def test_items_by_user_and_matrix_agree() -> None:
     matrix = table.matrix()
     for row, items in enumerate(table.items_by_user()):
         assert sorted(items.tolist()) == sorted(matrix[row].indices.tolist())
+
+
+def _pairs(table: InteractionTable) -> set[tuple[str, int, int]]:
+    return {
+        (table.user_ids[user], int(table.item_ids[item]), int(time))
+        for user, item, time in zip(table.user_rows, table.item_rows, table.times, strict=True)
+    }
+
+
+def test_splits_do_not_depend_on_the_input_row_order() -> None:
+    rng = np.random.default_rng(0)
+    events = [
+        # Many pairs share a time, so leave-last-out has ties to break.
+        event(f"user{user}", int(item), int(rng.integers(0, 4)))
+        for user in range(30)
+        for item in rng.choice(100, 12, replace=False)
+    ]
+    items = list(range(100))
+    table = InteractionTable.from_interactions(events, items)
+    shuffled = [events[i] for i in rng.permutation(len(events))]
+    other = InteractionTable.from_interactions(shuffled, items[::-1])
+    assert other.user_ids == table.user_ids == sorted(table.user_ids)
+    assert np.array_equal(other.item_ids, table.item_ids)
+    for split in (lambda t: random_split(t, seed=3), leave_last_out):
+        for part, other_part in zip(split(table), split(other), strict=True):
+            assert _pairs(part) == _pairs(other_part)
+
+
+def test_leave_last_out_breaks_a_time_tie_by_the_highest_item_id() -> None:
+    events = [event("u", 5, 1), event("u", 9, 3), event("u", 2, 3), event("u", 7, 3)]
+    train, test = leave_last_out(InteractionTable.from_interactions(events, range(10)))
+    assert test.item_ids[test.item_rows].tolist() == [9]
+    assert sorted(train.item_ids[train.item_rows].tolist()) == [2, 5, 7]

@@ -18,7 +18,11 @@ IntArray = npt.NDArray[np.int64]
 @dataclass(frozen=True)
 class InteractionTable:
     """Distinct user-item pairs (the latest event of a pair kept) as index arrays into
-    `user_ids` and `item_ids`, with the event time in seconds."""
+    `user_ids` and `item_ids`, with the event time in seconds.
+
+    The table is canonical whatever order its input came in: users sorted by id, items by id
+    (so item rows follow item ids), pairs by (user, time, item). Splits and training then
+    depend on the data, not on the order of its file's rows."""
 
     user_ids: list[str]
     item_ids: IntArray
@@ -30,26 +34,31 @@ class InteractionTable:
     def from_interactions(
         cls, interactions: Sequence[Interaction], item_ids: Sequence[int]
     ) -> InteractionTable:
-        """Pairs of known items only; users in order of first appearance."""
-        item_position = {int(item): row for row, item in enumerate(item_ids)}
-        user_position: dict[str, int] = {}
-        latest: dict[tuple[int, int], int] = {}
+        """Pairs of known items only."""
+        ordered_items = np.unique(np.asarray(item_ids, dtype=np.int64))
+        item_position = {int(item): row for row, item in enumerate(ordered_items.tolist())}
+        latest: dict[tuple[str, int], int] = {}
         for event in interactions:
             item_row = item_position.get(event.item_id)
             if item_row is None:
                 continue
-            user_row = user_position.setdefault(event.user_id, len(user_position))
             seconds = int(event.event_time.timestamp()) if event.event_time else 0
-            key = (user_row, item_row)
-            if seconds >= latest.get(key, -(1 << 62)):
+            key = (event.user_id, item_row)
+            if seconds > latest.get(key, -(1 << 62)):
                 latest[key] = seconds
-        pairs = np.array(list(latest), dtype=np.int64).reshape(-1, 2)
+        user_ids = sorted({user for user, _ in latest})
+        user_position = {user: row for row, user in enumerate(user_ids)}
+        count = len(latest)
+        user_rows = np.fromiter((user_position[user] for user, _ in latest), np.int64, count)
+        item_rows = np.fromiter((item for _, item in latest), np.int64, count)
+        times = np.fromiter(latest.values(), np.int64, count)
+        order = np.lexsort((item_rows, times, user_rows))
         return cls(
-            user_ids=list(user_position),
-            item_ids=np.asarray(item_ids, dtype=np.int64),
-            user_rows=pairs[:, 0].copy(),
-            item_rows=pairs[:, 1].copy(),
-            times=np.fromiter(latest.values(), dtype=np.int64, count=len(latest)),
+            user_ids=user_ids,
+            item_ids=ordered_items,
+            user_rows=user_rows[order],
+            item_rows=item_rows[order],
+            times=times[order],
         )
 
     @classmethod
@@ -97,7 +106,9 @@ def random_split(
     table: InteractionTable, *, train_ratio: float = 0.75, seed: int = 42
 ) -> tuple[InteractionTable, InteractionTable]:
     """Per-user random split (stratified by user, as Microsoft Recommenders'
-    `python_stratified_split`): each user keeps round(ratio * n) of their pairs for training."""
+    `python_stratified_split`): each user keeps round(ratio * n) of their pairs for training.
+    The random keys follow the table's canonical (user, time, item) order, so the split does
+    not depend on the input's row order."""
     if not 0 < train_ratio < 1:
         raise ValueError("train_ratio must be in (0, 1)")
     rng = np.random.default_rng(seed)
@@ -114,8 +125,9 @@ def random_split(
 
 
 def leave_last_out(table: InteractionTable) -> tuple[InteractionTable, InteractionTable]:
-    """Time-based: each user's latest pair is held out (users with one pair keep it)."""
-    order = np.lexsort((np.arange(len(table)), table.times, table.user_rows))
+    """Time-based: each user's latest pair is held out (users with one pair keep it); of
+    several pairs with the latest time, the one with the highest item id."""
+    order = np.lexsort((table.item_rows, table.times, table.user_rows))
     users = table.user_rows[order]
     last = np.r_[users[1:] != users[:-1], True]
     counts = np.bincount(table.user_rows, minlength=table.user_count)
