@@ -54,9 +54,9 @@ async def test_served_numbers_equal_the_offline_ones_through_recsys_up(tmp_path:
 
 
 @pytest.mark.integration
-async def test_movielens_100k_beats_bpr_offline(movielens_path: Path) -> None:
+async def test_movielens_100k_beats_bpr_offline(movielens_path: Path, tmp_path: Path) -> None:
     result = await evaluate_protocol(
-        load_movielens(movielens_path), Protocol.RANDOM, served=False, seed=42
+        load_movielens(movielens_path), Protocol.RANDOM, served=False, seed=42, workdir=tmp_path
     )
     rows = result.rows
     assert result.train_pairs + result.test_pairs == 100_000

@@ -8,8 +8,11 @@
   processes, retrieve, rank, recommend).
 
 Every row removes the user's training items and applies the same privacy filter the
-Recommend service applies (`allowed_by_privacy`), so the served row must equal the
-retrieval + ranking row; `parity` reports the share of users whose lists are identical.
+Recommend service applies (`allowed_by_privacy`). The offline rows read the deployment's own
+artifacts (shard snapshots, feature snapshot, exported model) through the serving code, and
+every list follows one ordering rule (score, then item id), so the served row equals the
+retrieval + ranking row by construction; `parity` reports the share of users whose lists are
+identical, and anything below 1.0 is a bug.
 """
 
 from __future__ import annotations
@@ -27,17 +30,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from recsys.adapters.features.in_memory import InMemoryFeatureStore
 from recsys.data.catalogue import Catalogue
+from recsys.deploy.sample import SampleDeployment, prepare_deployment
+from recsys.domain.ordering import ranked_order, top_k_order
 from recsys.domain.policies import privacy_filter
+from recsys.domain.requests import RequestContext
+from recsys.domain.scoring import CandidateScorer
 from recsys.evaluation.metrics import TopKMetrics, evaluate_lists
+from recsys.index.shard_index import ShardIndex
 from recsys.ports.metadata import ItemMetadata, UserProfile
 from recsys.training.dataset import InteractionTable, leave_last_out, random_split
-from recsys.training.models import (
-    EmbeddingSettings,
-    RankerSettings,
-    feature_rows,
-    top_candidates,
-)
+from recsys.training.models import EmbeddingSettings, RankerSettings
 from recsys.training.pipeline import TrainedModels, train_models
 
 logger = logging.getLogger(__name__)
@@ -63,58 +67,125 @@ def split(table: InteractionTable, protocol: Protocol, seed: int) -> tuple[Inter
 
 
 class OfflineRecommender:
-    """The evaluation's own implementation of each row, from the trained models."""
+    """The evaluation's own implementation of each row, from the deployment's artifacts, so
+    that the served row must equal the retrieval + ranking row by construction:
 
-    def __init__(self, catalogue: Catalogue, models: TrainedModels, candidates: int) -> None:
-        import onnxruntime
+    - candidates: the deployment's shard snapshots searched in this process (the same FAISS
+      indexes the shards load) and merged by the ordering rule (score, then item id);
+    - ranking: the Rank service's `CandidateScorer` over the deployment's feature snapshot and
+      the exported ONNX model, loaded as the ONNX ranker loads it;
+    - every row: the user's training items removed, the Recommend service's privacy filter.
+    """
 
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        models: TrainedModels,
+        *,
+        shards: list[ShardIndex],
+        features: InMemoryFeatureStore,
+        scorer: CandidateScorer,
+        candidates: int,
+    ) -> None:
         self.models = models
         self.candidates = candidates
+        self.shards = shards
+        self.features = features
+        self.scorer = scorer
         self.item_ids = models.table.item_ids
         self.metadata: dict[int, ItemMetadata] = {item.item_id: item for item in catalogue.items}
         self.profiles: dict[str, UserProfile] = {user.user_id: user for user in catalogue.users}
-        self.seen = models.table.items_by_user()
-        popularity = np.asarray(models.table.matrix().sum(axis=0)).ravel()
-        self.popular_rows = np.lexsort((np.arange(len(popularity)), -popularity))
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(
-            models.ranker_onnx, options, providers=["CPUExecutionProvider"]
+        self.seen = [set(self.item_ids[rows].tolist()) for rows in models.table.items_by_user()]
+        popularity = models.signals.popularity
+        self.popular_ids = self.item_ids[ranked_order(self.item_ids, popularity)]
+
+    @classmethod
+    async def load(
+        cls,
+        catalogue: Catalogue,
+        models: TrainedModels,
+        deployment: SampleDeployment,
+        candidates: int,
+    ) -> OfflineRecommender:
+        from recsys.adapters.rankers.onnx import OnnxRanker
+        from recsys.adapters.snapshots.local import LocalSnapshotStore
+        from recsys.data.features_file import load_features, load_into_store
+        from recsys.domain.circuit_breaker import CircuitBreaker
+        from recsys.domain.ranking import RankingChain
+        from recsys.index.snapshots import Expectations, SnapshotManager
+        from recsys.settings import load_settings
+
+        settings = load_settings(**_merged(deployment.settings, evaluation_overrides(candidates)))
+        snapshots = SnapshotManager(LocalSnapshotStore(settings.index.snapshot_dir))
+        num_shards = settings.index.num_shards
+        shards = [
+            await asyncio.to_thread(
+                snapshots.load, Expectations(shard_id=shard, num_shards=num_shards)
+            )
+            for shard in range(num_shards)
+        ]
+        features = InMemoryFeatureStore()
+        assert settings.features.preload_path is not None
+        await load_into_store(
+            await asyncio.to_thread(load_features, settings.features.preload_path), features
+        )
+        ranker = await asyncio.to_thread(OnnxRanker.from_settings, settings)
+        chain = RankingChain(
+            ranker,
+            breaker=CircuitBreaker("offline-ranking-model", failure_threshold=1_000_000),
+            timeout_seconds=settings.rank.timeout_ms / 1000,
+        )
+        scorer = CandidateScorer(
+            chain, features, feature_timeout_seconds=settings.rank.feature_timeout_ms / 1000
+        )
+        return cls(
+            catalogue,
+            models,
+            shards=shards,
+            features=features,
+            scorer=scorer,
+            candidates=candidates,
         )
 
-    def _finish(self, user_row: int, rows: IntArray, k: int) -> list[int]:
-        rows = rows[~np.isin(rows, self.seen[user_row])]
+    def _finish(self, user_row: int, item_ids: list[int], k: int) -> list[int]:
+        seen = self.seen[user_row]
+        unseen = [item for item in item_ids if item not in seen]
         profile = self.profiles.get(self.models.table.user_ids[user_row])
-        allowed = privacy_filter(self.item_ids[rows].tolist(), self.metadata, profile, "")
+        allowed = privacy_filter(unseen, self.metadata, profile, "")
         return allowed[:k]
 
-    def popularity(self, user_row: int, k: int) -> list[int]:
-        return self._finish(user_row, self.popular_rows, k)
+    async def popularity(self, user_row: int, k: int) -> list[int]:
+        return self._finish(user_row, self.popular_ids.tolist(), k)
 
-    def _candidates(self, user_row: int) -> tuple[IntArray, npt.NDArray[np.float32]]:
-        vectors = self.models.embeddings
-        return top_candidates(vectors.user_vectors[user_row], vectors.item_vectors, self.candidates)
+    async def _candidates(self, user_row: int) -> tuple[IntArray, npt.NDArray[np.float32]]:
+        """The top candidates of every shard for the user's served embedding, merged."""
+        user = await self.features.get_user_features(self.models.table.user_ids[user_row])
+        if user.embedding is None:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        query = user.embedding.vector.reshape(1, -1)
+        hits = [shard.search(query, self.candidates)[0] for shard in self.shards]
+        ids = np.concatenate([hit.item_ids for hit in hits])
+        scores = np.concatenate([hit.scores for hit in hits])
+        top = top_k_order(ids, scores, self.candidates)
+        return ids[top], scores[top]
 
-    def retrieval(self, user_row: int, k: int) -> list[int]:
-        rows, _ = self._candidates(user_row)
-        return self._finish(user_row, rows, k)
+    async def retrieval(self, user_row: int, k: int) -> list[int]:
+        ids, _ = await self._candidates(user_row)
+        return self._finish(user_row, ids.tolist(), k)
 
-    def ranked(self, user_row: int, k: int) -> list[int]:
-        rows, scores = self._candidates(user_row)
-        keep = ~np.isin(rows, self.seen[user_row])
-        rows, scores = rows[keep], scores[keep]
-        embeddings = self.models.embeddings
-        features = feature_rows(
-            embeddings.user_vectors[user_row],
-            rows,
-            scores,
-            embeddings.item_vectors,
-            self.models.signals,
-            user_row,
+    async def ranked(self, user_row: int, k: int) -> list[int]:
+        ids, scores = await self._candidates(user_row)
+        keep = ~np.isin(ids, np.fromiter(self.seen[user_row], np.int64))
+        ids, scores = ids[keep], scores[keep]
+        if not len(ids):
+            return []
+        scored = await self.scorer.score(
+            self.models.table.user_ids[user_row], ids, scores, RequestContext()
         )
-        (model_scores,) = self.session.run(["scores"], {"features": features})
-        order = np.argsort(-model_scores.ravel(), kind="stable")
-        return self._finish(user_row, rows[order], k)
+        return self._finish(user_row, scored.item_ids.tolist(), k)
+
+    async def close(self) -> None:
+        await self.scorer.chain.primary.close()
 
 
 @dataclass
@@ -216,35 +287,41 @@ async def _ask(
     return answers, degraded
 
 
+def _merged(
+    settings: Mapping[str, Mapping[str, Any]], overrides: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    merged: dict[str, Any] = {section: dict(values) for section, values in settings.items()}
+    for section, values in overrides.items():
+        merged[section] = {**merged.get(section, {}), **values}
+    return merged
+
+
 async def served_lists(
-    catalogue: Catalogue,
-    models: TrainedModels,
+    deployment: SampleDeployment,
     users: list[str],
     *,
     k: int,
     candidates: int,
-    folder: Path,
     layout: Layout = Layout.EMBEDDED,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, list[int]], int]:
-    """Deploys `models` (10 shards) in `layout` on loopback ports and asks Recommend for every
-    user through the client library, one call at a time. Returns the lists and how many
+    """Serves `deployment` (10 shards) in `layout` on loopback ports and asks Recommend for
+    every user through the client library, one call at a time. Returns the lists and how many
     answers were degraded."""
     from recsys import services
-    from recsys.deploy.sample import prepare_deployment
     from recsys.settings import load_settings
 
-    deployment = await prepare_deployment(catalogue, models, folder, progress=progress)
     overrides = evaluation_overrides(candidates)
     if layout is Layout.DISTRIBUTED:
         return await _served_by_processes(deployment, overrides, users, k, progress)
-    merged: dict[str, Any] = {
-        **deployment.settings,
-        "server": {"host": "127.0.0.1", "port": 0, "shutdown_drain_seconds": 0.0},
-        "metrics": {"enabled": False},
-    }
-    for section, values in overrides.items():
-        merged[section] = {**merged.get(section, {}), **values}
+    merged = _merged(
+        {
+            **deployment.settings,
+            "server": {"host": "127.0.0.1", "port": 0, "shutdown_drain_seconds": 0.0},
+            "metrics": {"enabled": False},
+        },
+        overrides,
+    )
     settings = load_settings(**merged)
     application = await services.build_application(settings, ["embedded"])
     try:
@@ -388,7 +465,38 @@ async def evaluate_protocol(
         train_models, catalogue, train, embedding=embedding, ranker=ranker
     )
     seconds["train"] = round(time.perf_counter() - started, 2)
-    offline = OfflineRecommender(catalogue, models, candidates)
+    with tempfile.TemporaryDirectory(prefix="recsys-eval-", dir=workdir) as folder:
+        # Every row, offline and served, reads the same deployed artifacts.
+        deployment = await prepare_deployment(
+            training_catalogue(catalogue, models), models, Path(folder) / "deployment", progress=say
+        )
+        offline = await OfflineRecommender.load(catalogue, models, deployment, candidates)
+        try:
+            return await _measure(
+                catalogue, protocol, models, test, offline, deployment,
+                k=k, candidates=candidates, served=served, layout=layout, say=say,
+                seconds=seconds,
+            )  # fmt: skip
+        finally:
+            await offline.close()
+
+
+async def _measure(
+    catalogue: Catalogue,
+    protocol: Protocol,
+    models: TrainedModels,
+    test: InteractionTable,
+    offline: OfflineRecommender,
+    deployment: SampleDeployment,
+    *,
+    k: int,
+    candidates: int,
+    served: bool,
+    layout: Layout,
+    say: Callable[[str], None],
+    seconds: dict[str, float],
+) -> ProtocolResult:
+    train = models.table
     relevant: dict[str, set[int]] = {}
     for user_row, items in enumerate(test.items_by_user()):
         if len(items):
@@ -409,7 +517,7 @@ async def evaluate_protocol(
         ("retrieval + ranking", offline.ranked),
     ):
         clock = time.perf_counter()
-        lists = {user: method(user_rows[user], k) for user in relevant}
+        lists = {user: await method(user_rows[user], k) for user in relevant}
         rows[name] = measure(lists)
         seconds[name] = round(time.perf_counter() - clock, 2)
         if name == "retrieval + ranking":
@@ -417,17 +525,9 @@ async def evaluate_protocol(
     parity = degraded = None
     if served:
         clock = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="recsys-eval-", dir=workdir) as folder:
-            answers, degraded = await served_lists(
-                training_catalogue(catalogue, models),
-                models,
-                list(relevant),
-                k=k,
-                candidates=candidates,
-                folder=Path(folder) / "deployment",
-                layout=layout,
-                progress=say,
-            )
+        answers, degraded = await served_lists(
+            deployment, list(relevant), k=k, candidates=candidates, layout=layout, progress=say
+        )
         rows[served_row(layout)] = measure(answers)
         parity = sum(answers.get(user) == ranked[user] for user in relevant) / len(relevant)
         seconds[served_row(layout)] = round(time.perf_counter() - clock, 2)
