@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import subprocess
@@ -42,22 +43,90 @@ def movielens_path() -> Path:
 ADDRESS_PATTERN = re.compile(r'"address": "(127\.0\.0\.1:\d+)"')
 
 
-def make_settings(**overrides: Any) -> RecsysSettings:
+def make_settings(folder: Path, **overrides: Any) -> RecsysSettings:
     """Settings for an in-process test server: ephemeral ports, no drain delay, and no metrics
-    endpoint unless asked for (stopping it waits for its 0.5 s poll interval)."""
+    endpoint unless asked for (stopping it waits for its 0.5 s poll interval).
+
+    `folder` is the test's tmp_path (never the working tree's var/ or the system temp folder):
+    each call gets its own snapshot folder and SQLite file, in a fresh folder under it."""
+    workspace = Path(tempfile.mkdtemp(prefix="settings-", dir=folder))
     server = {"port": 0, "shutdown_drain_seconds": 0.0, "shutdown_grace_seconds": 2.0}
     server.update(overrides.pop("server", {}))
     metrics: dict[str, object] = {"port": 0, "enabled": False}
     metrics.update(overrides.pop("metrics", {}))
-    # Never the working tree's var/: every test server gets its own snapshot folder.
-    index: dict[str, object] = {"snapshot_dir": tempfile.mkdtemp(prefix="recsys-snapshots-")}
+    snapshots = workspace / "snapshots"
+    snapshots.mkdir()
+    index: dict[str, object] = {"snapshot_dir": str(snapshots)}
     index.update(overrides.pop("index", {}))
-    return load_settings(server=server, metrics=metrics, index=index, **overrides)
+    database: dict[str, object] = {"url": f"sqlite+aiosqlite:///{workspace / 'meta.db'}"}
+    database.update(overrides.pop("database", {}))
+    return load_settings(
+        server=server, metrics=metrics, index=index, database=database, **overrides
+    )
 
 
 @pytest.fixture
-def settings() -> RecsysSettings:
-    return make_settings()
+def settings(tmp_path: Path) -> RecsysSettings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """`recsys serve` run in-process (CliRunner) points the root logger at that run's stderr;
+    put the logger back, or later tests log into a closed stream (and print the errors)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+# What a run may leave in the system temp folder: nothing under this prefix. Temporary files
+# of tests belong under tmp_path, which pytest cleans up (keeping the last few runs to look at).
+TEMP_PREFIX = "recsys-"
+_temp_at_start = pytest.StashKey[set[str]]()
+_temp_left = pytest.StashKey[list[str]]()
+
+
+def _recsys_temp_entries() -> set[str]:
+    """This user's `recsys-*` entries in the system temp folder (other users' runs are theirs)."""
+    entries = set()
+    for path in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        with contextlib.suppress(OSError):  # removed meanwhile
+            if path.lstat().st_uid == os.getuid():
+                entries.add(path.name)
+    return entries
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Compared at the end, so leftovers of earlier or concurrent runs are not this run's fault.
+    session.config.stash[_temp_at_start] = _recsys_temp_entries()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fails the run (exit code 1) when it left new `recsys-*` entries in the temp folder."""
+    before = session.config.stash.get(_temp_at_start, None)
+    if before is None or hasattr(session.config, "workerinput"):
+        return  # not started here, or an xdist worker: the controller compares
+    left = sorted(_recsys_temp_entries() - before)
+    if left:
+        session.config.stash[_temp_left] = left
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    left = config.stash.get(_temp_left, [])
+    if left:
+        shown = ", ".join(left[:10]) + (f" and {len(left) - 10} more" if len(left) > 10 else "")
+        terminalreporter.write_sep("=", "temporary files left behind", red=True)
+        terminalreporter.write_line(
+            f"this run left {len(left)} new {TEMP_PREFIX}* entries in {tempfile.gettempdir()}: "
+            f"{shown}; tests must keep temporary files under tmp_path / tmp_path_factory",
+            red=True,
+        )
 
 
 StartApp = Callable[..., Awaitable[GrpcApplication]]

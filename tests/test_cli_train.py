@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,7 @@ async def test_train_build_serve_recommend(tmp_path: Path) -> None:
     assert "CURRENT now points at it" in built.stdout
 
     settings = make_settings(
+        tmp_path,
         index={
             "snapshot_dir": str(tmp_path / "snapshots"),
             "spec": {"dimension": 16, "normalize": False},
@@ -104,7 +106,11 @@ async def test_train_build_serve_recommend(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_eval_prints_the_table_and_writes_the_report(tmp_path: Path) -> None:
+def test_eval_prints_the_table_and_writes_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `recsys eval` deploys into a folder of the system temp directory; here, under tmp_path.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     report = tmp_path / "quality.json"
     result = runner.invoke(
         app,
@@ -125,13 +131,8 @@ def test_eval_refuses_an_unknown_protocol() -> None:
 
 def test_data_load_fills_the_configured_stores(tmp_path: Path) -> None:
     config = tmp_path / "recsys.toml"
+    # A fresh file: `data load` migrates it as `serve` would, no `recsys db upgrade` first.
     config.write_text(f'[database]\nurl = "sqlite+aiosqlite:///{tmp_path / "meta.db"}"\n')
-    subprocess.run(
-        [sys.executable, "-m", "recsys.cli", "db", "upgrade", "--config", str(config)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
     result = runner.invoke(app, ["data", "load", "--config", str(config), *SYNTHETIC])
     assert result.exit_code == 0, result.output
     assert "loaded 500 items, 120 users and 2400 interactions" in result.output

@@ -80,13 +80,14 @@ def test_publish_activates_and_rollback_returns(world) -> None:  # type: ignore[
     assert [snapshots.store.current(s) for s in (0, 1)] == ["idx-1", "idx-1"]
 
 
-async def test_shards_and_ranker_serve_exactly_the_release(world) -> None:  # type: ignore[no-untyped-def]
+async def test_shards_and_ranker_serve_exactly_the_release(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from recsys.adapters.rankers.onnx import OnnxRanker
 
     snapshots, models, directory = world
     store = ReleaseStore(directory)
     store.publish(manifest("r1", "e1", "idx-1"), snapshots=snapshots, models=models)
     settings = make_settings(
+        tmp_path,
         index={"num_shards": 2, "spec": {"dimension": 8, "index_type": "flat"},
                "snapshot_dir": str(snapshots.store.root)},  # type: ignore[attr-defined]
         rank={"model_repository": str(models.root)},
@@ -115,7 +116,7 @@ async def test_shards_and_ranker_serve_exactly_the_release(world) -> None:  # ty
 
 
 def test_services_need_a_current_release_when_configured(tmp_path: Path) -> None:
-    settings = make_settings(release={"directory": str(tmp_path / "empty")})
+    settings = make_settings(tmp_path, release={"directory": str(tmp_path / "empty")})
     with pytest.raises(NotFound):
         factory.shard_host(settings, 0, snapshots=None, executor=None)
 

@@ -85,3 +85,42 @@ def test_a_feature_preload_is_for_the_in_memory_store() -> None:
     assert load_settings(features={"preload_path": "var/features.npz"}).features.preload_path
     with pytest.raises(ConfigurationError, match=r"features\.preload_path is for the in_memory"):
         load_settings(features={"store": "redis", "preload_path": "var/features.npz"})
+
+
+def test_one_nested_field_from_the_environment_keeps_its_siblings_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    defaults = load_settings()
+    monkeypatch.setenv("RECSYS_INDEX__SPEC__NORMALIZE", "false")
+    monkeypatch.setenv("RECSYS_SERVER__DEFAULT_DEADLINE_MS", "250")
+    monkeypatch.setenv("RECSYS_RANK__TIMEOUT_MS", "40")
+    settings = load_settings()
+    assert settings.index.spec.normalize is False
+    assert settings.index.spec == defaults.index.spec.model_copy(update={"normalize": False})
+    assert settings.index.spec.dimension == 64
+    assert settings.index == defaults.index.model_copy(update={"spec": settings.index.spec})
+    assert settings.server.default_deadline_ms == 250
+    assert settings.server == defaults.server.model_copy(update={"default_deadline_ms": 250})
+    assert settings.rank.timeout_ms == 40
+    assert settings.rank == defaults.rank.model_copy(update={"timeout_ms": 40})
+
+
+def test_one_nested_field_from_the_file_keeps_its_siblings_defaults(tmp_path: Path) -> None:
+    config = tmp_path / "recsys.toml"
+    config.write_text('[index.spec]\nindex_type = "flat"\n')
+    settings = load_settings(config)
+    assert settings.index.spec.index_type == "flat"
+    assert settings.index.spec.dimension == 64
+    assert settings.index.spec.normalize is True
+    assert settings.index.num_shards == 10
+
+
+def test_sources_merge_field_by_field_in_a_nested_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "recsys.toml"
+    config.write_text("[index.spec]\nnlist = 7\n")
+    monkeypatch.setenv("RECSYS_INDEX__SPEC__NPROBE", "3")
+    settings = load_settings(config, index={"spec": {"ef_search": 9}})
+    spec = settings.index.spec
+    assert (spec.nlist, spec.nprobe, spec.ef_search, spec.dimension) == (7, 3, 9, 64)

@@ -93,6 +93,10 @@ def serve(
         typer.echo(f"recsys: {error.message}", err=True)
         raise typer.Exit(code=2) from error
 
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from recsys.metadata.database import describe_error
+
     async def run() -> None:
         application = await services.build_application(settings, names)
         await application.run_until_signal()
@@ -102,6 +106,10 @@ def serve(
     except ConfigurationError as error:
         logger.error("cannot start: %s", error.message)
         raise typer.Exit(code=2) from error
+    except SQLAlchemyError as error:
+        # The metadata schema check at startup; one line, not the statement.
+        logger.error("cannot start: %s", describe_error(error))
+        raise typer.Exit(code=1) from error
 
 
 @app.command("up")

@@ -48,9 +48,20 @@ def settings_or_exit(config: Path | None, overrides: dict[str, Any]) -> RecsysSe
 
 
 def fail(error: Exception) -> typer.Exit:
-    """Prints the error as one line and returns the exit to raise."""
-    message = error.message if isinstance(error, RecsysError) else str(error)
-    typer.echo(f"recsys: {message}", err=True)
+    """Prints the error as one line and returns the exit (code 1) to raise."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from recsys.metadata.database import describe_error
+
+    if isinstance(error, SQLAlchemyError):
+        # Not str(error): it goes on with the whole statement.
+        message = describe_error(error)
+    elif isinstance(error, RecsysError):
+        message = error.message
+    else:
+        message = str(error)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    typer.echo(f"recsys: {' '.join(lines) or type(error).__name__}", err=True)
     return typer.Exit(code=1)
 
 

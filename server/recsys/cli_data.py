@@ -64,7 +64,10 @@ def load(
 ) -> None:
     """Load a catalogue (MovieLens files or a synthetic one) into the configured SQL metadata
     store and feature store: items, users, interactions, item features."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from recsys.data.catalogue import load_catalogue
+    from recsys.metadata.migrate import prepare_schema
     from recsys.registry import create_adapter
 
     settings = settings_or_exit(config, {})
@@ -72,6 +75,7 @@ def load(
 
     async def run() -> None:
         async with contextlib.AsyncExitStack() as stack:
+            await asyncio.to_thread(prepare_schema, settings.database)
             metadata = create_adapter("metadata", settings.recommend.metadata, settings)
             stack.push_async_callback(metadata.close)
             features = None
@@ -90,7 +94,7 @@ def load(
 
     try:
         asyncio.run(run())
-    except RecsysError as error:
+    except (RecsysError, SQLAlchemyError) as error:
         raise fail(error) from error
     typer.echo(
         f"loaded {len(catalogue.items)} items, {len(catalogue.users)} users and "

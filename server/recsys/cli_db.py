@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from recsys.errors import ConfigurationError
-from recsys.settings import load_settings
+from recsys.cli_common import fail, settings_or_exit
 
 db_app = typer.Typer(help="Manage the SQL metadata schema (Alembic).", no_args_is_help=True)
 
@@ -21,13 +20,15 @@ def upgrade(
     revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
 ) -> None:
     """Bring the database named by database.url to the latest schema (idempotent)."""
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
     from recsys.metadata.migrate import current_revision
     from recsys.metadata.migrate import upgrade as run_upgrade
 
+    settings = settings_or_exit(config, {})
     try:
-        settings = load_settings(config)
-    except ConfigurationError as error:
-        typer.echo(f"recsys: {error.message}", err=True)
-        raise typer.Exit(code=2) from error
-    run_upgrade(settings.database, revision)
-    typer.echo(f"database at revision {current_revision(settings.database)}")
+        run_upgrade(settings.database, revision)
+        typer.echo(f"database at revision {current_revision(settings.database)}")
+    except (SQLAlchemyError, CommandError) as error:
+        raise fail(error) from error

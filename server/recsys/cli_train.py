@@ -170,6 +170,8 @@ def evaluate(
 ) -> None:
     """Offline evaluation on a held-out split: popularity, retrieval, retrieval + ranking and
     the served path (gRPC, diversity off), with P/R/NDCG/MAP@k, coverage and diversity."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from recsys.evaluation.evaluate import Layout, Protocol, evaluate_protocol, markdown_table
 
     try:
@@ -198,7 +200,14 @@ def evaluate(
 
     try:
         results = asyncio.run(run())
-    except (RecsysError, RecsysClientError, ValueError, RuntimeError, OSError) as error:
+    except (
+        RecsysError,
+        RecsysClientError,
+        SQLAlchemyError,
+        ValueError,
+        RuntimeError,
+        OSError,
+    ) as error:
         raise fail(error) from error
     typer.echo(markdown_table(results, k=k))
     mismatched = [r for r in results if r.parity is not None and r.parity < 1.0]
@@ -254,6 +263,8 @@ def demo(
     """The sample deployment: prepare (catalogue, train, 10 shard snapshots, SQLite, feature
     snapshot) unless FOLDER already holds it, serve the embedded mode, print recommendations
     for a few users through the client library, and serve until Ctrl-C."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from recsys import services
     from recsys.deploy.sample import SETTINGS_FILE
     from recsys.observability.logging import configure_logging
@@ -280,7 +291,7 @@ def demo(
     else:
         try:
             _prepare_sample(catalogue, folder)
-        except (RecsysError, ValueError, OSError) as error:
+        except (RecsysError, SQLAlchemyError, ValueError, OSError) as error:
             raise fail(error) from error
         source_file.write_text(json.dumps(source) + "\n")
         _say(f"sample deployment ready in {time.perf_counter() - started:.0f} s")
@@ -307,7 +318,7 @@ def demo(
 
     try:
         asyncio.run(run())
-    except RecsysError as error:
+    except (RecsysError, SQLAlchemyError) as error:
         raise fail(error) from error
 
 

@@ -2,9 +2,10 @@
 
 Sources, highest priority first: explicit overrides (CLI flags), environment variables
 `RECSYS_*` (nested with `__`, e.g. `RECSYS_SERVER__PORT=50052`), a TOML config file (given with
-`--config` or `RECSYS_CONFIG_FILE`), then the defaults below. Unknown keys are refused in every
-source, including misspelt `RECSYS_*` variables, so a typo fails at startup instead of being
-silently ignored.
+`--config` or `RECSYS_CONFIG_FILE`), then the defaults below. They merge field by field, at any
+depth: a source that sets one field of a section leaves the others to the sources below it and
+to the defaults. Unknown keys are refused in every source, including misspelt `RECSYS_*`
+variables, so a typo fails at startup instead of being silently ignored.
 """
 
 from __future__ import annotations
@@ -345,6 +346,9 @@ class RecsysSettings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
+        # A section given in part (one RECSYS_* variable, a TOML table, an override) is merged
+        # over its default, so its other fields keep their defaults (index.spec.dimension).
+        nested_model_default_partial_update=True,
     )
 
     # embedded: one process, no external services; distributed: one process per service.

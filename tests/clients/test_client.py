@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 
@@ -102,11 +104,11 @@ async def test_retries_can_be_turned_off(start_app: StartApp) -> None:
     assert servicer.attempts == 1
 
 
-def test_sync_client_retries_only_on_unavailable() -> None:
+def test_sync_client_retries_only_on_unavailable(tmp_path: Path) -> None:
     servicers = [ScriptedRecommend([unavailable()]), ScriptedRecommend([RecsysError("boom")])]
 
     async def build() -> GrpcApplication:
-        return GrpcApplication(make_settings(), [binding_for(servicers[0])])
+        return GrpcApplication(make_settings(tmp_path), [binding_for(servicers[0])])
 
     with app_in_thread(build) as app:
         options = ClientOptions(target=app.address, timeout_seconds=5, retry=FAST_RETRY)
@@ -115,13 +117,13 @@ def test_sync_client_retries_only_on_unavailable() -> None:
     assert servicers[0].attempts == 2
 
 
-def test_sync_client_error_keeps_code_details_and_request_id() -> None:
+def test_sync_client_error_keeps_code_details_and_request_id(tmp_path: Path) -> None:
     servicer = ScriptedRecommend(
         [InvalidArgument([FieldViolation("limit", "must be between 1 and 100, got 0")])]
     )
 
     async def build() -> GrpcApplication:
-        return GrpcApplication(make_settings(), [binding_for(servicer)])
+        return GrpcApplication(make_settings(tmp_path), [binding_for(servicer)])
 
     with app_in_thread(build) as app, RecsysClient(ClientOptions(target=app.address)) as client:
         with pytest.raises(RecsysClientError) as caught:

@@ -141,7 +141,7 @@ def test_shard_processes_share_the_cores(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    settings = make_settings(index={"num_shards": 4})
+    settings = make_settings(tmp_path, index={"num_shards": 4})
     children = {child.name: child for child in plan(
         settings, base_port=40_000, config_file=None, log_dir=tmp_path
     )}  # fmt: skip
@@ -151,6 +151,6 @@ def test_shard_processes_share_the_cores(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert "RECSYS_INDEX__FAISS_THREADS" not in children["retrieve"].environment
     # An explicit choice wins (children inherit the supervisor's environment).
     monkeypatch.setenv("RECSYS_INDEX__FAISS_THREADS", "3")
-    explicit = make_settings(index={"num_shards": 4})
+    explicit = make_settings(tmp_path, index={"num_shards": 4})
     (first, *_) = plan(explicit, base_port=40_000, config_file=None, log_dir=tmp_path)
     assert first.environment["RECSYS_INDEX__FAISS_THREADS"] == "3"

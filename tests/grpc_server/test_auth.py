@@ -41,6 +41,7 @@ METHODS = {
 
 def auth_settings(tmp_path: Path, **extra: object) -> RecsysSettings:
     return make_settings(
+        tmp_path,
         auth={"enabled": True, "tokens": TOKENS, "allow": ALLOW,
               "default_allow": ["frontend"]},
         rank={"model_repository": str(ROOT / "triton_models"), "reload_poll_seconds": 0},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -13,8 +15,8 @@ from tests.conftest import make_settings
 
 
 @pytest.fixture
-async def embedded_app() -> GrpcApplication:
-    application = await services.build_application(make_settings(), ["embedded"])
+async def embedded_app(tmp_path: Path) -> GrpcApplication:
+    application = await services.build_application(make_settings(tmp_path), ["embedded"])
     await application.start()
     yield application
     await application.shutdown()
@@ -71,8 +73,8 @@ async def test_reflection_lists_every_hosted_service(embedded_app: GrpcApplicati
         assert files, responses[0]
 
 
-async def test_reflection_can_be_disabled() -> None:
-    settings = make_settings(server={"reflection": False})
+async def test_reflection_can_be_disabled(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, server={"reflection": False})
     application = await services.build_application(settings, ["ingest"])
     await application.start()
     try:
@@ -86,10 +88,12 @@ async def test_reflection_can_be_disabled() -> None:
         await application.shutdown()
 
 
-async def test_port_in_use_is_a_configuration_error(embedded_app: GrpcApplication) -> None:
+async def test_port_in_use_is_a_configuration_error(
+    embedded_app: GrpcApplication, tmp_path: Path
+) -> None:
     from recsys.errors import ConfigurationError
 
-    settings = make_settings(server={"port": embedded_app.port})
+    settings = make_settings(tmp_path, server={"port": embedded_app.port})
     second = GrpcApplication(settings, [])
     with pytest.raises(ConfigurationError, match="cannot listen"):
         await second.start()

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -119,8 +120,10 @@ async def test_unexpected_exception_is_internal_generic_and_logged(
     assert "secret internal detail xyz" in str(records[0].exc_info[1])
 
 
-async def test_default_deadline_applies_when_the_caller_sends_none(start_app: StartApp) -> None:
-    settings = make_settings(server={"default_deadline_ms": 200})
+async def test_default_deadline_applies_when_the_caller_sends_none(
+    start_app: StartApp, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, server={"default_deadline_ms": 200})
     app = await start_app(generic_handlers=[probe_handler()], app_settings=settings)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _call(app, "Sleep", "2")
@@ -138,8 +141,10 @@ async def test_remaining_time_follows_the_caller_deadline(probe_app: GrpcApplica
     assert 0.8 < float(without.value) <= 1.0
 
 
-async def test_metrics_count_calls_by_code_with_latency(start_app: StartApp) -> None:
-    settings = make_settings(metrics={"enabled": True})
+async def test_metrics_count_calls_by_code_with_latency(
+    start_app: StartApp, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, metrics={"enabled": True})
     probe_app = await start_app(generic_handlers=[probe_handler()], app_settings=settings)
     await _call(probe_app, "Echo", "a")
     await _call(probe_app, "Echo", "b")

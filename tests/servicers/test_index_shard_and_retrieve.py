@@ -32,7 +32,7 @@ DIMENSION = 8
 @pytest.fixture
 def snapshots(tmp_path: Path) -> SnapshotManager:
     data = clustered_embeddings(1_500, DIMENSION, clusters=8, seed=1)
-    manager = SnapshotManager(LocalSnapshotStore(tmp_path), keep_versions=5)
+    manager = SnapshotManager(LocalSnapshotStore(tmp_path / "snapshots"), keep_versions=5)
     spec = IndexSpec(dimension=DIMENSION, index_type=IndexType.FLAT)
     embeddings = ItemEmbeddings(data.item_ids, data.vectors, "e1")
     build_shard_snapshots(
@@ -45,10 +45,11 @@ def snapshots(tmp_path: Path) -> SnapshotManager:
     return manager
 
 
-def settings_for(snapshots: SnapshotManager):  # type: ignore[no-untyped-def]
+def settings_for(snapshots: SnapshotManager, folder: Path):  # type: ignore[no-untyped-def]
     store = snapshots.store
     assert isinstance(store, LocalSnapshotStore)
     return make_settings(
+        folder,
         index={
             "num_shards": NUM_SHARDS,
             "shard_id": 1,
@@ -61,8 +62,8 @@ def settings_for(snapshots: SnapshotManager):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-async def shard_app(snapshots: SnapshotManager) -> AsyncIterator[GrpcApplication]:
-    app = await services.build_application(settings_for(snapshots), ["shard"])
+async def shard_app(snapshots: SnapshotManager, tmp_path: Path) -> AsyncIterator[GrpcApplication]:
+    app = await services.build_application(settings_for(snapshots, tmp_path), ["shard"])
     await app.start()
     yield app
     await app.shutdown()
@@ -135,8 +136,10 @@ async def test_load_snapshot_swaps_and_refuses_corruption(
         assert caught.value.code() is grpc.StatusCode.NOT_FOUND
 
 
-async def test_embedded_retrieve_by_user_and_by_vector(snapshots: SnapshotManager) -> None:
-    app = await services.build_application(settings_for(snapshots), ["retrieve"])
+async def test_embedded_retrieve_by_user_and_by_vector(
+    snapshots: SnapshotManager, tmp_path: Path
+) -> None:
+    app = await services.build_application(settings_for(snapshots, tmp_path), ["retrieve"])
     await app.start()
     try:
         store = app.components["feature_store"]

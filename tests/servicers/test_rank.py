@@ -19,18 +19,18 @@ from tests.conftest import make_settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def rank_settings(**rank: object):  # type: ignore[no-untyped-def]
+def rank_settings(folder: Path, **rank: object):  # type: ignore[no-untyped-def]
     values: dict[str, object] = {
         "model_repository": str(ROOT / "triton_models"),
         "reload_poll_seconds": 0,
     }
     values.update(rank)
-    return make_settings(rank=values, logging={"access_log": False})
+    return make_settings(folder, rank=values, logging={"access_log": False})
 
 
 @pytest.fixture
-async def app() -> AsyncIterator[GrpcApplication]:
-    application = await services.build_application(rank_settings(), ["rank"])
+async def app(tmp_path: Path) -> AsyncIterator[GrpcApplication]:
+    application = await services.build_application(rank_settings(tmp_path), ["rank"])
     await application.start()
     yield application
     await application.shutdown()
@@ -80,8 +80,9 @@ async def test_bad_requests_name_the_field(
     assert [v.field for v in caught.value.field_violations] == fields
 
 
-async def test_rule_backend_when_configured() -> None:
-    application = await services.build_application(rank_settings(backend="rule"), ["rank"])
+async def test_rule_backend_when_configured(tmp_path: Path) -> None:
+    settings = rank_settings(tmp_path, backend="rule")
+    application = await services.build_application(settings, ["rank"])
     await application.start()
     try:
         async with AsyncRecsysClient(ClientOptions(target=application.address)) as client:
@@ -93,9 +94,10 @@ async def test_rule_backend_when_configured() -> None:
         await application.shutdown()
 
 
-async def test_a_feature_store_outage_scores_defaults_and_says_so() -> None:
+async def test_a_feature_store_outage_scores_defaults_and_says_so(tmp_path: Path) -> None:
     # Redis refused (nothing listens on port 1): the model still scores, on default features.
     settings = make_settings(
+        tmp_path,
         rank={"model_repository": str(ROOT / "triton_models"), "reload_poll_seconds": 0},
         features={"store": "redis"},
         redis={"url": "redis://127.0.0.1:1/0"},

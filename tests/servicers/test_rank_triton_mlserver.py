@@ -54,7 +54,7 @@ async def test_triton_and_onnx_rankers_agree(mlserver: MLServerProcess) -> None:
     np.testing.assert_allclose(remote, local, rtol=0, atol=1e-5)
 
 
-def settings_for(server: MLServerProcess, **rank: object):  # type: ignore[no-untyped-def]
+def settings_for(server: MLServerProcess, folder: Path, **rank: object):  # type: ignore[no-untyped-def]
     values: dict[str, object] = {
         "backend": "triton",
         "triton_url": server.url,
@@ -67,7 +67,7 @@ def settings_for(server: MLServerProcess, **rank: object):  # type: ignore[no-un
         "breaker_success_threshold": 2,
     }
     values.update(rank)
-    return make_settings(rank=values, logging={"access_log": False})
+    return make_settings(folder, rank=values, logging={"access_log": False})
 
 
 async def rank_once(client: AsyncRecsysClient) -> int:
@@ -76,8 +76,11 @@ async def rank_once(client: AsyncRecsysClient) -> int:
     return int(response.backend)
 
 
-async def test_breaker_drill_kill_and_restart_the_model_server(mlserver: MLServerProcess) -> None:
-    app: GrpcApplication = await services.build_application(settings_for(mlserver), ["rank"])
+async def test_breaker_drill_kill_and_restart_the_model_server(
+    mlserver: MLServerProcess, tmp_path: Path
+) -> None:
+    settings = settings_for(mlserver, tmp_path)
+    app: GrpcApplication = await services.build_application(settings, ["rank"])
     await app.start()
     chain = app.components["ranking_chain"]
     try:
@@ -113,7 +116,7 @@ async def test_slow_model_timeouts_count_as_failures(tmp_path: Path) -> None:
     server.start(delay_seconds=0.5)
     try:
         app = await services.build_application(
-            settings_for(server, timeout_ms=100, cpu_fallback=False), ["rank"]
+            settings_for(server, tmp_path, timeout_ms=100, cpu_fallback=False), ["rank"]
         )
         await app.start()
         chain = app.components["ranking_chain"]

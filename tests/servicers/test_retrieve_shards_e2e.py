@@ -107,8 +107,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                 shard.process.wait(timeout=10)
 
 
-async def retrieve_app(targets: list[list[str]]) -> GrpcApplication:
+async def retrieve_app(folder: Path, targets: list[list[str]]) -> GrpcApplication:
     settings = make_settings(
+        folder,
         index={"num_shards": NUM_SHARDS, "spec": {"dimension": DIMENSION}},
         retrieve={"shard_targets": targets, "shard_timeout_ms": 2000},
         logging={"access_log": False},
@@ -126,8 +127,8 @@ def exact_top(data: ClusteredEmbeddings, query: np.ndarray, k: int) -> set[int]:
     return set(data.item_ids[np.argsort(-(data.vectors @ query))[:k]].tolist())
 
 
-async def test_recall_at_100_against_exact_search(deployment: Deployment) -> None:
-    app = await retrieve_app([[shard.address] for shard in deployment.shards])
+async def test_recall_at_100_against_exact_search(deployment: Deployment, tmp_path: Path) -> None:
+    app = await retrieve_app(tmp_path, [[shard.address] for shard in deployment.shards])
     try:
         queries = deployment.data.queries(50, seed=7)
         recalls = []
@@ -164,12 +165,12 @@ async def _shard_top(address: str, query: np.ndarray, k: int) -> list[tuple[floa
 
 
 async def test_a_dead_shard_process_gives_exactly_the_survivors_answer(
-    deployment: Deployment,
+    deployment: Deployment, tmp_path: Path
 ) -> None:
     victim = deployment.spawn(7)  # a separate process for shard 7, killed below
     targets = [[shard.address] for shard in deployment.shards]
     targets[7] = [victim.address]
-    app = await retrieve_app(targets)
+    app = await retrieve_app(tmp_path, targets)
     try:
         query = deployment.data.queries(1, seed=99)[0]
         victim.kill()
@@ -199,12 +200,14 @@ async def test_a_dead_shard_process_gives_exactly_the_survivors_answer(
         await app.shutdown()
 
 
-async def test_replica_failover_after_a_replica_dies(deployment: Deployment) -> None:
+async def test_replica_failover_after_a_replica_dies(
+    deployment: Deployment, tmp_path: Path
+) -> None:
     doomed = deployment.spawn(3)
     targets = [[shard.address] for shard in deployment.shards]
     targets[3] = [doomed.address, deployment.shards[3].address]
-    app = await retrieve_app(targets)
-    healthy = await retrieve_app([[shard.address] for shard in deployment.shards])
+    app = await retrieve_app(tmp_path, targets)
+    healthy = await retrieve_app(tmp_path, [[shard.address] for shard in deployment.shards])
     try:
         doomed.kill()
         query = deployment.data.queries(1, seed=5)[0]
@@ -226,8 +229,10 @@ async def test_replica_failover_after_a_replica_dies(deployment: Deployment) -> 
         await healthy.shutdown()
 
 
-async def test_wrong_embedding_version_is_failed_precondition(deployment: Deployment) -> None:
-    app = await retrieve_app([[shard.address] for shard in deployment.shards])
+async def test_wrong_embedding_version_is_failed_precondition(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    app = await retrieve_app(tmp_path, [[shard.address] for shard in deployment.shards])
     try:
         async with client_for(app) as client:
             with pytest.raises(RecsysClientError) as caught:

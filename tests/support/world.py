@@ -70,7 +70,7 @@ async def build_world(tmp_path: Path, **overrides: Any) -> GrpcApplication:
                       "cache_timeout_ms": 200},
         "logging": {"access_log": False},
     }  # fmt: skip
-    settings = make_settings(**merge(base, overrides))
+    settings = make_settings(tmp_path, **merge(base, overrides))
     if "postgresql" in settings.database.url:
         from recsys.metadata.migrate import upgrade
 

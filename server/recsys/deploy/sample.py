@@ -122,7 +122,7 @@ async def prepare_deployment(
     `catalogue.interactions` should be the training interactions: they become the history the
     served path excludes."""
     from recsys.adapters.sql.metadata import SqlMetadataRepository
-    from recsys.metadata.migrate import upgrade
+    from recsys.metadata.migrate import prepare_schema
     from recsys.settings import load_settings
 
     say = progress or (lambda message: None)
@@ -132,7 +132,7 @@ async def prepare_deployment(
     settings = deployment_settings(folder, dimension, num_shards)
     say(f"loading {len(catalogue.items)} items, {len(catalogue.users)} users into SQLite")
     loaded = load_settings(database=settings["database"])
-    upgrade(loaded.database)
+    await asyncio.to_thread(prepare_schema, loaded.database)
     metadata = SqlMetadataRepository.from_settings(loaded)
     try:
         # The SQL side only: item features come from the feature snapshot at startup.

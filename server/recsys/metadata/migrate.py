@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 
+from recsys.errors import ConfigurationError
 from recsys.metadata.database import create_migration_engine, is_sqlite
 from recsys.settings import DatabaseSettings
 
@@ -29,6 +30,27 @@ def upgrade(settings: DatabaseSettings, revision: str = "head") -> None:
             connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{settings.schema_name}"'))
         engine.dispose()
     command.upgrade(alembic_config(settings), revision)
+
+
+def head_revision(settings: DatabaseSettings) -> str | None:
+    """The newest revision the migrations define."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config(settings)).get_current_head()
+
+
+def prepare_schema(settings: DatabaseSettings) -> None:
+    """What every process that opens the metadata store runs first (`recsys serve`, `data load`,
+    `demo`, `eval`): embedded SQLite is migrated in place, since nobody else would; a server
+    database must already be at head, changed only on purpose with `recsys db upgrade`."""
+    if is_sqlite(settings.url):
+        upgrade(settings)
+        return
+    revision = current_revision(settings)
+    if revision != head_revision(settings):
+        raise ConfigurationError(
+            f"the metadata database is at revision {revision}; run `recsys db upgrade`"
+        )
 
 
 def current_revision(settings: DatabaseSettings) -> str | None:

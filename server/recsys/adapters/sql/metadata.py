@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from recsys.domain.interactions import Interaction
 from recsys.errors import DeadlineExceeded, Unavailable
-from recsys.metadata.database import create_engine
+from recsys.metadata.database import create_engine, describe_error
 from recsys.metadata.tables import audit_log, interactions, items, users
 from recsys.ports.metadata import ErasureResult, ItemMetadata, MetadataRepository, UserProfile
 from recsys.settings import RecsysSettings
@@ -45,7 +45,9 @@ class SqlMetadataRepository(MetadataRepository):
         except PoolTimeout as error:
             raise DeadlineExceeded("no database connection became free in time") from error
         except (OperationalError, OSError) as error:
-            raise Unavailable(f"database unavailable: {error}", reason="DATABASE_DOWN") from error
+            raise Unavailable(
+                f"database unavailable: {describe_error(error)}", reason="DATABASE_DOWN"
+            ) from error
         except DBAPIError as error:
             if error.connection_invalidated:
                 raise Unavailable("database connection lost", reason="DATABASE_DOWN") from error
