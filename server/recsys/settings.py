@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextvars
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -25,12 +24,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from recsys.domain.validation import SURFACE_PATTERN
 from recsys.errors import ConfigurationError
 from recsys.index.spec import IndexSpec
 
 ENV_PREFIX = "RECSYS_"
 CONFIG_FILE_ENV = "RECSYS_CONFIG_FILE"
-SURFACE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "recsys_config_file", default=None

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from recsys.adapters.sql.metadata import SqlMetadataRepository, hashed_subject
+from recsys.adapters.sql.metadata import SqlMetadataRepository
+from recsys.domain.erasure import hashed_subject
 from recsys.domain.interactions import Interaction, InteractionKind
 from recsys.metadata.database import create_engine, create_migration_engine
 from recsys.metadata.migrate import current_revision, upgrade

@@ -13,9 +13,9 @@ from recsys.deadlines import request_deadline
 from recsys.domain.retrieval import RetrievalQuery, Retriever, RetrieverConfig
 from recsys.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from recsys.index.host import ShardHost
-from recsys.index.shard_index import SearchHits, ShardIndex
+from recsys.index.shard_index import ShardIndex
 from recsys.index.spec import IndexSpec, IndexType
-from recsys.ports.shards import ShardClient, ShardDescription, ShardSearchResult
+from recsys.ports.shards import SearchHits, ShardClient, ShardDescription, ShardSearchResult
 
 NUM_SHARDS = 4
 DIMENSION = 16

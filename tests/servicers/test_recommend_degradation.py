@@ -6,6 +6,7 @@ RESOURCE_EXHAUSTED."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -150,7 +151,8 @@ async def test_rate_limit_admits_exactly_100_and_every_key_has_a_ttl(
 ) -> None:
     # Exact admission is the point here, not latency: 50 callers in one loop on 2 cores can
     # delay a limiter answer past the 100 ms default, which would fail open.
-    deployment.app.components["recommend_pipeline"].rate_limit_timeout_ms = 5000
+    pipeline = deployment.app.components["recommend_pipeline"]
+    pipeline.config = dataclasses.replace(pipeline.config, rate_limit_timeout_seconds=5.0)
     async with client_for(deployment.app) as client:
 
         async def caller() -> list[str]:

@@ -7,8 +7,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from recsys.domain.validation import EVENT_ID_PATTERN, Violations
-from recsys.settings import SURFACE_PATTERN
+from recsys.domain.validation import EVENT_ID_PATTERN, SURFACE_PATTERN, Violations
 
 
 class InteractionKind(enum.Enum):

@@ -45,4 +45,3 @@ def top_k_order(item_ids: npt.ArrayLike, scores: npt.ArrayLike, k: int) -> IntAr
     head = np.flatnonzero(negated <= kth)
     order: IntArray = head[np.lexsort((ids[head], negated[head]))[:k]].astype(np.int64)
     return order
-

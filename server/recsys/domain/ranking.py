@@ -18,9 +18,9 @@ import numpy.typing as npt
 
 from recsys.deadlines import outbound_timeout
 from recsys.domain.circuit_breaker import CircuitBreaker
+from recsys.domain.observers import NullObserver, RankingObserver
 from recsys.domain.requests import DeviceType
 from recsys.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
-from recsys.observability.metrics import RankingMetrics
 from recsys.ports.ranker import Ranker
 
 logger = logging.getLogger(__name__)
@@ -127,14 +127,14 @@ class RankingChain:
         cpu_model: Ranker | None = None,
         timeout_seconds: float = 0.1,
         reserve_seconds: float = 0.002,
-        metrics: RankingMetrics | None = None,
+        metrics: RankingObserver | None = None,
     ) -> None:
         self.primary = primary
         self.cpu_model = cpu_model
         self.breaker = breaker
         self.timeout_seconds = timeout_seconds
         self.reserve_seconds = reserve_seconds
-        self.metrics = metrics
+        self.metrics: RankingObserver = metrics or NullObserver()
         self.model_failures = 0
 
     async def rank(self, features: FloatArray) -> RankingOutcome:
@@ -166,8 +166,7 @@ class RankingChain:
         return RankingOutcome(rule_scores(features), Backend.RULE_FALLBACK, "")
 
     def _count_error(self, kind: str) -> None:
-        if self.metrics is not None:
-            self.metrics.model_errors.labels(kind).inc()
+        self.metrics.model_error(kind)
 
     def _timeout(self) -> float:
         try:

@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from recsys.deadlines import outbound_timeout
 from recsys.domain.circuit_breaker import BreakerState, CircuitBreaker
+from recsys.domain.observers import BreakerObserver, NullObserver, RetrievalObserver
 from recsys.domain.ordering import top_k_order
 from recsys.errors import (
     DeadlineExceeded,
@@ -31,10 +32,13 @@ from recsys.errors import (
     RecsysError,
     Unavailable,
 )
-from recsys.index.host import MAX_K
-from recsys.index.shard_index import SearchHits
-from recsys.observability.metrics import BreakerMetrics, RetrievalMetrics
-from recsys.ports.shards import ShardClient, ShardDescription, ShardSearchResult
+from recsys.ports.shards import (
+    MAX_K,
+    SearchHits,
+    ShardClient,
+    ShardDescription,
+    ShardSearchResult,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -106,15 +110,15 @@ class Retriever:
         shards: Sequence[Sequence[ShardClient]],
         *,
         config: RetrieverConfig | None = None,
-        metrics: RetrievalMetrics | None = None,
-        breaker_metrics: BreakerMetrics | None = None,
+        metrics: RetrievalObserver | None = None,
+        breaker_metrics: BreakerObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not shards or any(not replicas for replicas in shards):
             raise ValueError("every shard needs at least one replica")
         self.config = config or RetrieverConfig()
-        self.metrics = metrics
-        self.breaker_metrics = breaker_metrics
+        self.metrics: RetrievalObserver = metrics or NullObserver()
+        self.breaker_metrics: BreakerObserver = breaker_metrics or NullObserver()
         self.shards = [list(replicas) for replicas in shards]
         self.breakers = [
             [
@@ -139,8 +143,7 @@ class Retriever:
         return len(self.shards)
 
     def _on_breaker_transition(self, name: str, _: BreakerState, state: BreakerState) -> None:
-        if self.breaker_metrics is not None:
-            self.breaker_metrics.record(name, state.value)
+        self.breaker_metrics.record(name, state.value)
 
     # ------------------------------------------------------------------ description
 
@@ -240,8 +243,7 @@ class Retriever:
                 logger.warning("shard failed on the deeper round", extra={"shard_id": shard_id})
         results = [answers[shard_id] for shard_id in sorted(answers)]
         if failed:
-            if self.metrics is not None:
-                self.metrics.partial_results.inc()
+            self.metrics.partial_result()
             if query.require_all_shards or not results:
                 raise Unavailable(
                     f"index shards {failed} did not answer",
@@ -385,13 +387,9 @@ class Retriever:
                 self._count_failure(shard_id, reason, replica.endpoint, error)
                 continue
             breaker.record_success()
-            if self.metrics is not None:
-                self.metrics.shard_seconds.labels(str(shard_id)).observe(
-                    time.perf_counter() - started
-                )
+            self.metrics.shard_searched(shard_id, time.perf_counter() - started)
             if self._looks_wrong(result.hits[0], holds_items, description):
-                if self.metrics is not None:
-                    self.metrics.sanity_retries.labels(str(shard_id)).inc()
+                self.metrics.sanity_retry(shard_id)
                 logger.warning(
                     "shard replica answer failed the sanity check; asking another replica",
                     extra={"shard_id": shard_id, "endpoint": replica.endpoint},
@@ -419,8 +417,7 @@ class Retriever:
         )
 
     def _count_failure(self, shard_id: int, reason: str, endpoint: str, error: Exception) -> None:
-        if self.metrics is not None:
-            self.metrics.shard_failures.labels(str(shard_id), reason).inc()
+        self.metrics.shard_failed(shard_id, reason)
         logger.warning(
             "shard replica failed",
             extra={

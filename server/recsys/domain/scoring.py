@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from recsys.domain.observers import NullObserver, RankingObserver
 from recsys.domain.ordering import ranked_order
 from recsys.domain.ranking import Backend, RankingChain, RankingInputs, assemble_features
 from recsys.domain.requests import RequestContext
 from recsys.errors import RecsysError
-from recsys.observability.metrics import RankingMetrics
 from recsys.ports.features import FeatureStore, ItemFeatureBatch, UserFeatures, batch_from
 
 logger = logging.getLogger(__name__)
@@ -41,12 +41,12 @@ class CandidateScorer:
         features: FeatureStore,
         *,
         feature_timeout_seconds: float = 0.01,
-        metrics: RankingMetrics | None = None,
+        metrics: RankingObserver | None = None,
     ) -> None:
         self.chain = chain
         self.features = features
         self.feature_timeout_seconds = feature_timeout_seconds
-        self.metrics = metrics
+        self.metrics: RankingObserver = metrics or NullObserver()
 
     async def score(
         self,
@@ -86,11 +86,7 @@ class CandidateScorer:
         )
         started = time.perf_counter()
         outcome = await self.chain.rank(features)
-        if self.metrics is not None:
-            self.metrics.ranked.labels(outcome.backend.value).inc()
-            self.metrics.model_seconds.labels(outcome.backend.value).observe(
-                time.perf_counter() - started
-            )
+        self.metrics.scored(outcome.backend.value, time.perf_counter() - started)
         order = ranked_order(item_ids, outcome.scores)
         return ScoredCandidates(
             item_ids[order],
@@ -122,8 +118,7 @@ class CandidateScorer:
             logger.warning(
                 "features unavailable; ranking with defaults", extra={"error": str(error)}
             )
-        if self.metrics is not None:
-            self.metrics.default_features.inc()
+        self.metrics.default_features_used()
         return None
 
 

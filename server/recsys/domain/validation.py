@@ -14,6 +14,8 @@ COUNTRY_PATTERN = re.compile(r"^[A-Z]{2}$")
 LOCALE_PATTERN = re.compile(r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$")
 CATEGORY_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
 EVENT_ID_PATTERN = re.compile(r"^[\x21-\x7e]{1,128}$")
+# Surface names (configured in settings, carried by requests and events).
+SURFACE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 MAX_LOCALE_LENGTH = 35
 
 

@@ -20,14 +20,14 @@ from recsys.errors import (
     RecsysError,
     Unavailable,
 )
-from recsys.index.shard_index import SearchHits, ShardIndex
+from recsys.index.shard_index import ShardIndex
 from recsys.index.snapshots import Expectations, SnapshotInvalid, SnapshotManager
 from recsys.index.spec import MAX_EF_SEARCH, MAX_NPROBE, IndexSpec
+from recsys.ports.shards import MAX_K, SearchHits
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-MAX_K = 2000
 MAX_QUERIES = 1024
 
 

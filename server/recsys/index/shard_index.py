@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from recsys.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from recsys.index.faiss_module import faiss
 from recsys.index.rwlock import ReadWriteLock
 from recsys.index.spec import IndexSpec, IndexType, Metric
+from recsys.ports.shards import SearchHits
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +36,6 @@ TRAINING_SEED = 1234
 
 FloatArray = npt.NDArray[np.float32]
 IdArray = npt.NDArray[np.int64]
-
-
-@dataclass(frozen=True, slots=True)
-class SearchHits:
-    """The hits of one query, best first; shorter than k when the shard holds fewer items."""
-
-    item_ids: IdArray
-    scores: FloatArray
 
 
 def as_item_ids(values: Any, field: str = "item_ids") -> IdArray:

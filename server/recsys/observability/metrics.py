@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
@@ -106,6 +107,20 @@ class RetrievalMetrics:
             registry=registry,
         )
 
+    # The Retriever's observer (recsys.domain.observers.RetrievalObserver).
+
+    def shard_searched(self, shard_id: int, seconds: float) -> None:
+        self.shard_seconds.labels(str(shard_id)).observe(seconds)
+
+    def shard_failed(self, shard_id: int, reason: str) -> None:
+        self.shard_failures.labels(str(shard_id), reason).inc()
+
+    def sanity_retry(self, shard_id: int) -> None:
+        self.sanity_retries.labels(str(shard_id)).inc()
+
+    def partial_result(self) -> None:
+        self.partial_results.inc()
+
 
 class BreakerMetrics:
     """Circuit breaker states and transitions of one process (shared by its services)."""
@@ -160,6 +175,18 @@ class RankingMetrics:
             registry=registry,
         )
 
+    # The ranking chain's and scorer's observer (recsys.domain.observers.RankingObserver).
+
+    def scored(self, backend: str, seconds: float) -> None:
+        self.ranked.labels(backend).inc()
+        self.model_seconds.labels(backend).observe(seconds)
+
+    def model_error(self, kind: str) -> None:
+        self.model_errors.labels(kind).inc()
+
+    def default_features_used(self) -> None:
+        self.default_features.inc()
+
 
 class RecommendMetrics:
     """The seed's recommendation metrics: requests, cache hits, cold starts, empty answers,
@@ -187,10 +214,10 @@ class RecommendMetrics:
             ("kind",),
             registry=registry,
         )
-        self.rate_limited = Counter(
+        self.rate_limited_calls = Counter(
             "recommendations_rate_limited", "Calls refused by the rate limit.", registry=registry
         )
-        self.rate_limit_bypassed = Counter(
+        self.rate_limit_bypassed_calls = Counter(
             "recommendations_rate_limit_bypassed",
             "Calls served unchecked because the rate limiter was down or slow (fail open).",
             registry=registry,
@@ -208,3 +235,41 @@ class RecommendMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.stage_failures = Counter(
+            "recommendations_stage_failures",
+            "Dependency reads of the pipeline that failed and fell back, by stage and kind.",
+            ("stage", "kind"),
+            registry=registry,
+        )
+
+    # The pipeline's observer (recsys.domain.recommend.observer.RecommendObserver).
+
+    def stage_finished(self, stage: str, seconds: float) -> None:
+        self.stage_seconds.labels(stage).observe(seconds)
+
+    def stage_failed(self, stage: str, kind: str) -> None:
+        self.stage_failures.labels(stage, kind).inc()
+
+    def cache_hit(self, source: str) -> None:
+        self.cache_hits.labels(source).inc()
+
+    def rate_limited(self) -> None:
+        self.rate_limited_calls.inc()
+
+    def rate_limit_bypassed(self) -> None:
+        self.rate_limit_bypassed_calls.inc()
+
+    def answered(
+        self, seconds: float, *, cold_start: bool, empty: bool, degradations: Sequence[str]
+    ) -> None:
+        self.total_seconds.observe(seconds)
+        self.requests.inc()
+        if cold_start:
+            self.cold_start.inc()
+        if empty:
+            self.empty.inc()
+        for kind in degradations:
+            self.degraded.labels(kind).inc()
+
+    def failed(self, seconds: float) -> None:
+        self.total_seconds.observe(seconds)

@@ -1,20 +1,49 @@
-"""What the Recommend pipeline needs of retrieval and ranking; in-process objects (embedded) or
-gRPC clients of RetrieveService and RankService (distributed) provide them."""
+"""What the Recommend pipeline needs to find and score candidates.
+
+- `VectorSearch`: nearest items to a vector (the Retriever in process, or a RetrieveService
+  client in the distributed layout).
+- `CandidateSource`: one way of finding candidates for a request (personalised retrieval,
+  popularity, popular in a category, similar to liked items...); the pipeline composes them.
+- `Scorer`: ranks candidates for a user (the Rank service in process or over gRPC).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from recsys.domain.requests import RequestContext
+from recsys.domain.recommend.values import CandidatePool
+from recsys.domain.requests import RecommendQuery, RequestContext
 from recsys.domain.retrieval import RetrievalQuery, RetrievalResult
 from recsys.domain.scoring import ScoredCandidates
+from recsys.ports.features import UserEmbedding
+from recsys.ports.metadata import UserProfile
+
+
+class VectorSearch(Protocol):
+    async def retrieve(self, query: RetrievalQuery) -> RetrievalResult: ...
+
+
+@dataclass(frozen=True)
+class CandidateRequest:
+    query: RecommendQuery
+    # The user's embedding (or the default one); None when there is none to search with.
+    embedding: UserEmbedding | None
+    profile: UserProfile | None
+    # The embedding version the index is expected to serve (item vectors' queries carry it).
+    embedding_version: str = ""
 
 
 class CandidateSource(Protocol):
-    async def retrieve(self, query: RetrievalQuery) -> RetrievalResult: ...
+    """Raises RecsysError when its dependency fails; the pipeline decides what that costs."""
+
+    # The pipeline stage it runs as (metric label, log field).
+    name: str
+
+    async def candidates(self, request: CandidateRequest) -> CandidatePool: ...
 
 
 class Scorer(Protocol):

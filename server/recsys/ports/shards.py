@@ -7,8 +7,18 @@ import datetime as dt
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from recsys.index.shard_index import SearchHits
+# The most hits one query may ask a shard (and Retrieve) for.
+MAX_K = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHits:
+    """The hits of one query in rank order; shorter than k when the shard holds fewer items."""
+
+    item_ids: npt.NDArray[np.int64]
+    scores: npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True, slots=True)

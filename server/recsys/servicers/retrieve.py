@@ -16,11 +16,10 @@ from recsys.domain.validation import Violations
 from recsys.errors import NotFound
 from recsys.grpc_server.app import ServiceBinding
 from recsys.index import factory
-from recsys.index.host import MAX_K
 from recsys.index.spec import MAX_EF_SEARCH, MAX_NPROBE
 from recsys.observability.metrics import BreakerMetrics, RetrievalMetrics
 from recsys.ports.features import FeatureStore
-from recsys.ports.shards import ShardClient
+from recsys.ports.shards import MAX_K, ShardClient
 from recsys.servicers.shared import feature_store
 from recsys.settings import RecsysSettings
 from recsys.v1 import retrieve_service_pb2 as retrieve_pb2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,11 +18,6 @@ from recsys.metadata.database import create_engine, describe_error
 from recsys.metadata.tables import audit_log, interactions, items, users
 from recsys.ports.metadata import ErasureResult, ItemMetadata, MetadataRepository, UserProfile
 from recsys.settings import RecsysSettings
-
-
-def hashed_subject(user_id: str) -> str:
-    """Audit records name an erased user by a hash, not by the id itself."""
-    return "sha256:" + hashlib.sha256(user_id.encode()).hexdigest()[:32]
 
 
 class SqlMetadataRepository(MetadataRepository):

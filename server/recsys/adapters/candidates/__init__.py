@@ -1,0 +1,1 @@
+"""Candidate sources (the `CandidateSource` port) over the other ports."""

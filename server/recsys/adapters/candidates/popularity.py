@@ -1,0 +1,51 @@
+"""Candidates by popularity from the metadata store: trending overall (or in the requested
+category), and popular in each category the user chose at onboarding."""
+
+from __future__ import annotations
+
+import asyncio
+
+from recsys.domain.recommend.values import CandidatePool, Reason
+from recsys.ports.candidates import CandidateRequest
+from recsys.ports.metadata import MetadataRepository
+
+
+class TrendingCandidates:
+    """The most popular items, in the requested category when the request names one."""
+
+    name = "popularity"
+
+    def __init__(self, metadata: MetadataRepository, *, count: int) -> None:
+        self.metadata = metadata
+        self.count = count
+
+    async def candidates(self, request: CandidateRequest) -> CandidatePool:
+        category = request.query.context.category
+        ids = await self.metadata.popular_items(category=category, limit=self.count)
+        return CandidatePool.ranked(ids, Reason.TRENDING)
+
+
+class PopularInCategoryCandidates:
+    """Popular items of the requested category, or else of each onboarding category."""
+
+    name = "popular_in_category"
+
+    def __init__(self, metadata: MetadataRepository, *, count: int) -> None:
+        self.metadata = metadata
+        self.count = count
+
+    async def candidates(self, request: CandidateRequest) -> CandidatePool:
+        chosen = chosen_categories(request)
+        answers = await asyncio.gather(
+            *(self.metadata.popular_items(category=name, limit=self.count) for name in chosen)
+        )
+        return CandidatePool.ranked(
+            [item for ids in answers for item in ids], Reason.POPULAR_IN_CATEGORY
+        )
+
+
+def chosen_categories(request: CandidateRequest) -> list[str]:
+    """What the user asked for: the request's category, or else the onboarding choices."""
+    if request.query.context.category is not None:
+        return [request.query.context.category]
+    return list(request.profile.onboarding_categories) if request.profile else []

@@ -1,0 +1,57 @@
+"""What retrieval, ranking and the circuit breakers report, as small protocols with null
+objects; the Prometheus implementations live in `recsys.observability.metrics`, so the domain
+imports no metrics library."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class RetrievalObserver(Protocol):
+    def shard_searched(self, shard_id: int, seconds: float) -> None: ...
+
+    def shard_failed(self, shard_id: int, reason: str) -> None: ...
+
+    def sanity_retry(self, shard_id: int) -> None: ...
+
+    def partial_result(self) -> None: ...
+
+
+class RankingObserver(Protocol):
+    def scored(self, backend: str, seconds: float) -> None: ...
+
+    def model_error(self, kind: str) -> None: ...
+
+    def default_features_used(self) -> None: ...
+
+
+class BreakerObserver(Protocol):
+    def record(self, breaker: str, to_state: str) -> None: ...
+
+
+class NullObserver:
+    """Reports nothing; stands in for every observer above."""
+
+    def shard_searched(self, shard_id: int, seconds: float) -> None:
+        return None
+
+    def shard_failed(self, shard_id: int, reason: str) -> None:
+        return None
+
+    def sanity_retry(self, shard_id: int) -> None:
+        return None
+
+    def partial_result(self) -> None:
+        return None
+
+    def scored(self, backend: str, seconds: float) -> None:
+        return None
+
+    def model_error(self, kind: str) -> None:
+        return None
+
+    def default_features_used(self) -> None:
+        return None
+
+    def record(self, breaker: str, to_state: str) -> None:
+        return None

@@ -1,0 +1,458 @@
+"""The Recommend pipeline's orchestrator (seed Journeys 1 and 2, Simulations 1, 2 and 6).
+
+rate limit -> response cache -> pre-computed results -> user features (timeout -> defaults)
+-> cold start or retrieval (version mismatch or outage -> popularity) -> ranking (breaker ->
+fallbacks) -> selection (exclusions, privacy filters, diversity) -> top N -> cache -> answer.
+
+Every dependency read goes through the `Guard` (one budget and degradation policy); candidate
+sources are `CandidateSource`s composed here; selection and cold-start scoring are pure
+functions. Every degradation is flagged in the answer and counted; only bad input and the rate
+limit are errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from recsys.domain.ranking import Backend
+from recsys.domain.recommend.guard import Guard, Trace
+from recsys.domain.recommend.observer import NullRecommendObserver, RecommendObserver
+from recsys.domain.recommend.selection import cold_start_ranking, merge_pools, select
+from recsys.domain.recommend.values import (
+    MAX_LIMIT,
+    CandidatePool,
+    Degradation,
+    Flag,
+    Reason,
+    Recommendation,
+    RecommendConfig,
+    RecommendedItem,
+)
+from recsys.domain.requests import RecommendQuery
+from recsys.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    RecsysError,
+    ResourceExhausted,
+    Unavailable,
+)
+from recsys.ports.cache import CachedItem, CachedRecommendations, RecommendationCache
+from recsys.ports.candidates import CandidateRequest, CandidateSource, Scorer
+from recsys.ports.features import FeatureStore, UserEmbedding, UserFeatures
+from recsys.ports.metadata import ItemMetadata, MetadataRepository, UserProfile
+from recsys.ports.rate_limit import RateDecision, RateLimiter
+
+RESPONSE_CACHE = "recommendations"
+PRECOMPUTED = "precomputed"
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateSources:
+    """How the pipeline finds candidates, composed like `RankingChain` composes rankers."""
+
+    # Personalised candidates for a user with an embedding.
+    personalized: CandidateSource
+    # When the personalised source fails, finds nothing, or everything is filtered out.
+    fallback: CandidateSource
+    # A user without an embedding or history: merged in order, first reason wins.
+    cold_start: Sequence[CandidateSource]
+
+
+class RecommendPipeline:
+    def __init__(
+        self,
+        config: RecommendConfig,
+        *,
+        features: FeatureStore,
+        metadata: MetadataRepository,
+        cache: RecommendationCache,
+        sources: CandidateSources,
+        scorer: Scorer,
+        limiter: RateLimiter | None = None,
+        observer: RecommendObserver | None = None,
+    ) -> None:
+        self.config = config
+        self.features = features
+        self.metadata = metadata
+        self.cache = cache
+        self.sources = sources
+        self.scorer = scorer
+        self.limiter = limiter
+        self.observer = observer or NullRecommendObserver()
+        self.guard = Guard(self.observer, reserve_seconds=config.answer_reserve_seconds)
+        self.default_embedding: UserEmbedding | None = None
+
+    async def refresh_default_embedding(self) -> None:
+        """The average user's embedding, for users whose own cannot be read."""
+        self.default_embedding = await self.guard.read(
+            "default_features",
+            self.features.get_default_user_embedding,
+            fallback=self.default_embedding,
+            trace=Trace(),
+            degrade_on=(RecsysError,),
+        )
+
+    # ------------------------------------------------------------------ the pipeline
+
+    async def recommend(self, query: RecommendQuery) -> Recommendation:
+        started = time.perf_counter()
+        try:
+            answer = await self._recommend(query)
+        except BaseException:
+            self.observer.failed(time.perf_counter() - started)
+            raise
+        # Caches keep up to MAX_LIMIT items; this request gets the `limit` it asked for.
+        answer = dataclasses.replace(answer, items=answer.items[: query.limit])
+        self.observer.answered(
+            time.perf_counter() - started,
+            cold_start=answer.cold_start,
+            empty=not answer.items,
+            degradations=answer.degradation.kinds(),
+        )
+        return answer
+
+    async def _recommend(self, query: RecommendQuery) -> Recommendation:
+        trace = Trace()
+        await self._rate_limit(query.user_id, trace)
+        cacheable = query.context.category is None and not query.excluded_item_ids
+        if cacheable:
+            cached = await self._cached(RESPONSE_CACHE, query, trace)
+            if cached is not None:
+                self.observer.cache_hit("response_cache")
+                return _from_cache(cached, Degradation(served_from_cache=True))
+        profile, consumed = await self._profile_and_history(query.user_id, trace)
+        if profile is not None and profile.deleted:
+            # An erased user: nothing personal remains; serve what anyone would see.
+            profile = None
+        precomputed = await self._cached(PRECOMPUTED, query, trace) if cacheable else None
+        if precomputed is not None:
+            self.observer.cache_hit("precomputed")
+            trace.raise_flag(Flag.SERVED_FROM_PRECOMPUTED)
+            pool = CandidatePool(
+                tuple(item.item_id for item in precomputed.items),
+                tuple(item.score for item in precomputed.items),
+                tuple(Reason.parse(item.reason) for item in precomputed.items),
+                precomputed.index_version,
+            )
+            answer = await self._rank_and_select(query, pool, profile, consumed, trace)
+            return dataclasses.replace(
+                answer, model_version=answer.model_version or precomputed.model_version
+            )
+        user = await self._user_features(query.user_id, trace)
+        if user is not None:
+            consumed = consumed | set(user.recent_item_ids)  # realtime: the last 30 minutes
+            if user.embedding is None and not consumed:
+                return await self._cold_start(query, profile, consumed, trace)
+        embedding = user.embedding if user is not None else None
+        if embedding is None and self.default_embedding is not None:
+            embedding = self.default_embedding
+            trace.raise_flag(Flag.DEFAULT_FEATURES)
+        pool = await self._personalized(query, embedding, profile, trace)
+        answer = await self._rank_and_select(query, pool, profile, consumed, trace)
+        # A degraded answer is not cached: the cache would serve it for minutes after the
+        # dependency recovered, and without its flags.
+        if cacheable and answer.items and not answer.degradation.kinds():
+            await self._store(query, answer, trace)
+        return answer
+
+    # ------------------------------------------------------------------ stages
+
+    async def _rate_limit(self, user_id: str, trace: Trace) -> None:
+        limiter = self.limiter
+        if limiter is None or not self.config.rate_limit_enabled:
+            return
+        decision: RateDecision | None = await self.guard.read(
+            "rate_limit",
+            functools.partial(limiter.hit, user_id),
+            fallback=None,
+            trace=trace,
+            budget_seconds=self.config.rate_limit_timeout_seconds,
+        )
+        if decision is None:
+            if not self.config.rate_limit_fail_open:
+                raise Unavailable("the rate limiter cannot be reached", reason="RATE_LIMITER_DOWN")
+            # The limiter's store is down: serve (fail open) rather than refuse everyone.
+            self.observer.rate_limit_bypassed()
+            return
+        if not decision.allowed:
+            self.observer.rate_limited()
+            raise ResourceExhausted(
+                f"user {user_id} exceeded {limiter.limit} requests per {limiter.window_seconds} s",
+                retry_after_seconds=decision.retry_after_seconds,
+                reason="RATE_LIMITED",
+            )
+
+    async def _cached(
+        self, kind: str, query: RecommendQuery, trace: Trace
+    ) -> CachedRecommendations | None:
+        return await self.guard.read(
+            f"cache_{kind}",
+            functools.partial(self.cache.get, kind, query.user_id, query.surface),
+            fallback=None,
+            trace=trace,
+            budget_seconds=self.config.cache_timeout_seconds,
+        )
+
+    async def _store(self, query: RecommendQuery, answer: Recommendation, trace: Trace) -> None:
+        value = CachedRecommendations(
+            items=tuple(
+                CachedItem(item.item_id, item.score, item.category, item.reason.value,
+                           item.reason_text)
+                for item in answer.items
+            ),
+            model_version=answer.model_version,
+            index_version=answer.index_version,
+            cold_start=answer.cold_start,
+            explanation=answer.explanation,
+            ranking_backend=answer.ranking_backend.value if answer.ranking_backend else "",
+        )  # fmt: skip
+        await self.guard.read(
+            "cache_store",
+            functools.partial(
+                self.cache.put,
+                RESPONSE_CACHE,
+                query.user_id,
+                query.surface,
+                value,
+                self.config.cache_ttl_seconds,
+            ),
+            fallback=None,
+            trace=trace,
+            budget_seconds=self.config.cache_timeout_seconds,
+        )
+
+    async def _profile_and_history(
+        self, user_id: str, trace: Trace
+    ) -> tuple[UserProfile | None, set[int]]:
+        async def read() -> tuple[UserProfile | None, set[int]]:
+            profile, consumed = await asyncio.gather(
+                self.metadata.get_user(user_id), self.metadata.consumed_item_ids(user_id)
+            )
+            return profile, consumed
+
+        return await self.guard.read("profile", read, fallback=(None, set()), trace=trace)
+
+    async def _user_features(self, user_id: str, trace: Trace) -> UserFeatures | None:
+        """The user's features, or None (and `default_features`, when a default embedding
+        stands in) when the store is slow or down."""
+        return await self.guard.read(
+            "features",
+            functools.partial(self.features.get_user_features, user_id),
+            fallback=None,
+            trace=trace,
+            budget_seconds=self.config.feature_timeout_seconds,
+            flag=Flag.DEFAULT_FEATURES if self.default_embedding is not None else None,
+        )
+
+    def _request(
+        self,
+        query: RecommendQuery,
+        embedding: UserEmbedding | None,
+        profile: UserProfile | None,
+    ) -> CandidateRequest:
+        version = embedding or self.default_embedding
+        return CandidateRequest(
+            query, embedding, profile, version.embedding_version if version else ""
+        )
+
+    async def _personalized(
+        self,
+        query: RecommendQuery,
+        embedding: UserEmbedding | None,
+        profile: UserProfile | None,
+        trace: Trace,
+    ) -> CandidatePool:
+        """Personalised candidates, or the fallback source's (flagged) when retrieval fails
+        (seed Simulation 6: a stale embedding version) or finds nothing."""
+        request = self._request(query, embedding, profile)
+        pool = CandidatePool()
+        if embedding is not None:
+            source = self.sources.personalized
+            pool = await self.guard.read(
+                source.name,
+                functools.partial(source.candidates, request),
+                fallback=CandidatePool(),
+                trace=trace,
+                degrade_on=(FailedPrecondition, Unavailable, DeadlineExceeded),
+            )
+            if pool.failed_shard_ids:
+                trace.raise_flag(Flag.PARTIAL_RETRIEVAL)
+                trace.failed_shard_ids.update(pool.failed_shard_ids)
+        if len(pool):
+            return pool
+        trace.raise_flag(Flag.POPULARITY_CANDIDATES)
+        return await self._fallback_pool(request, trace)
+
+    async def _fallback_pool(self, request: CandidateRequest, trace: Trace) -> CandidatePool:
+        source = self.sources.fallback
+        return await self.guard.read(
+            source.name,
+            functools.partial(source.candidates, request),
+            fallback=CandidatePool(),
+            trace=trace,
+        )
+
+    async def _cold_start(
+        self,
+        query: RecommendQuery,
+        profile: UserProfile | None,
+        consumed: set[int],
+        trace: Trace,
+    ) -> Recommendation:
+        """Seed Simulation 2: onboarding categories, items similar to the liked ones, trending;
+        scored by popularity and category match."""
+        request = self._request(query, None, profile)
+        pools = await asyncio.gather(
+            *(
+                self.guard.read(
+                    source.name,
+                    functools.partial(source.candidates, request),
+                    fallback=CandidatePool(),
+                    trace=trace,
+                )
+                for source in self.sources.cold_start
+            )
+        )
+        pool = merge_pools(list(pools))
+        metadata = await self._item_metadata(list(pool.item_ids), trace)
+        wanted = set(profile.onboarding_categories) if profile else set()
+        if query.context.category is not None:
+            wanted = {query.context.category}
+        items = select(
+            cold_start_ranking(pool, metadata, wanted),
+            query=query,
+            profile=profile,
+            excluded=frozenset(consumed | set(query.excluded_item_ids)),
+            metadata=metadata,
+            config=self.config,
+        )
+        return Recommendation(
+            items=items,
+            cold_start=True,
+            explanation="Based on your preferences",
+            ranking_backend=Backend.RULE_FALLBACK,
+            degradation=trace.degradation(),
+        )
+
+    async def _item_metadata(self, item_ids: list[int], trace: Trace) -> dict[int, ItemMetadata]:
+        if not item_ids:
+            return {}
+        return await self.guard.read(
+            "item_metadata",
+            functools.partial(self.metadata.get_items, item_ids),
+            fallback={},
+            trace=trace,
+        )
+
+    async def _rank_and_select(
+        self,
+        query: RecommendQuery,
+        pool: CandidatePool,
+        profile: UserProfile | None,
+        consumed: set[int],
+        trace: Trace,
+    ) -> Recommendation:
+        excluded = frozenset(consumed | set(query.excluded_item_ids))
+        keep = [position for position, item in enumerate(pool.item_ids) if item not in excluded]
+        model_version, backend = "", None
+        if keep:
+            item_ids = np.array([pool.item_ids[i] for i in keep], dtype=np.int64)
+            scores = np.array([pool.scores[i] for i in keep], dtype=np.float32)
+            async with self.guard.timed("ranking"):
+                scored = await self.scorer.score(query.user_id, item_ids, scores, query.context)
+            model_version, backend = scored.model_version, scored.backend
+            if scored.backend is not Backend.MODEL:
+                trace.raise_flag(Flag.FALLBACK_RANKING)
+            if scored.default_features:
+                trace.raise_flag(Flag.DEFAULT_FEATURES)
+            reason_of = pool.reason_of()
+            ranked_ids = scored.item_ids.tolist()
+            pool = CandidatePool(
+                tuple(ranked_ids),
+                tuple(scored.scores.tolist()),
+                tuple(reason_of[item] for item in ranked_ids),
+                pool.index_version,
+            )
+        else:
+            pool = CandidatePool(index_version=pool.index_version)
+        items = await self._select_in_chunks(query, pool, profile, excluded, trace)
+        if not items and Flag.POPULARITY_CANDIDATES not in trace.flags:
+            # Empty after filtering: trending instead of nothing.
+            trace.raise_flag(Flag.POPULARITY_CANDIDATES)
+            trending = await self._fallback_pool(self._request(query, None, profile), trace)
+            metadata = await self._item_metadata(list(trending.item_ids), trace)
+            items = select(
+                trending,
+                query=query,
+                profile=profile,
+                excluded=excluded,
+                metadata=metadata,
+                config=self.config,
+            )
+            backend = Backend.RULE_FALLBACK
+        popular = Flag.POPULARITY_CANDIDATES in trace.flags
+        return Recommendation(
+            items=items,
+            model_version=model_version,
+            index_version=pool.index_version,
+            explanation="Popular right now" if popular else "Picked for you",
+            ranking_backend=backend,
+            degradation=trace.degradation(),
+        )
+
+    async def _select_in_chunks(
+        self,
+        query: RecommendQuery,
+        pool: CandidatePool,
+        profile: UserProfile | None,
+        excluded: frozenset[int],
+        trace: Trace,
+    ) -> tuple[RecommendedItem, ...]:
+        """Filters the ranked pool reading item metadata for a prefix only (300 first, then
+        twice as many) until enough items survive for the cache, instead of all 1000."""
+        size = min(len(pool), self.config.selection_prefix)
+        metadata: dict[int, ItemMetadata] = {}
+        fetched = 0
+        while True:
+            metadata.update(await self._item_metadata(list(pool.item_ids[fetched:size]), trace))
+            fetched = size
+            prefix = CandidatePool(pool.item_ids[:size], pool.scores[:size], pool.reasons[:size])
+            items = select(
+                prefix,
+                query=query,
+                profile=profile,
+                excluded=excluded,
+                metadata=metadata,
+                config=self.config,
+            )
+            if len(items) >= MAX_LIMIT or size >= len(pool):
+                return items
+            size = min(len(pool), size * 2)
+
+
+def _from_cache(cached: CachedRecommendations, degradation: Degradation) -> Recommendation:
+    return Recommendation(
+        items=tuple(
+            RecommendedItem(item.item_id, item.score, item.category, Reason.parse(item.reason))
+            for item in cached.items
+        ),
+        model_version=cached.model_version,
+        index_version=cached.index_version,
+        cold_start=cached.cold_start,
+        explanation=cached.explanation,
+        ranking_backend=_backend(cached.ranking_backend),
+        degradation=degradation,
+    )
+
+
+def _backend(value: str) -> Backend | None:
+    try:
+        return Backend(value)
+    except ValueError:
+        return None
