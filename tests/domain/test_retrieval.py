@@ -27,14 +27,19 @@ def data():
 
 
 async def hosts_for(data) -> list[ShardHost]:
+    return await hosts_over(data.item_ids, data.vectors)
+
+
+async def hosts_over(ids: np.ndarray, vectors: np.ndarray) -> list[ShardHost]:
+    """One in-process flat shard per `id % NUM_SHARDS`, loaded."""
     spec = IndexSpec(dimension=DIMENSION, index_type=IndexType.FLAT)
     hosts = []
     for shard_id in range(NUM_SHARDS):
-        mine = data.item_ids % NUM_SHARDS == shard_id
+        mine = ids % NUM_SHARDS == shard_id
         host = ShardHost(spec, shard_id=shard_id, num_shards=NUM_SHARDS, snapshots=None)
         host.current = ShardIndex.build(
-            spec, shard_id=shard_id, num_shards=NUM_SHARDS, item_ids=data.item_ids[mine],
-            vectors=data.vectors[mine], index_version="v1", embedding_version="e1",
+            spec, shard_id=shard_id, num_shards=NUM_SHARDS, item_ids=ids[mine],
+            vectors=vectors[mine], index_version="v1", embedding_version="e1",
         )  # fmt: skip
         await host.start()
         hosts.append(host)
@@ -183,18 +188,11 @@ async def test_top_k_stays_exact_when_one_shard_holds_most_of_it() -> None:
     near = ids % NUM_SHARDS == 0  # every item close to the target lives in shard 0
     vectors[near] = target + 0.05 * rng.normal(size=(near.sum(), DIMENSION))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    spec = IndexSpec(dimension=DIMENSION, index_type=IndexType.FLAT)
-    clients = []
-    for shard_id in range(NUM_SHARDS):
-        mine = ids % NUM_SHARDS == shard_id
-        host = ShardHost(spec, shard_id=shard_id, num_shards=NUM_SHARDS, snapshots=None)
-        host.current = ShardIndex.build(
-            spec, shard_id=shard_id, num_shards=NUM_SHARDS, item_ids=ids[mine],
-            vectors=vectors[mine], index_version="v1", embedding_version="e1",
-        )  # fmt: skip
-        await host.start()
-        clients.append([LocalShardClient(host)])
-    retriever = Retriever(clients, config=RetrieverConfig(shard_oversampling=2.0))
+    hosts = await hosts_over(ids, vectors)
+    retriever = Retriever(
+        [[LocalShardClient(host)] for host in hosts],
+        config=RetrieverConfig(shard_oversampling=2.0),
+    )
     result = await retriever.retrieve(RetrievalQuery(target, "e1", 100))
     expected = ids[np.argsort(-(vectors @ target))[:100]].tolist()
     assert result.item_ids.tolist() == expected
@@ -218,19 +216,8 @@ async def test_a_loading_shard_does_not_define_the_index(data) -> None:
 
 async def test_ties_across_shards_merge_by_item_id() -> None:
     # Every item has the same vector: the merged top k is the k lowest ids, from all shards.
-    spec = IndexSpec(dimension=DIMENSION, index_type=IndexType.FLAT)
     ids = np.arange(400, dtype=np.int64)[::-1].copy()
-    vectors = np.ones((400, DIMENSION), np.float32)
-    hosts = []
-    for shard_id in range(NUM_SHARDS):
-        mine = ids % NUM_SHARDS == shard_id
-        host = ShardHost(spec, shard_id=shard_id, num_shards=NUM_SHARDS, snapshots=None)
-        host.current = ShardIndex.build(
-            spec, shard_id=shard_id, num_shards=NUM_SHARDS, item_ids=ids[mine],
-            vectors=vectors[mine], index_version="v1", embedding_version="e1",
-        )  # fmt: skip
-        await host.start()
-        hosts.append(host)
+    hosts = await hosts_over(ids, np.ones((400, DIMENSION), np.float32))
     retriever = Retriever([[LocalShardClient(h)] for h in hosts])
     query = RetrievalQuery(vector=np.ones(DIMENSION, np.float32), embedding_version="e1", k=30)
     result = await retriever.retrieve(query)

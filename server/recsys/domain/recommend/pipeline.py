@@ -386,15 +386,7 @@ class RecommendPipeline:
             # Empty after filtering: trending instead of nothing.
             trace.raise_flag(Flag.POPULARITY_CANDIDATES)
             trending = await self._fallback_pool(self._request(query, None, profile), trace)
-            metadata = await self._item_metadata(list(trending.item_ids), trace)
-            items = select(
-                trending,
-                query=query,
-                profile=profile,
-                excluded=excluded,
-                metadata=metadata,
-                config=self.config,
-            )
+            items = await self._select_in_chunks(query, trending, profile, excluded, trace)
             backend = Backend.RULE_FALLBACK
         popular = Flag.POPULARITY_CANDIDATES in trace.flags
         return Recommendation(
