@@ -84,12 +84,13 @@ class InvalidArgument(RecsysError):
         *,
         message: str | None = None,
         reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         if not violations:
             raise ValueError("InvalidArgument needs at least one field violation")
         self.violations: tuple[FieldViolation, ...] = tuple(violations)
         summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
-        super().__init__(message or f"invalid request: {summary}", reason=reason)
+        super().__init__(message or f"invalid request: {summary}", reason=reason, metadata=metadata)
 
 
 class NotFound(RecsysError):

@@ -64,9 +64,7 @@ class AsyncRecsysClient:
                 metadata=self.options.call_metadata(request_id),
             )
         except grpc.aio.AioRpcError as error:
-            raise RecsysClientError.from_rpc_error(
-                error.code(), error.details() or "", tuple(error.trailing_metadata() or ())
-            ) from error
+            raise RecsysClientError.from_call(error) from error
 
     async def recommend(
         self,

@@ -65,9 +65,7 @@ class RecsysClient:
                 metadata=self.options.call_metadata(request_id),
             )
         except grpc.RpcError as error:
-            raise RecsysClientError.from_rpc_error(
-                error.code(), error.details(), error.trailing_metadata()
-            ) from error
+            raise RecsysClientError.from_call(error) from error
 
     def recommend(
         self,

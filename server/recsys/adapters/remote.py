@@ -8,13 +8,14 @@ import numpy as np
 import numpy.typing as npt
 
 from recsys.adapters.channels import reconnect_options
+from recsys.adapters.grpc_errors import call
 from recsys.deadlines import outbound_timeout
 from recsys.domain.ordering import ranked_order
 from recsys.domain.ranking import Backend
 from recsys.domain.requests import RequestContext
 from recsys.domain.retrieval import RetrievalQuery, RetrievalResult
 from recsys.domain.scoring import ScoredCandidates
-from recsys.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from recsys.errors import DeadlineExceeded, Unavailable
 from recsys.v1 import common_pb2, rank_service_pb2, rank_service_pb2_grpc
 from recsys.v1 import retrieve_service_pb2 as retrieve_pb2
 from recsys.v1 import retrieve_service_pb2_grpc as retrieve_grpc
@@ -29,15 +30,6 @@ OPTIONS = [
     ("grpc.enable_retries", 0),
     *reconnect_options(max_backoff_ms=2000),
 ]
-
-
-def _translate(error: grpc.aio.AioRpcError, what: str) -> Exception:
-    message = f"{what}: {error.details()}"
-    if error.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded(message)
-    if error.code() is grpc.StatusCode.FAILED_PRECONDITION:
-        return FailedPrecondition(message, reason="REMOTE_PRECONDITION")
-    return Unavailable(message, reason="REMOTE_UNAVAILABLE")
 
 
 class GrpcCandidateSource:
@@ -55,12 +47,10 @@ class GrpcCandidateSource:
             k=query.k,
             excluded_item_ids=sorted(query.excluded_item_ids),
         )
-        try:
-            response = await self.stub.Retrieve(
-                request, timeout=outbound_timeout(self.timeout_seconds)
-            )
-        except grpc.aio.AioRpcError as error:
-            raise _translate(error, "retrieve service") from None
+        response = await call(
+            "retrieve service",
+            self.stub.Retrieve(request, timeout=outbound_timeout(self.timeout_seconds)),
+        )
         candidates = response.candidates
         return RetrievalResult(
             item_ids=np.array([c.item_id for c in candidates], np.int64),
@@ -92,16 +82,16 @@ class GrpcScorer:
         add = request.candidates.add
         for item, score in zip(item_ids.tolist(), candidate_scores.tolist(), strict=True):
             add(item_id=item, candidate_score=score)
+        timeout = outbound_timeout(self.timeout_seconds)
         try:
-            response = await self.stub.Rank(request, timeout=outbound_timeout(self.timeout_seconds))
-        except grpc.aio.AioRpcError as error:
-            # The rank service itself is down: order by the retrieval score (rule fallback).
-            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                order = ranked_order(item_ids, candidate_scores)
-                return ScoredCandidates(
-                    item_ids[order], candidate_scores[order], Backend.RULE_FALLBACK, ""
-                )
-            raise _translate(error, "rank service") from None
+            response = await call("rank service", self.stub.Rank(request, timeout=timeout))
+        except (Unavailable, DeadlineExceeded):
+            # The rank service itself is down or slow: order by the retrieval score (rule
+            # fallback). Its refusals of our request are raised: they are bugs to see.
+            order = ranked_order(item_ids, candidate_scores)
+            return ScoredCandidates(
+                item_ids[order], candidate_scores[order], Backend.RULE_FALLBACK, ""
+            )
         return ScoredCandidates(
             np.array([item.item_id for item in response.items], np.int64),
             np.array([item.score for item in response.items], np.float32),

@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from recsys.deadlines import request_deadline
 from recsys.errors import (
@@ -44,7 +45,6 @@ logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("recsys.access")
 
 REQUEST_ID_KEY = "x-request-id"
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 MAX_REQUEST_ID_LENGTH = 128
 # A deadline further away than this is treated as "no deadline" (gRPC reports infinity).
 _NO_DEADLINE_SECONDS = 1e8
@@ -260,10 +260,14 @@ class ErrorMappingInterceptor(_UnaryInterceptor):
         status.code = grpc_code.value[0]
         if state is not None:
             state.code = grpc_code
-        trailing = [(STATUS_DETAILS_KEY, status.SerializeToString())]
+        answer = rpc_status.to_status(status)
+        # The parts of `answer` go to `abort`: `abort_with_status` is not declared by
+        # grpc.aio.ServicerContext, and it too replaces the trailing metadata set earlier,
+        # so the request id has to be restated either way.
+        trailing = tuple(answer.trailing_metadata)
         if request_id:
-            trailing.append((REQUEST_ID_KEY, request_id))
-        await context.abort(grpc_code, status.message, trailing_metadata=tuple(trailing))
+            trailing += ((REQUEST_ID_KEY, request_id),)
+        await context.abort(answer.code, answer.details, trailing_metadata=trailing)
 
 
 class DeadlineInterceptor(_UnaryInterceptor):

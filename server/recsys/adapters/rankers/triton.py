@@ -21,8 +21,9 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
 from recsys.adapters.channels import reconnect_options
+from recsys.adapters.grpc_errors import translate, translate_status
 from recsys.domain.ranking import RANKING_FEATURES
-from recsys.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from recsys.errors import DeadlineExceeded, FailedPrecondition, RecsysError, Unavailable
 from recsys.ports.ranker import Ranker
 from recsys.ranking.model_repository import FeatureSchema, check_schema
 from recsys.settings import RecsysSettings
@@ -36,20 +37,19 @@ CHANNEL_ARGS = [
     *reconnect_options(max_backoff_ms=1000),
 ]
 
-# gRPC status names that mean the server is unhealthy or slow (breaker failures); anything
-# else (INVALID_ARGUMENT, NOT_FOUND...) is a refusal of the request.
-_UNHEALTHY = {"StatusCode.UNAVAILABLE", "StatusCode.INTERNAL", "StatusCode.UNKNOWN",
-              "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.CANCELLED"}  # fmt: skip
+_CODES_BY_NAME = {code.name: code for code in grpc.StatusCode}
 
 
-def _translate(error: InferenceServerException, url: str) -> Exception:
+def _translate(error: InferenceServerException, url: str) -> RecsysError:
+    """tritonclient keeps the status code only as its name (`str(grpc.StatusCode.X)`); the
+    shared rule of `grpc_errors` decides from there. An exception without a status was raised
+    by tritonclient before sending anything, over inputs we built: a refusal of our request."""
     status = str(error.status() or "")
-    message = f"inference server {url}: {error.message()}"
-    if "DEADLINE_EXCEEDED" in status or "Deadline" in (error.message() or ""):
-        return DeadlineExceeded(message)
-    if status in _UNHEALTHY or not status:
-        return Unavailable(message, reason="MODEL_SERVER_UNAVAILABLE")
-    return FailedPrecondition(message, reason="MODEL_REFUSED_INPUT")
+    if not status:
+        code = grpc.StatusCode.INVALID_ARGUMENT
+    else:
+        code = _CODES_BY_NAME.get(status.removeprefix("StatusCode."), grpc.StatusCode.UNKNOWN)
+    return translate_status(code, error.message() or "", f"inference server {url}")
 
 
 class TritonRanker(Ranker):
@@ -164,7 +164,9 @@ class TritonRanker(Ranker):
             )
         except InferenceServerException as error:
             raise _translate(error, self.url) from None
-        except (grpc.aio.AioRpcError, OSError) as error:
+        except grpc.RpcError as error:
+            raise translate(error, f"inference server {self.url}") from None
+        except OSError as error:
             raise Unavailable(f"inference server {self.url}: {error}") from None
         scores = result.as_numpy(self._output_name)
         if scores is None:

@@ -8,15 +8,8 @@ import grpc
 import numpy as np
 
 from recsys.adapters.channels import reconnect_options
-from recsys.errors import (
-    DeadlineExceeded,
-    FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
-    Unavailable,
-)
-from recsys.index.shard_index import SearchHits
-from recsys.ports.shards import ShardClient, ShardDescription, ShardSearchResult
+from recsys.adapters.grpc_errors import call
+from recsys.ports.shards import SearchHits, ShardClient, ShardDescription, ShardSearchResult
 from recsys.v1 import index_shard_service_pb2, index_shard_service_pb2_grpc, retrieve_service_pb2
 
 CHANNEL_OPTIONS = [
@@ -30,23 +23,12 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def _translate(error: grpc.aio.AioRpcError, endpoint: str) -> Exception:
-    code = error.code()
-    message = f"shard replica {endpoint}: {error.details()}"
-    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded(message)
-    if code is grpc.StatusCode.FAILED_PRECONDITION:
-        return FailedPrecondition(message, reason="SHARD_PRECONDITION")
-    if code is grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidArgument([FieldViolation("query", message)])
-    return Unavailable(message, reason="SHARD_UNAVAILABLE")
-
-
 class GrpcShardClient(ShardClient):
     def __init__(self, target: str) -> None:
         self.endpoint = target
         self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = index_shard_service_pb2_grpc.IndexShardServiceStub(self._channel)
+        self._what = f"shard replica {target}"
 
     async def search(
         self,
@@ -67,10 +49,7 @@ class GrpcShardClient(ShardClient):
                 nprobe=nprobe or 0, ef_search=ef_search or 0
             ),
         )
-        try:
-            response = await self._stub.Search(request, timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            raise _translate(error, self.endpoint) from None
+        response = await call(self._what, self._stub.Search(request, timeout=timeout))
         hits = [
             SearchHits(
                 np.array(result.item_ids, dtype=np.int64),
@@ -81,10 +60,9 @@ class GrpcShardClient(ShardClient):
         return ShardSearchResult(response.shard_id, response.index_version, hits)
 
     async def describe(self, *, timeout: float) -> ShardDescription:
-        try:
-            info = await self._stub.Info(index_shard_service_pb2.InfoRequest(), timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            raise _translate(error, self.endpoint) from None
+        info = await call(
+            self._what, self._stub.Info(index_shard_service_pb2.InfoRequest(), timeout=timeout)
+        )
         return ShardDescription(
             shard_id=info.shard_id,
             num_shards=info.num_shards,
