@@ -7,6 +7,10 @@ import abc
 import json
 from dataclasses import asdict, dataclass, field
 
+RESPONSES = "recommendations"
+PRECOMPUTED = "precomputed"
+KINDS = (RESPONSES, PRECOMPUTED)
+
 
 @dataclass(frozen=True, slots=True)
 class CachedItem:
@@ -37,13 +41,22 @@ class CachedRecommendations:
         return cls(**raw)
 
 
+def check_entry(kind: str, ttl_seconds: int | None = None) -> None:
+    """Every adapter refuses a `kind` outside KINDS and a TTL under one second (writes) with
+    ValueError: both are bugs of the caller, never a cache outage to serve around."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown cache kind {kind!r}; the kinds are {', '.join(KINDS)}")
+    if ttl_seconds is not None and ttl_seconds < 1:
+        raise ValueError(f"a cache TTL must be at least 1 second, got {ttl_seconds}")
+
+
 class RecommendationCache(abc.ABC):
     """Reads and writes raise RecsysError (Unavailable) when the store is down; the pipeline
-    then serves without the cache."""
+    then serves without the cache. An unknown `kind` is refused (`check_entry`)."""
 
     @abc.abstractmethod
     async def get(self, kind: str, user_id: str, surface: str) -> CachedRecommendations | None:
-        """`kind` is "recommendations" (response cache) or "precomputed"."""
+        """`kind` is "recommendations" (RESPONSES, the response cache) or "precomputed"."""
 
     @abc.abstractmethod
     async def put(

@@ -6,7 +6,7 @@ import collections
 import time
 from collections.abc import Callable
 
-from recsys.ports.cache import CachedRecommendations, RecommendationCache
+from recsys.ports.cache import CachedRecommendations, RecommendationCache, check_entry
 from recsys.settings import RecsysSettings
 
 
@@ -25,6 +25,7 @@ class InMemoryRecommendationCache(RecommendationCache):
         return cls(max_entries=settings.recommend.cache_max_entries)
 
     async def get(self, kind: str, user_id: str, surface: str) -> CachedRecommendations | None:
+        check_entry(kind)
         key = (kind, user_id, surface)
         entry = self._entries.get(key)
         if entry is None:
@@ -43,6 +44,7 @@ class InMemoryRecommendationCache(RecommendationCache):
         value: CachedRecommendations,
         ttl_seconds: int,
     ) -> None:
+        check_entry(kind, ttl_seconds)
         key = (kind, user_id, surface)
         self._entries[key] = (self._clock() + ttl_seconds, value.to_bytes())
         self._entries.move_to_end(key)

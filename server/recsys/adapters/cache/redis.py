@@ -5,10 +5,8 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from recsys.adapters.redis.connection import Keys, create_client, translate
-from recsys.ports.cache import CachedRecommendations, RecommendationCache
+from recsys.ports.cache import KINDS, CachedRecommendations, RecommendationCache, check_entry
 from recsys.settings import RecsysSettings
-
-KINDS = ("recommendations", "precomputed")
 
 
 class RedisRecommendationCache(RecommendationCache):
@@ -28,11 +26,10 @@ class RedisRecommendationCache(RecommendationCache):
         )
 
     def _key(self, kind: str, user_id: str, surface: str) -> str:
-        if kind not in KINDS:
-            raise ValueError(f"unknown cache kind {kind!r}")
         return f"{self.keys.namespace}:{kind}:{user_id}:{surface}"
 
     async def get(self, kind: str, user_id: str, surface: str) -> CachedRecommendations | None:
+        check_entry(kind)
         key = self._key(kind, user_id, surface)
         data = await translate(lambda: self.client.get(key), "a cache read")
         if not data:
@@ -47,6 +44,7 @@ class RedisRecommendationCache(RecommendationCache):
         value: CachedRecommendations,
         ttl_seconds: int,
     ) -> None:
+        check_entry(kind, ttl_seconds)
         key = self._key(kind, user_id, surface)
         await translate(
             lambda: self.client.set(key, value.to_bytes(), ex=ttl_seconds), "a cache write"
@@ -59,14 +57,21 @@ class RedisRecommendationCache(RecommendationCache):
         async def scan() -> set[str]:
             found = set()
             for kind in KINDS:
-                pattern = f"{self.keys.namespace}:{kind}:{user_id}:*"
+                pattern = f"{self.keys.namespace}:{kind}:{_glob_literal(user_id)}:*"
                 async for key in self.client.scan_iter(match=pattern, count=1000):
                     found.add(key.decode() if isinstance(key, bytes) else key)
             return found
 
         keys |= await translate(scan, "a cache scan")
+        if not keys:  # no surface configured and none found: DEL takes at least one key
+            return 0
         deleted: int = await translate(lambda: self.client.delete(*keys), "a cache delete")
         return deleted
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _glob_literal(text: str) -> str:
+    """`text` matched literally by a SCAN pattern: a user id "*" must not erase every user."""
+    return "".join(f"\\{character}" if character in "*?[]\\" else character for character in text)
