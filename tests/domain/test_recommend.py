@@ -384,10 +384,17 @@ async def test_retrieval_failure_falls_back_to_popularity_flagged(error: Excepti
     assert world.cache.stored == []
 
 
-async def test_a_request_bug_in_retrieval_is_an_error_not_a_degradation() -> None:
+@pytest.mark.parametrize(
+    "error",
+    [
+        InvalidArgument([FieldViolation("k", "too big")]),
+        FailedPrecondition("wrong dimension", reason="DIMENSION_MISMATCH"),
+    ],
+)
+async def test_a_request_bug_in_retrieval_is_an_error_not_a_degradation(error: Exception) -> None:
     world = World()
-    world.personalized.failure = Failing(InvalidArgument([FieldViolation("k", "too big")]))
-    with pytest.raises(InvalidArgument):
+    world.personalized.failure = Failing(error)
+    with pytest.raises(type(error)):
         await world.pipeline().recommend(query())
     assert world.observer.events[-1] == "failed"
 

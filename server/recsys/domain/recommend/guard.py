@@ -23,8 +23,11 @@ from recsys.errors import DeadlineExceeded, RecsysError, Unavailable
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Outages: the dependency is down or slow. The pipeline degrades on these only.
-OUTAGES: tuple[type[RecsysError], ...] = (Unavailable, DeadlineExceeded)
+
+def is_outage(error: RecsysError) -> bool:
+    """The dependency is down or slow: degrade. A refusal of our request (InvalidArgument,
+    FailedPrecondition...) is a bug to surface, not to serve around."""
+    return isinstance(error, Unavailable | DeadlineExceeded)
 
 
 @dataclass
@@ -70,10 +73,10 @@ class Guard:
         trace: Trace,
         budget_seconds: float | None = None,
         flag: Flag | None = None,
-        degrade_on: tuple[type[RecsysError], ...] = OUTAGES,
+        degrades: Callable[[RecsysError], bool] = is_outage,
     ) -> T:
-        """`call()` within its budget, or `fallback` (and `flag` raised) when it fails with one
-        of `degrade_on` or runs out of time."""
+        """`call()` within its budget, or `fallback` (and `flag` raised) when it runs out of
+        time or fails with an error `degrades` accepts; other errors propagate."""
         budget = self.budget(budget_seconds)
         error: RecsysError
         async with self.timed(stage):
@@ -85,7 +88,9 @@ class Guard:
             except TimeoutError:
                 assert budget is not None
                 error = DeadlineExceeded(f"{stage} took longer than {budget * 1000:.0f} ms")
-            except degrade_on as caught:
+            except RecsysError as caught:
+                if not degrades(caught):
+                    raise
                 error = caught
         kind = "timeout" if isinstance(error, DeadlineExceeded) else error.code.name.lower()
         logger.warning(

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from recsys.domain.ranking import Backend
-from recsys.domain.recommend.guard import Guard, Trace
+from recsys.domain.recommend.guard import Guard, Trace, is_outage
 from recsys.domain.recommend.observer import NullRecommendObserver, RecommendObserver
 from recsys.domain.recommend.selection import cold_start_ranking, merge_pools, select
 from recsys.domain.recommend.values import (
@@ -36,20 +36,22 @@ from recsys.domain.recommend.values import (
 )
 from recsys.domain.requests import RecommendQuery
 from recsys.errors import (
-    DeadlineExceeded,
     FailedPrecondition,
     RecsysError,
     ResourceExhausted,
     Unavailable,
 )
-from recsys.ports.cache import CachedItem, CachedRecommendations, RecommendationCache
+from recsys.ports.cache import (
+    PRECOMPUTED,
+    RESPONSES,
+    CachedItem,
+    CachedRecommendations,
+    RecommendationCache,
+)
 from recsys.ports.candidates import CandidateRequest, CandidateSource, Scorer
 from recsys.ports.features import FeatureStore, UserEmbedding, UserFeatures
 from recsys.ports.metadata import ItemMetadata, MetadataRepository, UserProfile
 from recsys.ports.rate_limit import RateDecision, RateLimiter
-
-RESPONSE_CACHE = "recommendations"
-PRECOMPUTED = "precomputed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +97,8 @@ class RecommendPipeline:
             self.features.get_default_user_embedding,
             fallback=self.default_embedding,
             trace=Trace(),
-            degrade_on=(RecsysError,),
+            # At startup too: without it users without features get popularity answers.
+            degrades=lambda error: True,
         )
 
     # ------------------------------------------------------------------ the pipeline
@@ -122,7 +125,7 @@ class RecommendPipeline:
         await self._rate_limit(query.user_id, trace)
         cacheable = query.context.category is None and not query.excluded_item_ids
         if cacheable:
-            cached = await self._cached(RESPONSE_CACHE, query, trace)
+            cached = await self._cached(RESPONSES, query, trace)
             if cached is not None:
                 self.observer.cache_hit("response_cache")
                 return _from_cache(cached, Degradation(served_from_cache=True))
@@ -216,7 +219,7 @@ class RecommendPipeline:
             "cache_store",
             functools.partial(
                 self.cache.put,
-                RESPONSE_CACHE,
+                RESPONSES,
                 query.user_id,
                 query.surface,
                 value,
@@ -279,7 +282,7 @@ class RecommendPipeline:
                 functools.partial(source.candidates, request),
                 fallback=CandidatePool(),
                 trace=trace,
-                degrade_on=(FailedPrecondition, Unavailable, DeadlineExceeded),
+                degrades=_retrieval_degrades,
             )
             if pool.failed_shard_ids:
                 trace.raise_flag(Flag.PARTIAL_RETRIEVAL)
@@ -440,6 +443,14 @@ def _from_cache(cached: CachedRecommendations, degradation: Degradation) -> Reco
         explanation=cached.explanation,
         ranking_backend=_backend(cached.ranking_backend),
         degradation=degradation,
+    )
+
+
+def _retrieval_degrades(error: RecsysError) -> bool:
+    """Seed Simulation 6: a user embedding of another version than the index is expected during
+    a model rollout, and answered with popularity; any other refusal is a bug."""
+    return is_outage(error) or (
+        isinstance(error, FailedPrecondition) and error.reason == "EMBEDDING_VERSION_MISMATCH"
     )
 
 
