@@ -130,7 +130,9 @@ async def measure_in_process(
         os.environ.update(saved)
     application = await services.build_application(settings, ["embedded"])
     await application.start()
-    pipeline = application.components["recommend_pipeline"]
+    assert application.components is not None
+    pipeline = application.components.recommend_pipeline
+    assert pipeline is not None
     try:
         full, hits = [], []
         for samples in (full, hits):

@@ -77,8 +77,8 @@ async def test_train_build_serve_recommend(tmp_path: Path) -> None:
         from recsys.data.synthetic import synthetic_catalogue
 
         catalogue = synthetic_catalogue(500, 120, interactions_per_user=20, seed=9)
-        await load_catalogue(catalogue, metadata=application.components["metadata"], features=None)
-        store = application.components["feature_store"]
+        await load_catalogue(catalogue, metadata=application.components.metadata, features=None)
+        store = application.components.feature_store
         user = await store.get_user_features("user7")
         items = await store.get_item_features([0, 1])
         options = ClientOptions(target=f"127.0.0.1:{port}", timeout_seconds=10.0)

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from recsys.adapters.snapshots.local import LocalSnapshotStore
 from recsys.cli import app
+from recsys.composition import Components
 from recsys.data.synthetic import clustered_embeddings
 from recsys.errors import NotFound
-from recsys.index import factory
 from recsys.index.builder import build_shard_snapshots
 from recsys.index.embeddings_file import ItemEmbeddings
 from recsys.index.snapshots import SnapshotManager
@@ -82,6 +82,7 @@ def test_publish_activates_and_rollback_returns(world) -> None:  # type: ignore[
 
 async def test_shards_and_ranker_serve_exactly_the_release(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from recsys.adapters.rankers.onnx import OnnxRanker
+    from recsys.adapters.rankers.triton import TritonRanker
 
     snapshots, models, directory = world
     store = ReleaseStore(directory)
@@ -93,32 +94,34 @@ async def test_shards_and_ranker_serve_exactly_the_release(world, tmp_path: Path
         rank={"model_repository": str(models.root)},
         release={"directory": str(directory)},
     )  # fmt: skip
-    host = factory.shard_host(settings, 0, snapshots=snapshots, executor=None)
-    await host.start()
-    assert (host.current.index_version, host.current.embedding_version) == ("idx-1", "e1")
-    ranker = OnnxRanker.from_settings(settings)
-    assert ranker.model_version == "ranker:1"  # not the newer version 2: the release decides
-    assert not await ranker.reload()
-    from recsys.adapters.rankers.triton import TritonRanker
-
-    triton = TritonRanker.from_settings(settings)
-    try:
+    # The process resolves the release once; what it builds follows it.
+    components = Components(settings)
+    async with components.resources:
+        host = components.shard_host(0)
+        await host.start()
+        assert (host.current.index_version, host.current.embedding_version) == ("idx-1", "e1")
+        ranker = components.ranker("onnx")
+        assert isinstance(ranker, OnnxRanker)
+        assert ranker.model_version == "ranker:1"  # not the newer version 2: the release decides
+        assert not await ranker.reload()
+        triton = components.ranker("triton")
+        assert isinstance(triton, TritonRanker)
         # The inference server is asked for the release's version, not its latest.
         assert triton.requested_version == "1"
-    finally:
-        await triton.close()
     # Someone points CURRENT at the e2 index behind the release's back: the shard refuses it.
     snapshots.store.set_current(0, "idx-2")
-    fresh = factory.shard_host(settings, 0, snapshots=snapshots, executor=None)
-    await fresh.start()
-    assert fresh.current.index_version == "idx-1"  # fell back to the last version that fits
+    fresh_components = Components(settings)
+    async with fresh_components.resources:
+        fresh = fresh_components.shard_host(0)
+        await fresh.start()
+        assert fresh.current.index_version == "idx-1"  # fell back to the last version that fits
     assert "idx-2" in snapshots.store.list_versions(0)  # intact: refused, not quarantined
 
 
 def test_services_need_a_current_release_when_configured(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, release={"directory": str(tmp_path / "empty")})
     with pytest.raises(NotFound):
-        factory.shard_host(settings, 0, snapshots=None, executor=None)
+        Components(settings)
 
 
 def test_release_cli(world) -> None:  # type: ignore[no-untyped-def]

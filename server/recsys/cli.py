@@ -17,6 +17,7 @@ from recsys.cli_index import index_app
 from recsys.cli_model import model_app
 from recsys.cli_release import release_app
 from recsys.cli_train import demo, evaluate, train
+from recsys.deploy.supervisor import DEFAULT_BASE_PORT
 from recsys.errors import ConfigurationError
 from recsys.observability.logging import configure_logging
 
@@ -116,8 +117,12 @@ def serve(
 def up(
     config: ConfigOption = None,
     base_port: Annotated[
-        int, typer.Option(help="Shard s listens on base+s, retrieve on base+100, rank on +101.")
-    ] = 50100,
+        int,
+        typer.Option(
+            help="Shard s listens on base+s, retrieve on base+100, rank on +101, metrics on "
+            "+200 and up."
+        ),
+    ] = DEFAULT_BASE_PORT,
     log_dir: Annotated[Path, typer.Option(help="One log file per process.")] = Path("var/logs"),
 ) -> None:
     """Run the distributed layout locally: a process per shard and per service, restarted

@@ -1,58 +1,24 @@
 """Which services a process can host, by short name (`recsys serve NAME`).
 
-Builders are dotted paths imported on first use, like adapters in `recsys.registry`. Each gets a
-`ServiceContext`: the settings, an exit stack for resources, the process's metrics registry, and
-hooks to run once the server listens (index loading) or tasks to keep running (watchers).
+Builders are dotted paths imported on first use, like adapters in `recsys.registry`. Each gets
+the process's `Components` (`recsys.composition`): the settings (release applied), the exit
+stack for resources, the metrics registry, the shared adapters, the objects other hosted
+services built, and hooks to run once the server listens (index loading) or tasks to keep
+running (watchers).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import importlib
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Sequence
+from typing import cast
 
-from prometheus_client import CollectorRegistry
-
+from recsys.composition import Components
 from recsys.errors import ConfigurationError
 from recsys.grpc_server.app import GrpcApplication, ServiceBinding
 from recsys.settings import RecsysSettings
 
-
-@dataclass
-class ServiceContext:
-    settings: RecsysSettings
-    resources: contextlib.AsyncExitStack
-    registry: CollectorRegistry
-    startup_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    # Objects shared between services of one process (e.g. the feature store in embedded mode).
-    shared: dict[str, Any] = field(default_factory=dict)
-
-    def shared_object(self, name: str, factory: Callable[[], Any]) -> Any:
-        """One object per process under `name` (feature store, breaker metrics...)."""
-        if name not in self.shared:
-            self.shared[name] = factory()
-        return self.shared[name]
-
-    def run_in_background(self, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Starts the coroutine once the server is ready; cancels it at shutdown."""
-
-        async def start() -> None:
-            task = asyncio.create_task(factory())
-
-            async def stop() -> None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-
-            self.resources.push_async_callback(stop)
-
-        self.startup_hooks.append(start)
-
-
-ServiceBuilder = Callable[[ServiceContext], Awaitable[list[ServiceBinding]]]
+ServiceBuilder = Callable[[Components], Awaitable[list[ServiceBinding]]]
 
 SERVICES: dict[str, str] = {
     "recommend": "recsys.servicers.recommend:build",
@@ -93,21 +59,19 @@ def _builder(name: str) -> ServiceBuilder:
 
 async def build_application(settings: RecsysSettings, names: Sequence[str]) -> GrpcApplication:
     """Builds (without starting) a server process hosting the named services."""
-    context = ServiceContext(
-        settings=settings, resources=contextlib.AsyncExitStack(), registry=CollectorRegistry()
-    )
+    components = Components(settings)
     bindings: list[ServiceBinding] = []
     try:
         for name in expand(names):
-            bindings.extend(await _builder(name)(context))
+            bindings.extend(await _builder(name)(components))
     except BaseException:
-        await context.resources.aclose()
+        await components.resources.aclose()
         raise
     return GrpcApplication(
-        settings,
+        components.settings,
         bindings,
-        resources=context.resources,
-        registry=context.registry,
-        startup_hooks=context.startup_hooks,
-        components=context.shared,
+        resources=components.resources,
+        registry=components.registry,
+        startup_hooks=components.startup_hooks,
+        components=components,
     )

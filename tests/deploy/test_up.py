@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys.adapters.snapshots.local import LocalSnapshotStore
 from recsys.data.synthetic import clustered_embeddings
+from recsys.deploy.ports import free_port_range
+from recsys.deploy.supervisor import layout_offsets
 from recsys.index.builder import build_shard_snapshots
 from recsys.index.embeddings_file import ItemEmbeddings
 from recsys.index.snapshots import SnapshotManager
@@ -29,22 +30,10 @@ ROOT = Path(__file__).resolve().parents[2]
 RECSYS = str(Path(sys.executable).with_name("recsys"))
 
 
-def free(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) != 0
-
-
-def free_base() -> int:
-    for base in range(31_000, 39_000, 211):
-        if all(free(base + offset) for offset in (0, 1, 100, 101)):
-            return base
-    raise RuntimeError("no free port range")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def free_ports(num_shards: int) -> tuple[int, int]:
+    """A base port for the layout (every server and metrics port free) and a public port."""
+    base, (public,) = free_port_range(layout_offsets(num_shards), extra=1)
+    return base, public
 
 
 def serving(address: str, service: str = "readiness") -> bool:
@@ -81,7 +70,7 @@ def test_up_serves_and_restarts_a_killed_shard(tmp_path: Path) -> None:
         num_shards=2, index_version="v1",
         snapshots=SnapshotManager(LocalSnapshotStore(tmp_path / "snapshots")),
     )  # fmt: skip
-    base, public = free_base(), free_port()
+    base, public = free_ports(2)
     environment = {
         **os.environ,
         "RECSYS_SERVER__PORT": str(public),
@@ -154,3 +143,23 @@ def test_shard_processes_share_the_cores(monkeypatch: pytest.MonkeyPatch, tmp_pa
     explicit = make_settings(tmp_path, index={"num_shards": 4})
     (first, *_) = plan(explicit, base_port=40_000, config_file=None, log_dir=tmp_path)
     assert first.environment["RECSYS_INDEX__FAISS_THREADS"] == "3"
+
+
+def test_every_port_of_the_layout_is_fixed_and_distinct(tmp_path: Path) -> None:
+    from recsys.deploy.supervisor import DEFAULT_BASE_PORT, plan
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, index={"num_shards": 10}, server={"port": 50051})
+    children = plan(settings, base_port=DEFAULT_BASE_PORT, config_file=None, log_dir=tmp_path)
+    ports = []
+    for child in children:
+        arguments = child.arguments
+        ports += [
+            int(arguments[arguments.index(flag) + 1]) for flag in ("--port", "--metrics-port")
+        ]
+    assert 0 not in ports
+    assert len(set(ports)) == len(ports) == 2 * 13
+    # Below the ephemeral range, where outgoing connections could take a child's port.
+    layout = [port for port in ports if port != 50051]
+    assert max(layout) < 32_768
+    assert sorted(layout) == sorted(DEFAULT_BASE_PORT + o for o in layout_offsets(10))

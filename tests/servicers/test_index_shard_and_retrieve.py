@@ -142,7 +142,7 @@ async def test_embedded_retrieve_by_user_and_by_vector(
     app = await services.build_application(settings_for(snapshots, tmp_path), ["retrieve"])
     await app.start()
     try:
-        store = app.components["feature_store"]
+        store = app.components.feature_store
         vector = np.ones(DIMENSION, np.float32)
         now = dt.datetime.now(dt.UTC)
         await store.put_user_embedding("alice", UserEmbedding(vector, "e1", now))

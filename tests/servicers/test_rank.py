@@ -37,7 +37,7 @@ async def app(tmp_path: Path) -> AsyncIterator[GrpcApplication]:
 
 
 async def test_rank_scores_sorts_and_names_the_backend(app: GrpcApplication) -> None:
-    store = app.components["feature_store"]
+    store = app.components.feature_store
     now = dt.datetime.now(dt.UTC)
     await store.put_user_embedding("u1", UserEmbedding(np.array([1, 0, 0], np.float32), "e", now))
     await store.put_item_features(

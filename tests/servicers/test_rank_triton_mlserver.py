@@ -82,7 +82,7 @@ async def test_breaker_drill_kill_and_restart_the_model_server(
     settings = settings_for(mlserver, tmp_path)
     app: GrpcApplication = await services.build_application(settings, ["rank"])
     await app.start()
-    chain = app.components["ranking_chain"]
+    chain = app.components.ranking_chain
     try:
         async with AsyncRecsysClient(
             ClientOptions(target=app.address, timeout_seconds=10)
@@ -119,7 +119,7 @@ async def test_slow_model_timeouts_count_as_failures(tmp_path: Path) -> None:
             settings_for(server, tmp_path, timeout_ms=100, cpu_fallback=False), ["rank"]
         )
         await app.start()
-        chain = app.components["ranking_chain"]
+        chain = app.components.ranking_chain
         try:
             async with AsyncRecsysClient(
                 ClientOptions(target=app.address, timeout_seconds=10)

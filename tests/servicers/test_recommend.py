@@ -83,7 +83,7 @@ async def test_stale_embedding_version_falls_back_to_popularity(world: GrpcAppli
 
 
 async def test_precomputed_results_are_served_and_refiltered(world: GrpcApplication) -> None:
-    cache = world.components["recommendation_cache"]
+    cache = world.components.recommendation_cache
     precomputed = CachedRecommendations(
         items=tuple(CachedItem(item, 1.0 - item / 100) for item in (3, 5, 7, 13, 23, 10)),
         model_version="ranker:1",
@@ -125,9 +125,9 @@ async def test_erasure_removes_everything_and_is_idempotent(world: GrpcApplicati
         False,
     )
     assert first.deletion_event_id == second.deletion_event_id
-    features = world.components["feature_store"]
-    metadata = world.components["metadata"]
-    cache = world.components["recommendation_cache"]
+    features = world.components.feature_store
+    metadata = world.components.metadata
+    cache = world.components.recommendation_cache
     assert await features.get_user_embedding("alice") is None
     assert await cache.get("recommendations", "alice", "homepage") is None
     assert await metadata.count_rows_for_user("alice") == {
@@ -135,7 +135,7 @@ async def test_erasure_removes_everything_and_is_idempotent(world: GrpcApplicati
         "profile_data": 0,
         "audit_with_plain_id": 0,
     }
-    events = world.components["event_sink"]
+    events = world.components.event_sink
     assert ("alice", first.deletion_event_id) in events.deletions
 
 
@@ -201,7 +201,7 @@ async def test_ingested_interactions_are_excluded_at_once(world: GrpcApplication
 
 
 async def test_preferences_lift_their_category_in_ranking(world: GrpcApplication) -> None:
-    features = world.components["feature_store"]
+    features = world.components.feature_store
     async with client_for(world) as client:
         candidates = [(1, 0.5), (2, 0.5)]  # Comedy and Drama, equal retrieval scores
         await features.put_user_preferences("kid", {"Comedy": 1.0})
@@ -212,3 +212,26 @@ async def test_preferences_lift_their_category_in_ranking(world: GrpcApplication
     lifted = {item.item_id: item.score for item in drama_first.items}
     assert scores[1] > lifted[1]
     assert lifted[2] > scores[2]
+
+
+async def test_erasure_reaches_the_interactions_ingest_buffered(world: GrpcApplication) -> None:
+    # One event sink per process: Ingest publishes to the sink Recommend's erasure clears.
+    from google.protobuf import timestamp_pb2
+
+    from recsys.v1 import interaction_event_pb2
+
+    def click(user: str, item: int) -> interaction_event_pb2.InteractionEvent:
+        return interaction_event_pb2.InteractionEvent(
+            event_id=f"{user}-{item}",
+            user_id=user,
+            item_id=item,
+            type=interaction_event_pb2.INTERACTION_TYPE_CLICK,
+            event_time=timestamp_pb2.Timestamp(seconds=1_800_000_000 + item),
+        )
+
+    async with client_for(world) as client:
+        await client.record_interactions([click("alice", 1), click("bob", 2), click("alice", 3)])
+        await client.delete_user_data("alice")
+    assert world.components is not None
+    buffered = await world.components.event_sink.drain()
+    assert [(event.user_id, event.item_id) for event in buffered] == [("bob", 2)]

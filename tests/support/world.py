@@ -77,8 +77,8 @@ async def build_world(tmp_path: Path, **overrides: Any) -> GrpcApplication:
         upgrade(settings.database)
     app = await services.build_application(settings, ["embedded"])
     await app.start()
-    features = app.components["feature_store"]
-    metadata = app.components["metadata"]
+    features = app.components.feature_store
+    metadata = app.components.metadata
     now = dt.datetime.now(dt.UTC)
     await features.put_item_features(
         {
@@ -87,7 +87,7 @@ async def build_world(tmp_path: Path, **overrides: Any) -> GrpcApplication:
         }
     )
     await features.put_default_user_embedding(UserEmbedding(vectors.mean(axis=0), "e1", now))
-    await app.components["recommend_pipeline"].refresh_default_embedding()
+    await app.components.recommend_pipeline.refresh_default_embedding()
     await metadata.upsert_items(items)
     await metadata.upsert_users(
         [

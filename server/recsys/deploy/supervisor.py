@@ -5,6 +5,11 @@ each on a fixed port, restarted when it dies.
     retrieve       base_port + 100   (fans out to the shards)
     rank           base_port + 101
     recommend      server.port       (hosts recommend and ingest; calls retrieve and rank)
+    metrics        base_port + 200 + the child's position in that list
+
+Every port is fixed (no port 0): a port the kernel hands out could be one another child is
+about to bind, or binds again when it restarts. The default base keeps them all below the
+kernel's ephemeral range (32768 on Linux), where outgoing connections take their ports.
 
 Every child gets the supervisor's environment and config file plus the settings that wire it
 to the others. A child that exits is restarted after a back-off (1 s, doubling to 30 s); SIGTERM
@@ -29,7 +34,21 @@ logger = logging.getLogger(__name__)
 
 RETRIEVE_OFFSET = 100
 RANK_OFFSET = 101
+METRICS_OFFSET = 200
+DEFAULT_BASE_PORT = 30_100
 MAX_BACKOFF_SECONDS = 30.0
+
+
+def layout_offsets(num_shards: int) -> list[int]:
+    """Every port of a layout as an offset from its base port (recommend's is server.port,
+    its metrics port is not)."""
+    children = num_shards + 3  # the shards, retrieve, rank, recommend
+    return [
+        *range(num_shards),
+        RETRIEVE_OFFSET,
+        RANK_OFFSET,
+        *range(METRICS_OFFSET, METRICS_OFFSET + children),
+    ]
 
 
 @dataclass
@@ -109,10 +128,10 @@ def plan(
             },
         )
     )
-    for child in children:
+    for position, child in enumerate(children):
         child.log = log_dir / f"{child.name}.log"
-        # Metrics ports are ephemeral in a local deployment; each child logs its own.
-        child.arguments += ["--port", str(child.port), "--metrics-port", "0"]
+        metrics_port = base_port + METRICS_OFFSET + position
+        child.arguments += ["--port", str(child.port), "--metrics-port", str(metrics_port)]
     return children
 
 

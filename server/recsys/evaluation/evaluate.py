@@ -344,12 +344,13 @@ async def _served_by_processes(
     import subprocess
     import sys
 
-    from recsys.deploy.supervisor import RANK_OFFSET, RETRIEVE_OFFSET
+    from recsys.deploy.ports import free_port_range
+    from recsys.deploy.supervisor import RANK_OFFSET, RETRIEVE_OFFSET, layout_offsets
     from recsys_client import AsyncRecsysClient, ClientOptions, RecsysClientError
 
     num_shards = int(deployment.settings["index"]["num_shards"])
-    offsets = [*range(num_shards), RETRIEVE_OFFSET, RANK_OFFSET]
-    base, port = _free_ports(offsets)
+    servers = [*range(num_shards), RETRIEVE_OFFSET, RANK_OFFSET]
+    base, (port,) = free_port_range(layout_offsets(num_shards), extra=1)
     environment = {
         **os.environ,
         **environment_of(overrides),
@@ -372,7 +373,7 @@ async def _served_by_processes(
         _start_process, command, environment, deployment.folder / "up.log"
     )
     try:
-        addresses = [f"127.0.0.1:{base + offset}" for offset in offsets] + [f"127.0.0.1:{port}"]
+        addresses = [f"127.0.0.1:{base + offset}" for offset in servers] + [f"127.0.0.1:{port}"]
         if progress:
             progress(f"recsys up: waiting for {len(addresses)} processes")
         deadline = time.monotonic() + 180
@@ -411,34 +412,6 @@ def _start_process(command: list[str], environment: dict[str, str], log: Path) -
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a process group to kill as one if it will not stop
         )
-
-
-def _free_ports(offsets: list[int]) -> tuple[int, int]:
-    """A base port with base + every offset free, and one more free port."""
-    import socket
-
-    def free(port: int) -> bool:
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-            return True
-
-    import random
-
-    # A random start, so two evaluations at once do not race for the same range.
-    bases = list(range(41_000, 49_000, 211))
-    start = random.randrange(len(bases))
-    for base in bases[start:] + bases[:start]:
-        taken = {base + offset for offset in offsets}
-        if all(free(port) for port in taken):
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = int(probe.getsockname()[1])
-            if port not in taken:
-                return base, port
-    raise RuntimeError("no free loopback port range for `recsys up`")
 
 
 async def evaluate_protocol(

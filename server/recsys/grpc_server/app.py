@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,6 +24,9 @@ from recsys.observability.metrics import (
     start_metrics_endpoint,
 )
 from recsys.settings import RecsysSettings, TlsSettings
+
+if TYPE_CHECKING:
+    from recsys.composition import Components
 
 logger = logging.getLogger(__name__)
 
@@ -91,14 +95,15 @@ class GrpcApplication:
         resources: contextlib.AsyncExitStack | None = None,
         registry: CollectorRegistry | None = None,
         startup_hooks: Sequence[Callable[[], Awaitable[None]]] = (),
-        components: dict[str, object] | None = None,
+        components: Components | None = None,
     ) -> None:
         self.settings = settings
         self.bindings = tuple(bindings)
         self.registry = registry or CollectorRegistry()
         self._startup_hooks = tuple(startup_hooks)
-        # The objects the services were built from (feature store, retriever...), by name.
-        self.components: dict[str, object] = components or {}
+        # What the services were built from (feature store, retriever...); None for an
+        # application assembled from bindings alone.
+        self.components = components
         self.metrics = GrpcServerMetrics(self.registry)
         self.health = health.aio.HealthServicer()
         self.port: int | None = None

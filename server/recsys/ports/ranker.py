@@ -16,6 +16,8 @@ class Ranker(abc.ABC):
 
     #: True for the rule formula, so responses say RULE_FALLBACK rather than MODEL.
     rule_based: bool = False
+    #: False for a model behind a server: only then does an in-process CPU fallback help.
+    in_process: bool = True
 
     @property
     @abc.abstractmethod
@@ -25,6 +27,16 @@ class Ranker(abc.ABC):
     async def score(
         self, features: npt.NDArray[np.float32], *, timeout: float
     ) -> npt.NDArray[np.float32]: ...
+
+    async def start(self) -> None:
+        """Once the server listens: connect and check the model (FailedPrecondition when it is
+        refused, Unavailable when it cannot be reached)."""
+        return None
+
+    async def watch(self, poll_seconds: float) -> None:
+        """Runs until cancelled, swapping in newer model versions; returns at once when the
+        backend has nothing to watch."""
+        return None
 
     async def close(self) -> None:
         return None

@@ -10,13 +10,12 @@ import numpy as np
 from recsys.adapters.shards.local import describe_host
 from recsys.domain.validation import Violations
 from recsys.grpc_server.app import ServiceBinding
-from recsys.index import factory
 from recsys.index.host import MAX_QUERIES, ShardHost
 from recsys.v1 import index_shard_service_pb2 as shard_pb2
 from recsys.v1 import index_shard_service_pb2_grpc as shard_grpc
 
 if TYPE_CHECKING:
-    from recsys.services import ServiceContext
+    from recsys.composition import Components
 
 SERVICE_NAME = shard_pb2.DESCRIPTOR.services_by_name["IndexShardService"].full_name
 MAX_BATCH_ITEMS = 100_000
@@ -119,21 +118,14 @@ class IndexShardServicer(shard_grpc.IndexShardServiceServicer):
         )
 
 
-async def build(context: ServiceContext) -> list[ServiceBinding]:
-    settings = context.settings
-    factory.configure_faiss(settings)
-    host = factory.shard_host(
-        settings,
-        settings.index.shard_id,
-        snapshots=factory.snapshot_manager(settings),
-        executor=factory.search_executor(settings, context.resources),
-    )
-    context.startup_hooks.append(host.start)
-    if settings.index.snapshot_poll_seconds > 0:
-        poll = settings.index.snapshot_poll_seconds
-        context.run_in_background(lambda: host.watch_current(poll))
+async def build(components: Components) -> list[ServiceBinding]:
+    index = components.settings.index
+    host = components.shard_host(index.shard_id)
+    components.startup_hooks.append(host.start)
+    if index.snapshot_poll_seconds > 0:
+        poll = index.snapshot_poll_seconds
+        components.run_in_background(lambda: host.watch_current(poll))
     servicer = IndexShardServicer(host)
-    context.shared["shard_host"] = host
     return [
         ServiceBinding(
             SERVICE_NAME,

@@ -15,13 +15,11 @@ from recsys.errors import RecsysError
 from recsys.grpc_server.app import ServiceBinding
 from recsys.ports.events import EventSink
 from recsys.ports.features import FeatureStore
-from recsys.registry import create_adapter
 from recsys.servicers.convert import interaction_from_proto
-from recsys.servicers.shared import feature_store
 from recsys.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 
 if TYPE_CHECKING:
-    from recsys.services import ServiceContext
+    from recsys.composition import Components
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +69,12 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             logger.warning("recent interactions not updated", extra={"error": str(error)})
 
 
-async def build(context: ServiceContext) -> list[ServiceBinding]:
-    settings = context.settings
-    sink: EventSink = create_adapter("event_sink", settings.ingest.event_sink, settings)
-    context.resources.push_async_callback(sink.close)
+async def build(components: Components) -> list[ServiceBinding]:
+    # The process's one event sink: Recommend's erasure reaches what this service buffered.
     servicer = IngestServicer(
-        sink, max_batch_size=settings.ingest.max_batch_size, features=feature_store(context)
+        components.event_sink,
+        max_batch_size=components.settings.ingest.max_batch_size,
+        features=components.feature_store,
     )
     return [
         ServiceBinding(

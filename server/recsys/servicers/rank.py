@@ -4,31 +4,27 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
 
-from recsys.adapters.rankers.onnx import OnnxRanker
 from recsys.domain.circuit_breaker import CircuitBreaker
 from recsys.domain.ranking import Backend, RankingChain
 from recsys.domain.scoring import CandidateScorer
 from recsys.domain.validation import Violations
 from recsys.errors import ConfigurationError, FailedPrecondition, RecsysError
 from recsys.grpc_server.app import ServiceBinding
-from recsys.observability.metrics import BreakerMetrics, RankingMetrics
+from recsys.observability.metrics import RankingMetrics
 from recsys.ports.ranker import Ranker
-from recsys.registry import create_adapter
 from recsys.servicers.convert import request_context_from_proto
-from recsys.servicers.shared import feature_store
 from recsys.settings import RankSettings
 from recsys.v1 import common_pb2
 from recsys.v1 import rank_service_pb2 as rank_pb2
 from recsys.v1 import rank_service_pb2_grpc as rank_grpc
 
 if TYPE_CHECKING:
-    from recsys.services import ServiceContext
+    from recsys.composition import Components
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +73,8 @@ class RankServicer(rank_grpc.RankServiceServicer):
         return response
 
 
-def _breaker(context: ServiceContext, settings: RankSettings) -> CircuitBreaker:
-    metrics = context.shared_object("breaker_metrics", lambda: BreakerMetrics(context.registry))
+def _breaker(components: Components, settings: RankSettings) -> CircuitBreaker:
+    metrics = components.breaker_metrics
     return CircuitBreaker(
         "ranking-model",
         failure_threshold=settings.breaker_failure_threshold,
@@ -89,39 +85,39 @@ def _breaker(context: ServiceContext, settings: RankSettings) -> CircuitBreaker:
     )
 
 
-async def build(context: ServiceContext) -> list[ServiceBinding]:
-    settings = context.settings
-    rank = settings.rank
+async def build(components: Components) -> list[ServiceBinding]:
+    rank = components.settings.rank
     try:
-        primary: Ranker = create_adapter("ranker", rank.backend, settings)
+        primary = components.ranker(rank.backend)
+        # A model behind a server gets the in-process model as its CPU fallback.
+        cpu_model = (
+            components.ranker("onnx") if rank.cpu_fallback and not primary.in_process else None
+        )
     except RecsysError as error:
         raise ConfigurationError(f"cannot load the ranking model: {error.message}") from error
-    context.resources.push_async_callback(primary.close)
-    cpu_model: Ranker | None = None
-    if rank.backend == "triton":
-        connect = primary.connect  # type: ignore[attr-defined]
-        context.startup_hooks.append(functools.partial(_connect_or_warn, connect))
-        if rank.cpu_fallback:
-            cpu_model = OnnxRanker.from_settings(settings)
-    for model in (primary, cpu_model):
-        if isinstance(model, OnnxRanker) and rank.reload_poll_seconds > 0:
-            context.run_in_background(functools.partial(model.watch, rank.reload_poll_seconds))
-    metrics = RankingMetrics(context.registry)
+    components.startup_hooks.append(functools.partial(_start_or_warn, primary))
+    if rank.reload_poll_seconds > 0:
+        for model in (primary, cpu_model):
+            if model is not None:
+                components.run_in_background(
+                    functools.partial(model.watch, rank.reload_poll_seconds)
+                )
+    metrics = RankingMetrics(components.registry)
     chain = RankingChain(
         primary,
-        breaker=_breaker(context, rank),
+        breaker=_breaker(components, rank),
         cpu_model=cpu_model,
         timeout_seconds=rank.timeout_ms / 1000,
         metrics=metrics,
     )
-    context.shared["ranking_chain"] = chain
+    components.ranking_chain = chain
     scorer = CandidateScorer(
         chain,
-        feature_store(context),
+        components.feature_store,
         feature_timeout_seconds=rank.feature_timeout_ms / 1000,
         metrics=metrics,
     )
-    context.shared["candidate_scorer"] = scorer
+    components.candidate_scorer = scorer
     servicer = RankServicer(scorer, rank)
     return [
         ServiceBinding(
@@ -131,11 +127,11 @@ async def build(context: ServiceContext) -> list[ServiceBinding]:
     ]
 
 
-async def _connect_or_warn(connect: Callable[[], Awaitable[None]]) -> None:
+async def _start_or_warn(model: Ranker) -> None:
     """A model server that is down at startup is not fatal (the breaker routes around it); a
     model whose schema does not match is."""
     try:
-        await connect()
+        await model.start()
     except FailedPrecondition as error:
         raise ConfigurationError(f"ranking model refused: {error.message}") from error
     except RecsysError as error:

@@ -26,18 +26,13 @@ from recsys.errors import ConfigurationError
 from recsys.grpc_server.app import ServiceBinding
 from recsys.observability.logging import current_request_id
 from recsys.observability.metrics import RecommendMetrics
-from recsys.ports.cache import RecommendationCache
 from recsys.ports.candidates import Scorer, VectorSearch
-from recsys.ports.events import EventSink
-from recsys.ports.metadata import MetadataRepository
-from recsys.ports.rate_limit import RateLimiter
 from recsys.servicers.convert import recommend_query_from_proto
-from recsys.servicers.shared import feature_store, shared_adapter
 from recsys.settings import RecommendSettings, RecsysSettings
 from recsys.v1 import common_pb2, recommend_service_pb2, recommend_service_pb2_grpc
 
 if TYPE_CHECKING:
-    from recsys.services import ServiceContext
+    from recsys.composition import Components
 
 logger = logging.getLogger(__name__)
 
@@ -150,27 +145,26 @@ def recommend_config(settings: RecsysSettings) -> RecommendConfig:
     )
 
 
-async def build(context: ServiceContext) -> list[ServiceBinding]:
-    settings = context.settings
+async def build(components: Components) -> list[ServiceBinding]:
+    settings = components.settings
     recommend = settings.recommend
-    features = feature_store(context)
-    metadata: MetadataRepository = shared_adapter(context, "metadata", recommend.metadata)
-    cache: RecommendationCache = shared_adapter(context, "recommendation_cache", recommend.cache)
-    limiter: RateLimiter = shared_adapter(context, "rate_limiter", settings.rate_limit.limiter)
-    events: EventSink = shared_adapter(context, "event_sink", settings.ingest.event_sink)
-    search: VectorSearch | None = context.shared.get("retriever")
+    features = components.feature_store
+    metadata = components.metadata
+    cache = components.recommendation_cache
+    limiter = components.rate_limiter
+    search: VectorSearch | None = components.retriever
     if recommend.retrieve_target:
         remote_search = GrpcCandidateSource(
             recommend.retrieve_target, timeout_seconds=recommend.retrieve_timeout_ms / 1000
         )
-        context.resources.push_async_callback(remote_search.close)
+        components.resources.push_async_callback(remote_search.close)
         search = remote_search
-    scorer: Scorer | None = context.shared.get("candidate_scorer")
+    scorer: Scorer | None = components.candidate_scorer
     if recommend.rank_target:
         remote_scorer = GrpcScorer(
             recommend.rank_target, timeout_seconds=recommend.rank_timeout_ms / 1000
         )
-        context.resources.push_async_callback(remote_scorer.close)
+        components.resources.push_async_callback(remote_scorer.close)
         scorer = remote_scorer
     if search is None or scorer is None:
         raise ConfigurationError(
@@ -199,14 +193,16 @@ async def build(context: ServiceContext) -> list[ServiceBinding]:
         sources=sources,
         scorer=scorer,
         limiter=limiter,
-        observer=RecommendMetrics(context.registry),
+        observer=RecommendMetrics(components.registry),
     )
-    context.startup_hooks.append(lambda: _prepare(context, pipeline))
-    context.shared["recommend_pipeline"] = pipeline
-    context.shared["recommendation_cache"] = cache
-    context.shared["event_sink"] = events
+    components.startup_hooks.append(lambda: _prepare(components, pipeline))
+    components.recommend_pipeline = pipeline
     eraser = UserDataEraser(
-        features=features, cache=cache, metadata=metadata, events=events, limiter=limiter
+        features=features,
+        cache=cache,
+        metadata=metadata,
+        events=components.event_sink,
+        limiter=limiter,
     )
     servicer = RecommendServicer(recommend, pipeline, eraser)
     return [
@@ -219,8 +215,8 @@ async def build(context: ServiceContext) -> list[ServiceBinding]:
     ]
 
 
-async def _prepare(context: ServiceContext, pipeline: RecommendPipeline) -> None:
+async def _prepare(components: Components, pipeline: RecommendPipeline) -> None:
     from recsys.metadata.migrate import prepare_schema
 
-    await asyncio.to_thread(prepare_schema, context.settings.database)
+    await asyncio.to_thread(prepare_schema, components.settings.database)
     await pipeline.refresh_default_embedding()

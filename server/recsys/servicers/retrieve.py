@@ -15,18 +15,16 @@ from recsys.domain.retrieval import RetrievalQuery, Retriever, RetrieverConfig
 from recsys.domain.validation import Violations
 from recsys.errors import NotFound
 from recsys.grpc_server.app import ServiceBinding
-from recsys.index import factory
 from recsys.index.spec import MAX_EF_SEARCH, MAX_NPROBE
-from recsys.observability.metrics import BreakerMetrics, RetrievalMetrics
+from recsys.observability.metrics import RetrievalMetrics
 from recsys.ports.features import FeatureStore
 from recsys.ports.shards import MAX_K, ShardClient
-from recsys.servicers.shared import feature_store
 from recsys.settings import RecsysSettings
 from recsys.v1 import retrieve_service_pb2 as retrieve_pb2
 from recsys.v1 import retrieve_service_pb2_grpc as retrieve_grpc
 
 if TYPE_CHECKING:
-    from recsys.services import ServiceContext
+    from recsys.composition import Components
 
 SERVICE_NAME = retrieve_pb2.DESCRIPTOR.services_by_name["RetrieveService"].full_name
 MAX_DIMENSION = 4096
@@ -122,8 +120,8 @@ def retriever_config(settings: RecsysSettings) -> RetrieverConfig:
     )
 
 
-async def build(context: ServiceContext) -> list[ServiceBinding]:
-    settings = context.settings
+async def build(components: Components) -> list[ServiceBinding]:
+    settings = components.settings
     shards: list[list[ShardClient]]
     if settings.retrieve.shard_targets:
         shards = [
@@ -132,39 +130,30 @@ async def build(context: ServiceContext) -> list[ServiceBinding]:
         ]
     else:
         # Embedded: every shard in this process, loaded from the same snapshot store.
-        factory.configure_faiss(settings)
-        executor = factory.search_executor(settings, context.resources)
-        snapshots = factory.snapshot_manager(settings)
-        hosts = [
-            factory.shard_host(settings, shard_id, snapshots=snapshots, executor=executor)
-            for shard_id in range(settings.index.num_shards)
-        ]
+        hosts = [components.shard_host(shard) for shard in range(settings.index.num_shards)]
         shards = [[LocalShardClient(host)] for host in hosts]
-        context.shared["shard_hosts"] = hosts
 
         async def load_all() -> None:
             await asyncio.gather(*(host.start() for host in hosts))
 
-        context.startup_hooks.append(load_all)
+        components.startup_hooks.append(load_all)
         if settings.index.snapshot_poll_seconds > 0:
             for host in hosts:
-                context.run_in_background(
+                components.run_in_background(
                     functools.partial(host.watch_current, settings.index.snapshot_poll_seconds)
                 )
     retriever = Retriever(
         shards,
         config=retriever_config(settings),
-        metrics=RetrievalMetrics(context.registry),
-        breaker_metrics=context.shared_object(
-            "breaker_metrics", lambda: BreakerMetrics(context.registry)
-        ),
+        metrics=RetrievalMetrics(components.registry),
+        breaker_metrics=components.breaker_metrics,
     )
-    context.resources.push_async_callback(retriever.close)
-    context.run_in_background(
+    components.resources.push_async_callback(retriever.close)
+    components.run_in_background(
         lambda: retriever.keep_description_fresh(settings.retrieve.describe_interval_seconds)
     )
-    context.shared["retriever"] = retriever
-    servicer = RetrieveServicer(retriever, feature_store(context), settings)
+    components.retriever = retriever
+    servicer = RetrieveServicer(retriever, components.feature_store, settings)
     return [
         ServiceBinding(
             SERVICE_NAME,

@@ -99,7 +99,7 @@ class OnnxRanker(Ranker):
         self._use_gpu = use_gpu
         self._loaded: LoadedModel | None = None
         self._reload_lock = asyncio.Lock()
-        # Pinned by a release: reload() keeps the loaded version.
+        # Pinned (rank.model_version, set by a release): reload() keeps the loaded version.
         self.pinned = False
 
     @classmethod
@@ -110,15 +110,12 @@ class OnnxRanker(Ranker):
             threads=rank.onnx_threads,
             use_gpu=rank.onnx_use_gpu,
         )
-        from recsys.release import current_release
-
-        release = current_release(settings.release.directory)
-        if release is None:
-            ranker.load()
-        else:
-            # Exactly the release's model: no other version, no hot reload past it.
-            ranker.load(release.model_version.partition(":")[2])
+        if rank.model_version:
+            # A pinned version (a release pins it): that one only, no hot reload past it.
+            ranker.load(rank.model_version)
             ranker.pinned = True
+        else:
+            ranker.load()
         return ranker
 
     @property
@@ -183,6 +180,8 @@ class OnnxRanker(Ranker):
             return True
 
     async def watch(self, poll_seconds: float) -> None:
+        if self.pinned:
+            return
         while True:
             await asyncio.sleep(poll_seconds)
             try:

@@ -53,6 +53,8 @@ def _translate(error: InferenceServerException, url: str) -> RecsysError:
 
 
 class TritonRanker(Ranker):
+    in_process = False
+
     def __init__(
         self,
         url: str,
@@ -75,22 +77,21 @@ class TritonRanker(Ranker):
 
     @classmethod
     def from_settings(cls, settings: RecsysSettings) -> TritonRanker:
-        from recsys.release import current_release
-
         rank = settings.rank
-        release = current_release(settings.release.directory)
-        # A release pins the version the server is asked for ("ranker:3" -> "3").
-        version = release.model_version.partition(":")[2] if release else rank.model_version
         return cls(
             rank.triton_url,
             rank.model_name,
-            model_version=version,
+            # "" lets the server pick its latest; a release pins it (recsys.composition).
+            model_version=rank.model_version,
             max_batch_size=rank.triton_max_batch_size,
         )
 
     @property
     def model_version(self) -> str:
         return f"{self.model_name}:{self._served_version or 'latest'}"
+
+    async def start(self) -> None:
+        await self.connect()
 
     async def connect(self, timeout: float = 5.0) -> None:
         """Reads the model's metadata and checks it against the schema; FailedPrecondition

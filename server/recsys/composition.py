@@ -1,0 +1,223 @@
+"""What one server process is built from, typed and built once. Composition sits above the
+layers it wires: servicers -> domain -> ports <- adapters.
+
+`Components` creates each shared adapter on first use (feature store, metadata, cache, rate
+limiter, event sink, snapshot manager, FAISS search threads) and registers its `close` with the
+process's exit stack, so every service hosted in the process gets the same one (one event sink
+per process: an erasure through Recommend also reaches what Ingest buffered). It also holds
+the domain objects the hosted services build (retriever, ranking chain, scorer, pipeline, shard
+hosts), which the embedded Recommend uses in process and tests reach by attribute.
+
+The release is resolved once, here: `settings` are the configured settings with the current
+release's versions pinned (`rank.model_version`, `index.expected_embedding_version`), so no
+adapter looks the release up itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry
+
+from recsys.observability.metrics import BreakerMetrics
+from recsys.ports.cache import RecommendationCache
+from recsys.ports.events import EventSink
+from recsys.ports.features import FeatureStore
+from recsys.ports.metadata import MetadataRepository
+from recsys.ports.ranker import Ranker
+from recsys.ports.rate_limit import RateLimiter
+from recsys.registry import create_adapter
+from recsys.settings import RecsysSettings
+
+if TYPE_CHECKING:
+    from recsys.domain.ranking import RankingChain
+    from recsys.domain.recommend.pipeline import RecommendPipeline
+    from recsys.domain.retrieval import Retriever
+    from recsys.domain.scoring import CandidateScorer
+    from recsys.index.host import ShardHost
+    from recsys.index.snapshots import SnapshotManager
+    from recsys.release import ReleaseManifest
+
+logger = logging.getLogger(__name__)
+
+
+def pinned_by(settings: RecsysSettings, release: ReleaseManifest | None) -> RecsysSettings:
+    """The settings a process serves with: the release's model ("ranker:3" -> "3") and
+    embedding versions replace the configured ones."""
+    if release is None:
+        return settings
+    rank = settings.rank.model_copy(
+        update={"model_version": release.model_version.partition(":")[2]}
+    )
+    index = settings.index.model_copy(
+        update={"expected_embedding_version": release.embedding_version}
+    )
+    return settings.model_copy(update={"rank": rank, "index": index})
+
+
+class Components:
+    def __init__(
+        self,
+        settings: RecsysSettings,
+        *,
+        resources: contextlib.AsyncExitStack | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        from recsys.release import current_release
+
+        self.release = current_release(settings.release.directory)
+        self.settings = pinned_by(settings, self.release)
+        self.resources = resources or contextlib.AsyncExitStack()
+        self.registry = registry or CollectorRegistry()
+        # Run once the server listens (index loading, model server connection...).
+        self.startup_hooks: list[Callable[[], Awaitable[None]]] = []
+        # What the hosted services build; None (or empty) until one of them does.
+        self.shard_hosts: list[ShardHost] = []
+        self.retriever: Retriever | None = None
+        self.ranking_chain: RankingChain | None = None
+        self.candidate_scorer: CandidateScorer | None = None
+        self.recommend_pipeline: RecommendPipeline | None = None
+
+    def run_in_background(self, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Starts the coroutine once the server is ready; cancels it at shutdown."""
+
+        async def start() -> None:
+            task = asyncio.create_task(factory())
+
+            async def stop() -> None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+            self.resources.push_async_callback(stop)
+
+        self.startup_hooks.append(start)
+
+    def adapter(self, port: str, name: str) -> object:
+        """A new adapter of `port`, closed with the process."""
+        adapter = create_adapter(port, name, self.settings)
+        close = getattr(adapter, "close", None)
+        if close is not None:
+            self.resources.push_async_callback(close)
+        return adapter
+
+    # ------------------------------------------------------------------ shared adapters
+
+    @functools.cached_property
+    def feature_store(self) -> FeatureStore:
+        store = self.adapter("feature_store", self.settings.features.store)
+        assert isinstance(store, FeatureStore)
+        if self.settings.features.preload_path is not None:
+            # Before the hooks of the services that read the store.
+            self.startup_hooks.append(functools.partial(self._preload, store))
+        return store
+
+    async def _preload(self, store: FeatureStore) -> None:
+        from recsys.data.features_file import load_features, load_into_store
+
+        path = self.settings.features.preload_path
+        assert path is not None
+        snapshot = await asyncio.to_thread(load_features, path)
+        await load_into_store(snapshot, store)
+        logger.info(
+            "feature snapshot loaded",
+            extra={
+                "path": str(path),
+                "users": len(snapshot.user_ids),
+                "items": len(snapshot.item_ids),
+                "embedding_version": snapshot.embedding_version,
+            },
+        )
+
+    @functools.cached_property
+    def metadata(self) -> MetadataRepository:
+        metadata = self.adapter("metadata", self.settings.recommend.metadata)
+        assert isinstance(metadata, MetadataRepository)
+        return metadata
+
+    @functools.cached_property
+    def recommendation_cache(self) -> RecommendationCache:
+        cache = self.adapter("recommendation_cache", self.settings.recommend.cache)
+        assert isinstance(cache, RecommendationCache)
+        return cache
+
+    @functools.cached_property
+    def rate_limiter(self) -> RateLimiter:
+        limiter = self.adapter("rate_limiter", self.settings.rate_limit.limiter)
+        assert isinstance(limiter, RateLimiter)
+        return limiter
+
+    @functools.cached_property
+    def event_sink(self) -> EventSink:
+        sink = self.adapter("event_sink", self.settings.ingest.event_sink)
+        assert isinstance(sink, EventSink)
+        return sink
+
+    @functools.cached_property
+    def breaker_metrics(self) -> BreakerMetrics:
+        return BreakerMetrics(self.registry)
+
+    def ranker(self, name: str) -> Ranker:
+        ranker = self.adapter("ranker", name)
+        assert isinstance(ranker, Ranker)
+        return ranker
+
+    # ------------------------------------------------------------------ index shards
+
+    @functools.cached_property
+    def snapshot_manager(self) -> SnapshotManager:
+        from recsys.index.snapshots import SnapshotManager
+        from recsys.ports.snapshots import SnapshotStore
+
+        index = self.settings.index
+        store = create_adapter("snapshot_store", index.snapshot_store, self.settings)
+        assert isinstance(store, SnapshotStore)
+        return SnapshotManager(store, keep_versions=index.keep_versions)
+
+    @functools.cached_property
+    def search_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        """FAISS searches run here, off the event loop; FAISS is configured first (once)."""
+        from recsys.index.faiss_module import faiss
+
+        index = self.settings.index
+        if index.faiss_threads:
+            faiss.omp_set_num_threads(index.faiss_threads)
+        logger.info(
+            "faiss configured",
+            extra={
+                "faiss_version": faiss.__version__,
+                "omp_threads": faiss.omp_get_max_threads(),
+                "gpus_visible": faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0,
+                "use_gpu": index.use_gpu,
+            },
+        )
+        executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=index.search_workers, thread_name_prefix="faiss"
+        )
+        self.resources.callback(executor.shutdown, wait=True, cancel_futures=True)
+        return executor
+
+    def shard_host(self, shard_id: int) -> ShardHost:
+        """A shard host loading from the snapshot store; with a release, a snapshot built from
+        other embeddings is refused at load."""
+        from recsys.index.host import ShardHost
+
+        index = self.settings.index
+        host = ShardHost(
+            index.spec,
+            shard_id=shard_id,
+            num_shards=index.num_shards,
+            snapshots=self.snapshot_manager,
+            expected_embedding_version=index.expected_embedding_version,
+            executor=self.search_executor,
+            use_gpu=index.use_gpu,
+            gpu_device=index.gpu_device,
+        )
+        self.shard_hosts.append(host)
+        return host
