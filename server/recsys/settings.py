@@ -153,6 +153,9 @@ class RecommendSettings(_Section):
     feature_timeout_ms: int = Field(default=10, ge=1)
     # Budget of each cache read; past it the request continues without the cache.
     cache_timeout_ms: int = Field(default=10, ge=1)
+    # Budget of each metadata read (profile, history, item metadata, popular items); past it
+    # the answer is degraded and flagged `metadata_unavailable`, never an error.
+    metadata_timeout_ms: int = Field(default=50, ge=1)
     rate_limit_enabled: bool = True
     # Distributed mode: where RetrieveService and RankService listen. Empty: in this process
     # (the embedded mode hosts them beside Recommend).
@@ -278,6 +281,10 @@ class FeaturesSettings(_Section):
     # and at most this many are kept (least recently used go first).
     item_cache_ttl_seconds: float = Field(default=60.0, ge=0)
     item_cache_max_items: int = Field(default=100_000, ge=0)
+    # How long an item found missing is remembered as missing (at most item_cache_ttl_seconds):
+    # short, so items written after a Redis restart or during a snapshot load are scored with
+    # their features within this bound, not with defaults for the whole TTL. 0: never.
+    item_cache_miss_ttl_seconds: float = Field(default=1.0, ge=0)
     # A feature snapshot (`recsys train` writes one) loaded into the store at every start;
     # meant for the in-memory store of the embedded mode, which keeps nothing across runs.
     preload_path: Path | None = None

@@ -113,3 +113,41 @@ async def test_refused_inputs_do_not_count_against_the_model() -> None:
 @pytest.mark.parametrize("count", [1, 1000])
 def test_assembly_is_vectorised_for_any_batch(count: int) -> None:
     assert assemble_features(inputs(count)).shape == (count, len(RANKING_FEATURES))
+
+
+class Features:
+    """Item features for the ids in `known` only (an empty or partly loaded store)."""
+
+    def __init__(self, known: set[int]) -> None:
+        self.known = known
+
+    async def get_user_features(self, user_id: str):  # type: ignore[no-untyped-def]
+        from recsys.ports.features import UserFeatures
+
+        return UserFeatures(None, {}, ())
+
+    async def get_item_features(self, item_ids):  # type: ignore[no-untyped-def]
+        from recsys.ports.features import ItemFeatures, batch_from
+
+        return batch_from(
+            [ItemFeatures("drama", 0.5, 0.5) if item in self.known else None for item in item_ids]
+        )
+
+
+@pytest.mark.parametrize(("known", "flagged"), [({1, 2, 3}, False), ({1, 3}, True), (set(), True)])
+async def test_candidates_without_features_are_scored_as_defaults_and_flagged(
+    known: set[int], flagged: bool
+) -> None:
+    from recsys.domain.requests import RequestContext
+    from recsys.domain.scoring import CandidateScorer
+
+    scorer = CandidateScorer(
+        chain(Scripted("m1", []), None),
+        Features(known),  # type: ignore[arg-type]
+        feature_timeout_seconds=1.0,
+    )
+    scored = await scorer.score(
+        "u1", np.array([1, 2, 3], np.int64), np.ones(3, np.float32), RequestContext()
+    )
+    assert scored.default_features is flagged
+    assert scored.item_ids.tolist() == [1, 2, 3]  # tied scores: item id order

@@ -84,6 +84,9 @@ class Metadata:
     consumed: set[int] = field(default_factory=set)
     popular: list[int] = field(default_factory=list)
     failure: Failing | None = None
+    history_failure: Failing | None = None
+    # Which item metadata reads fail (1 is the first).
+    failing_item_reads: tuple[int, ...] = ()
     reads: list[str] = field(default_factory=list)
 
     async def get_user(self, user_id: str) -> UserProfile | None:
@@ -93,12 +96,17 @@ class Metadata:
         return self.profile
 
     async def consumed_item_ids(self, user_id: str, *, limit: int = 10_000) -> set[int]:
+        if self.history_failure is not None:
+            await self.history_failure()
         return set(self.consumed)
 
     async def get_items(self, item_ids: Sequence[int]) -> dict[int, ItemMetadata]:
         self.reads.append(f"items:{len(item_ids)}")
         if self.failure is not None:
             await self.failure()
+        reads = sum(read.startswith("items:") for read in self.reads)
+        if reads in self.failing_item_reads:
+            raise Unavailable("connection terminated")
         return {item: self.items[item] for item in item_ids if item in self.items}
 
     async def popular_items(self, *, category: str | None, limit: int) -> list[int]:
@@ -522,3 +530,73 @@ def test_flags_list_what_shaped_the_answer() -> None:
     flags = Degradation.of([Flag.SERVED_FROM_PRECOMPUTED, Flag.PARTIAL_RETRIEVAL], [2])
     assert flags.kinds() == ["partial_retrieval"]
     assert flags.flags() == [Flag.SERVED_FROM_PRECOMPUTED, Flag.PARTIAL_RETRIEVAL]
+
+
+async def test_a_failed_history_read_is_flagged_excludes_recent_items_and_is_not_cached() -> None:
+    world = World()
+    world.metadata.consumed = {30, 29}
+    world.metadata.history_failure = Failing(Unavailable("connection terminated"))
+    world.features.user = UserFeatures(embedding(), {}, (30,))
+    answer = await world.pipeline().recommend(query())
+    assert answer.degradation.metadata_unavailable
+    # The feature store's recent interactions still apply; the SQL history could not.
+    assert [item.item_id for item in answer.items] == [29, 28, 27, 26, 25]
+    assert ("history", "unavailable") in world.observer.failures
+    assert world.cache.stored == []
+
+
+async def test_a_locked_profile_table_costs_its_budget_only() -> None:
+    world = World()
+    world.metadata.failure = Failing(sleep=5.0)  # profile and item reads block
+    world.config = RecommendConfig(metadata_timeout_seconds=0.05, diversity_enabled=False)
+    started = asyncio.get_running_loop().time()
+    answer = await world.pipeline().recommend(query())
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert answer.degradation.metadata_unavailable
+    # No item metadata: nothing can pass the filters, and nothing unchecked is served.
+    assert answer.items == ()
+    assert ("profile", "timeout") in world.observer.failures
+    assert world.cache.stored == []
+
+
+async def test_a_failed_metadata_chunk_never_lets_lower_ranks_stand_in() -> None:
+    world = World()
+    # Only news items pass (blocked: drama, comedy), and the first chunk of 6 holds 2 of them.
+    world.metadata.profile = UserProfile("u1", blocked_categories=CATEGORIES[:2])
+    world.metadata.failing_item_reads = (2,)  # the next chunk would read fine again
+    world.config = RecommendConfig(selection_prefix=6, diversity_enabled=False)
+    answer = await world.pipeline().recommend(query(limit=10))
+    # Ranked by id descending: 30..25 is the first chunk; its news items are 29 and 26.
+    assert [item.item_id for item in answer.items] == [29, 26]
+    assert answer.degradation.metadata_unavailable
+    assert world.cache.stored == []
+
+
+async def test_identical_concurrent_misses_share_one_run_and_each_is_rate_limited() -> None:
+    world = World()
+    hits = 0
+    hit = world.limiter.hit
+
+    async def counting_hit(key: str) -> RateDecision:
+        nonlocal hits
+        hits += 1
+        return await hit(key)
+
+    world.limiter.hit = counting_hit  # type: ignore[method-assign]
+    slow = world.personalized.failure = Failing(sleep=0.05)
+    assert slow.error is None
+    pipeline = world.pipeline()
+    answers = await asyncio.gather(
+        *(pipeline.recommend(query(limit=1 + index % 5)) for index in range(150))
+    )
+    assert len(world.personalized.requests) == 1
+    assert world.scorer.calls == 1
+    assert hits == 150
+    assert [len(answer.items) for answer in answers[:5]] == [1, 2, 3, 4, 5]
+    assert world.observer.events.count("hit:single_flight") == 149
+    # Another surface, category or exclusion is another question: not shared.
+    await asyncio.gather(
+        pipeline.recommend(RecommendQuery("u1", "search", 5, RequestContext())),
+        pipeline.recommend(query(category="news")),
+    )
+    assert len(world.personalized.requests) == 3

@@ -228,3 +228,47 @@ async def test_ties_across_shards_merge_by_item_id() -> None:
         )
     )
     assert excluded.item_ids.tolist() == [1, 3, 4, 5, 6]
+
+
+class Retries:
+    def __init__(self) -> None:
+        self.sanity = 0
+
+    def shard_searched(self, shard_id: int, seconds: float) -> None: ...
+
+    def shard_failed(self, shard_id: int, reason: str) -> None: ...
+
+    def sanity_retry(self, shard_id: int) -> None:
+        self.sanity += 1
+
+    def partial_result(self) -> None: ...
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+async def test_the_top_score_check_fits_the_metric_and_needs_another_replica(
+    normalize: bool,
+) -> None:
+    # Every score is low (0.01): a broken replica in a cosine index, normal for raw ALS scores.
+    spec = IndexSpec(dimension=DIMENSION, index_type=IndexType.FLAT, normalize=normalize)
+    ids = np.arange(40, dtype=np.int64)
+    vectors = np.zeros((40, DIMENSION), np.float32)
+    vectors[:, 0], vectors[:, 1] = 0.01, 1.0
+    query_vector = np.zeros(DIMENSION, np.float32)
+    query_vector[0] = 1.0
+    replicas = []
+    for _ in range(2):
+        host = ShardHost(spec, shard_id=0, num_shards=1, snapshots=None)
+        host.current = ShardIndex.build(
+            spec, shard_id=0, num_shards=1, item_ids=ids, vectors=vectors,
+            index_version="v1", embedding_version="e1",
+        )  # fmt: skip
+        await host.start()
+        replicas.append(LocalShardClient(host))
+    query = RetrievalQuery(vector=query_vector, embedding_version="e1", k=5)
+    single, observed = Retries(), Retries()
+    alone = await Retriever([[replicas[0]]], metrics=single).retrieve(query)
+    assert len(alone.item_ids) == 5
+    assert single.sanity == 0  # no other replica: nothing to ask, no wasted retry
+    pair = await Retriever([replicas], metrics=observed).retrieve(query)
+    assert len(pair.item_ids) == 5
+    assert observed.sanity == (1 if normalize else 0)

@@ -77,6 +77,9 @@ class IndexDescription:
     metric: str
     index_versions: tuple[str, ...]
     item_counts: dict[int, int]
+    # Every shard normalises (cosine scores in [-1, 1]): only then does a fixed top-score
+    # threshold mean anything.
+    normalized: bool = False
 
 
 @dataclass
@@ -181,6 +184,7 @@ class Retriever:
             metric=newest.metric,
             index_versions=tuple(sorted({a.index_version for a in known})),
             item_counts={a.shard_id: a.item_count for a in known},
+            normalized=all(answer.normalized for answer in loaded),
         )
         return self.description
 
@@ -353,7 +357,7 @@ class Retriever:
         holds_items = description.item_counts.get(shard_id, 0) > 0
         doubtful: ShardSearchResult | None = None
         reason = "breaker_open"
-        for replica_index in order:
+        for position, replica_index in enumerate(order):
             breaker = self.breakers[shard_id][replica_index]
             if not breaker.allow():
                 continue
@@ -388,7 +392,12 @@ class Retriever:
                 continue
             breaker.record_success()
             self.metrics.shard_searched(shard_id, time.perf_counter() - started)
-            if self._looks_wrong(result.hits[0], holds_items, description):
+            others_left = any(
+                self.breakers[shard_id][other].state is not BreakerState.OPEN
+                for other in order[position + 1 :]
+            )
+            if others_left and self._looks_wrong(result.hits[0], holds_items, description):
+                # Only worth it with another replica to ask; each replica is asked once.
                 self.metrics.sanity_retry(shard_id)
                 logger.warning(
                     "shard replica answer failed the sanity check; asking another replica",
@@ -410,9 +419,12 @@ class Retriever:
         if not hits.item_ids.size:
             return holds_items
         threshold = self.config.min_top_score
+        # Raw inner products (ALS scores) have no fixed scale; a cosine under the threshold
+        # (seed: 0.1) suggests a broken replica.
         return (
             threshold is not None
             and description.metric == "inner_product"
+            and description.normalized
             and float(hits.scores[0]) < threshold
         )
 

@@ -30,7 +30,8 @@ class ScoredCandidates:
     scores: npt.NDArray[np.float32]
     backend: Backend
     model_version: str
-    # The features could not be read in time; the model scored defaults.
+    # Some features could not be read in time, or some candidates have none in the store
+    # (an empty or partly loaded store); the model scored defaults for them.
     default_features: bool = False
 
 
@@ -87,13 +88,16 @@ class CandidateScorer:
         started = time.perf_counter()
         outcome = await self.chain.rank(features)
         self.metrics.scored(outcome.backend.value, time.perf_counter() - started)
+        missing = features_read is not None and not bool(items.found.all())
+        if missing:
+            self.metrics.default_features_used()
         order = ranked_order(item_ids, outcome.scores)
         return ScoredCandidates(
             item_ids[order],
             outcome.scores[order],
             outcome.backend,
             outcome.model_version,
-            default_features=features_read is None,
+            default_features=features_read is None or missing,
         )
 
     async def _read_features(

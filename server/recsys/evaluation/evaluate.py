@@ -240,6 +240,7 @@ def evaluation_overrides(candidates: int) -> dict[str, dict[str, Any]]:
             "candidates": candidates,
             "feature_timeout_ms": 5_000,
             "cache_timeout_ms": 5_000,
+            "metadata_timeout_ms": 5_000,
             "retrieve_timeout_ms": 10_000,
             "rank_timeout_ms": 10_000,
         },

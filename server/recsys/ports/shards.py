@@ -33,6 +33,8 @@ class ShardDescription:
     embedding_version: str
     built_at: dt.datetime | None
     on_gpu: bool
+    # Vectors and queries L2-normalised: inner-product scores are cosines in [-1, 1].
+    normalized: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,6 +102,7 @@ class IndexShardServicer(shard_grpc.IndexShardServiceServicer):
             index_version=described.index_version,
             embedding_version=described.embedding_version,
             on_gpu=described.on_gpu,
+            normalized=described.normalized,
         )
         if described.built_at is not None:
             response.built_at.FromDatetime(described.built_at)

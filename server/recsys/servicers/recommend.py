@@ -74,6 +74,7 @@ def to_proto(answer: Recommendation) -> recommend_service_pb2.RecommendResponse:
             failed_shard_ids=list(flags.failed_shard_ids),
             default_features=flags.default_features,
             popularity_candidates=flags.popularity_candidates,
+            metadata_unavailable=flags.metadata_unavailable,
         ),
     )
     add = response.items.add
@@ -134,6 +135,7 @@ def recommend_config(settings: RecsysSettings) -> RecommendConfig:
         cache_ttl_seconds=recommend.cache_ttl_seconds,
         cache_timeout_seconds=recommend.cache_timeout_ms / 1000,
         feature_timeout_seconds=recommend.feature_timeout_ms / 1000,
+        metadata_timeout_seconds=recommend.metadata_timeout_ms / 1000,
         cold_start_candidates_per_source=recommend.cold_start_candidates_per_source,
         cold_start_similar_per_liked_item=recommend.cold_start_similar_per_liked_item,
         diversity_enabled=recommend.diversity_enabled,

@@ -267,6 +267,7 @@ class InfoResponse(_message.Message):
     EMBEDDING_VERSION_FIELD_NUMBER: _builtins.int
     BUILT_AT_FIELD_NUMBER: _builtins.int
     ON_GPU_FIELD_NUMBER: _builtins.int
+    NORMALIZED_FIELD_NUMBER: _builtins.int
     shard_id: _builtins.int
     """This shard's id, 0 to num_shards - 1."""
     num_shards: _builtins.int
@@ -285,6 +286,10 @@ class InfoResponse(_message.Message):
     """Embedding version the index was built from."""
     on_gpu: _builtins.bool
     """True when the index runs on a GPU."""
+    normalized: _builtins.bool
+    """True when vectors and queries are L2-normalised (cosine similarity: inner-product scores
+    lie in [-1, 1]); false for raw inner products or L2 distances.
+    """
     @_builtins.property
     def built_at(self) -> _timestamp_pb2.Timestamp:
         """When the serving index was built."""
@@ -302,10 +307,11 @@ class InfoResponse(_message.Message):
         embedding_version: _builtins.str = ...,
         built_at: _timestamp_pb2.Timestamp | None = ...,
         on_gpu: _builtins.bool = ...,
+        normalized: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["built_at", b"built_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["built_at", b"built_at", "dimension", b"dimension", "embedding_version", b"embedding_version", "index_type", b"index_type", "index_version", b"index_version", "item_count", b"item_count", "metric", b"metric", "num_shards", b"num_shards", "on_gpu", b"on_gpu", "shard_id", b"shard_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["built_at", b"built_at", "dimension", b"dimension", "embedding_version", b"embedding_version", "index_type", b"index_type", "index_version", b"index_version", "item_count", b"item_count", "metric", b"metric", "normalized", b"normalized", "num_shards", b"num_shards", "on_gpu", b"on_gpu", "shard_id", b"shard_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

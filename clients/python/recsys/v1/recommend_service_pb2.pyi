@@ -150,6 +150,7 @@ class Degradation(_message.Message):
     FAILED_SHARD_IDS_FIELD_NUMBER: _builtins.int
     DEFAULT_FEATURES_FIELD_NUMBER: _builtins.int
     POPULARITY_CANDIDATES_FIELD_NUMBER: _builtins.int
+    METADATA_UNAVAILABLE_FIELD_NUMBER: _builtins.int
     served_from_cache: _builtins.bool
     """Served from the response cache `recommendations:{user}:{surface}` (up to 5 minutes old)."""
     served_from_precomputed: _builtins.bool
@@ -170,6 +171,11 @@ class Degradation(_message.Message):
     """Candidates came from popularity or trending lists instead of retrieval (retrieval down,
     empty, or an embedding-version mismatch with the index).
     """
+    metadata_unavailable: _builtins.bool
+    """The metadata store (profile, history, item metadata) was slow or down: items already
+    consumed may not all be excluded, the user's own filters (blocked categories, age) may not
+    apply, and items whose metadata could not be read are left out (filters fail closed).
+    """
     @_builtins.property
     def failed_shard_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Ids of the index shards that failed when `partial_retrieval` is true."""
@@ -184,10 +190,11 @@ class Degradation(_message.Message):
         failed_shard_ids: _abc.Iterable[_builtins.int] | None = ...,
         default_features: _builtins.bool = ...,
         popularity_candidates: _builtins.bool = ...,
+        metadata_unavailable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_features", b"default_features", "failed_shard_ids", b"failed_shard_ids", "fallback_ranking", b"fallback_ranking", "partial_retrieval", b"partial_retrieval", "popularity_candidates", b"popularity_candidates", "served_from_cache", b"served_from_cache", "served_from_precomputed", b"served_from_precomputed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_features", b"default_features", "failed_shard_ids", b"failed_shard_ids", "fallback_ranking", b"fallback_ranking", "metadata_unavailable", b"metadata_unavailable", "partial_retrieval", b"partial_retrieval", "popularity_candidates", b"popularity_candidates", "served_from_cache", b"served_from_cache", "served_from_precomputed", b"served_from_precomputed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

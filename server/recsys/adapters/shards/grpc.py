@@ -76,6 +76,7 @@ class GrpcShardClient(ShardClient):
                 info.built_at.ToDatetime(tzinfo=dt.UTC) if info.HasField("built_at") else None
             ),
             on_gpu=info.on_gpu,
+            normalized=info.normalized,
         )
 
     async def close(self) -> None:

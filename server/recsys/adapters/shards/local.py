@@ -56,4 +56,5 @@ def describe_host(host: ShardHost) -> ShardDescription:
         embedding_version=index.embedding_version,
         built_at=index.built_at,
         on_gpu=index.on_gpu,
+        normalized=index.spec.normalize,
     )

@@ -24,6 +24,7 @@ from recsys.domain.ranking import Backend
 from recsys.domain.recommend.guard import Guard, Trace, is_outage
 from recsys.domain.recommend.observer import NullRecommendObserver, RecommendObserver
 from recsys.domain.recommend.selection import cold_start_ranking, merge_pools, select
+from recsys.domain.recommend.single_flight import SingleFlight
 from recsys.domain.recommend.values import (
     MAX_LIMIT,
     CandidatePool,
@@ -88,6 +89,7 @@ class RecommendPipeline:
         self.limiter = limiter
         self.observer = observer or NullRecommendObserver()
         self.guard = Guard(self.observer, reserve_seconds=config.answer_reserve_seconds)
+        self.flights: SingleFlight[Recommendation] = SingleFlight()
         self.default_embedding: UserEmbedding | None = None
 
     async def refresh_default_embedding(self) -> None:
@@ -106,7 +108,9 @@ class RecommendPipeline:
     async def recommend(self, query: RecommendQuery) -> Recommendation:
         started = time.perf_counter()
         try:
-            answer = await self._recommend(query)
+            # Every call counts against the rate limit, shared run or not.
+            await self._rate_limit(query.user_id, Trace())
+            answer = await self._shared(query)
         except BaseException:
             self.observer.failed(time.perf_counter() - started)
             raise
@@ -120,9 +124,20 @@ class RecommendPipeline:
         )
         return answer
 
+    async def _shared(self, query: RecommendQuery) -> Recommendation:
+        """Concurrent identical requests (a burst of retries, a page rendering twice) share one
+        run: the answer holds up to MAX_LIMIT items whatever `limit` the first one asked."""
+        if query.excluded_item_ids or query.context.category is not None:
+            return await self._recommend(query)
+        context = query.context
+        key = (query.user_id, query.surface, context.country, context.device_type, context.locale)
+        answer, shared = await self.flights.run(key, functools.partial(self._recommend, query))
+        if shared:
+            self.observer.cache_hit("single_flight")
+        return answer
+
     async def _recommend(self, query: RecommendQuery) -> Recommendation:
         trace = Trace()
-        await self._rate_limit(query.user_id, trace)
         cacheable = query.context.category is None and not query.excluded_item_ids
         if cacheable:
             cached = await self._cached(RESPONSES, query, trace)
@@ -233,13 +248,30 @@ class RecommendPipeline:
     async def _profile_and_history(
         self, user_id: str, trace: Trace
     ) -> tuple[UserProfile | None, set[int]]:
-        async def read() -> tuple[UserProfile | None, set[int]]:
-            profile, consumed = await asyncio.gather(
-                self.metadata.get_user(user_id), self.metadata.consumed_item_ids(user_id)
-            )
-            return profile, consumed
-
-        return await self.guard.read("profile", read, fallback=(None, set()), trace=trace)
+        """Read apart, so a slow table costs only its own part. Without the profile the filters
+        treat the user as of unknown age (no adult items); without the history only the
+        recent interactions of the feature store are excluded. Either is flagged."""
+        budget = self.config.metadata_timeout_seconds
+        no_history: set[int] = set()
+        profile, consumed = await asyncio.gather(
+            self.guard.read(
+                "profile",
+                functools.partial(self.metadata.get_user, user_id),
+                fallback=None,
+                trace=trace,
+                budget_seconds=budget,
+                flag=Flag.METADATA_UNAVAILABLE,
+            ),
+            self.guard.read(
+                "history",
+                functools.partial(self.metadata.consumed_item_ids, user_id),
+                fallback=no_history,
+                trace=trace,
+                budget_seconds=budget,
+                flag=Flag.METADATA_UNAVAILABLE,
+            ),
+        )
+        return profile, consumed
 
     async def _user_features(self, user_id: str, trace: Trace) -> UserFeatures | None:
         """The user's features, or None (and `default_features`, when a default embedding
@@ -299,6 +331,8 @@ class RecommendPipeline:
             functools.partial(source.candidates, request),
             fallback=CandidatePool(),
             trace=trace,
+            budget_seconds=self.config.metadata_timeout_seconds,
+            flag=Flag.METADATA_UNAVAILABLE,
         )
 
     async def _cold_start(
@@ -323,7 +357,7 @@ class RecommendPipeline:
             )
         )
         pool = merge_pools(list(pools))
-        metadata = await self._item_metadata(list(pool.item_ids), trace)
+        metadata = await self._item_metadata(list(pool.item_ids), trace) or {}
         wanted = set(profile.onboarding_categories) if profile else set()
         if query.context.category is not None:
             wanted = {query.context.category}
@@ -343,14 +377,19 @@ class RecommendPipeline:
             degradation=trace.degradation(),
         )
 
-    async def _item_metadata(self, item_ids: list[int], trace: Trace) -> dict[int, ItemMetadata]:
+    async def _item_metadata(
+        self, item_ids: list[int], trace: Trace
+    ) -> dict[int, ItemMetadata] | None:
+        """The items' metadata, or None (flagged) when the store is slow or down."""
         if not item_ids:
             return {}
         return await self.guard.read(
             "item_metadata",
             functools.partial(self.metadata.get_items, item_ids),
-            fallback={},
+            fallback=None,
             trace=trace,
+            budget_seconds=self.config.metadata_timeout_seconds,
+            flag=Flag.METADATA_UNAVAILABLE,
         )
 
     async def _rank_and_select(
@@ -410,12 +449,19 @@ class RecommendPipeline:
         trace: Trace,
     ) -> tuple[RecommendedItem, ...]:
         """Filters the ranked pool reading item metadata for a prefix only (300 first, then
-        twice as many) until enough items survive for the cache, instead of all 1000."""
+        twice as many) until enough items survive for the cache, instead of all 1000. When a
+        read fails, the answer stops at the items read before it: an item without metadata is
+        never served (the filters fail closed), and lower-ranked items must not stand in
+        silently for the ones that could not be checked."""
         size = min(len(pool), self.config.selection_prefix)
         metadata: dict[int, ItemMetadata] = {}
+        items: tuple[RecommendedItem, ...] = ()
         fetched = 0
         while True:
-            metadata.update(await self._item_metadata(list(pool.item_ids[fetched:size]), trace))
+            chunk = await self._item_metadata(list(pool.item_ids[fetched:size]), trace)
+            if chunk is None:
+                return items
+            metadata.update(chunk)
             fetched = size
             prefix = CandidatePool(pool.item_ids[:size], pool.scores[:size], pool.reasons[:size])
             items = select(

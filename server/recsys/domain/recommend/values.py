@@ -51,6 +51,7 @@ class Flag(enum.Enum):
     PARTIAL_RETRIEVAL = "partial_retrieval"
     DEFAULT_FEATURES = "default_features"
     POPULARITY_CANDIDATES = "popularity_candidates"
+    METADATA_UNAVAILABLE = "metadata_unavailable"
 
 
 # Flags that mean a dependency failed (counted, and such answers are not cached); the other two
@@ -60,6 +61,7 @@ DEGRADATIONS = (
     Flag.PARTIAL_RETRIEVAL,
     Flag.DEFAULT_FEATURES,
     Flag.POPULARITY_CANDIDATES,
+    Flag.METADATA_UNAVAILABLE,
 )
 
 
@@ -72,6 +74,7 @@ class Degradation:
     failed_shard_ids: tuple[int, ...] = ()
     default_features: bool = False
     popularity_candidates: bool = False
+    metadata_unavailable: bool = False
 
     @classmethod
     def of(cls, flags: Iterable[Flag], failed_shard_ids: Iterable[int] = ()) -> Degradation:
@@ -156,6 +159,7 @@ class RecommendConfig:
     cache_ttl_seconds: int = 300
     cache_timeout_seconds: float = 0.01
     feature_timeout_seconds: float = 0.01
+    metadata_timeout_seconds: float = 0.05
     cold_start_candidates_per_source: int = 50
     cold_start_similar_per_liked_item: int = 25
     diversity_enabled: bool = True
