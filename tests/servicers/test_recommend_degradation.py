@@ -262,3 +262,51 @@ async def test_fuzzed_requests_get_only_ok_invalid_argument_or_resource_exhauste
                 seen.add(error.code().name)
     assert seen <= {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}, seen
     assert "INVALID_ARGUMENT" in seen
+
+
+async def test_a_locked_users_table_degrades_flagged_with_no_error(deployment: Deployment) -> None:
+    import threading
+
+    schema = deployment.database.schema_name
+    engine = create_migration_engine(deployment.database)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        with engine.begin() as connection:
+            connection.execute(text(f'LOCK TABLE "{schema}".users IN ACCESS EXCLUSIVE MODE'))
+            locked.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        async with client_for(deployment.app) as client:
+            during = [await client.recommend(user, limit=5) for user in ("alice", "bob", "kid")]
+    finally:
+        release.set()
+        holder.join()
+        engine.dispose()
+    for answer in during:
+        assert answer.degradation.metadata_unavailable
+        assert answer.items  # items and history are readable; only profiles are locked
+        assert not any(item.item_id in (10, 11, 12) for item in answer.items)  # alice's history
+    async with client_for(deployment.app) as client:
+        after = await client.recommend("alice", limit=5)
+    # The degraded answer was not cached: this one is computed, whole again.
+    assert not after.degradation.metadata_unavailable
+    assert not after.degradation.served_from_cache
+
+
+async def test_an_empty_feature_store_gives_flagged_rank_answers(deployment: Deployment) -> None:
+    direct = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
+    item_keys = [
+        key async for key in direct.scan_iter(match=f"{deployment.namespace}:*") if b"item" in key
+    ]
+    assert item_keys
+    await direct.delete(*item_keys)
+    await direct.aclose()
+    async with client_for(deployment.app) as client:
+        answer = await client.recommend("alice", limit=5)
+    assert answer.items
+    assert answer.degradation.default_features  # scored without item features: said so
