@@ -32,10 +32,14 @@ class TlsOptions:
 
 @dataclass(frozen=True)
 class RetryOptions:
-    """gRPC retry policy for the idempotent methods (service config `retryPolicy`)."""
+    """gRPC retry policy for the idempotent methods (service config `retryPolicy`): on
+    `UNAVAILABLE` (a server shedding load, restarting or gone) the call is retried after a
+    randomised (jittered) back-off, within the call's deadline. The defaults wait about 0.1,
+    0.2, 0.4 and 0.8 s (gRPC caps attempts at 5): long enough to bridge a server restart or a
+    replica being replaced. A server's `grpc-retry-pushback-ms` hint overrides the back-off."""
 
-    max_attempts: int = 3
-    initial_backoff_seconds: float = 0.05
+    max_attempts: int = 5
+    initial_backoff_seconds: float = 0.1
     max_backoff_seconds: float = 1.0
     backoff_multiplier: float = 2.0
 
@@ -53,6 +57,10 @@ class ClientOptions:
     bearer_token: str | None = None
     keepalive_time_ms: int = 30_000
     keepalive_timeout_ms: int = 10_000
+    # Reconnect quickly after the server went away (gRPC's default waits 1 s, then up to
+    # 120 s): a restarted server is used again within about this bound.
+    reconnect_backoff_ms: int = 100
+    max_reconnect_backoff_ms: int = 1_000
     max_receive_message_bytes: int = 16 * 1024 * 1024
     max_send_message_bytes: int = 16 * 1024 * 1024
 
@@ -79,6 +87,9 @@ class ClientOptions:
             ("grpc.keepalive_time_ms", self.keepalive_time_ms),
             ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
             ("grpc.keepalive_permit_without_calls", 0),
+            ("grpc.initial_reconnect_backoff_ms", self.reconnect_backoff_ms),
+            ("grpc.min_reconnect_backoff_ms", self.reconnect_backoff_ms),
+            ("grpc.max_reconnect_backoff_ms", self.max_reconnect_backoff_ms),
             ("grpc.max_receive_message_length", self.max_receive_message_bytes),
             ("grpc.max_send_message_length", self.max_send_message_bytes),
         ]
