@@ -1,0 +1,74 @@
+"""Admission control: bounded concurrency and queue, refusal of calls that cannot finish in
+time (pure logic on the event loop; the overload behaviour end to end is in test_overload)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from recsys.deadlines import remaining_seconds, request_deadline
+from recsys.grpc_server.admission import AdmissionController, Overloaded
+
+
+async def hold(controller: AdmissionController, release: asyncio.Event) -> None:
+    async with controller.admit():
+        await release.wait()
+
+
+async def test_calls_beyond_the_slots_wait_and_beyond_the_queue_are_refused() -> None:
+    controller = AdmissionController(max_in_flight=2, max_queue=1)
+    release = asyncio.Event()
+    holders = [asyncio.create_task(hold(controller, release)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert (controller.in_flight, controller.waiting) == (2, 1)
+    with pytest.raises(Overloaded) as refused:
+        async with controller.admit():
+            pass
+    assert refused.value.reason == "OVERLOADED"
+    assert refused.value.retry_after_seconds > 0
+    release.set()
+    await asyncio.gather(*holders)
+    assert (controller.in_flight, controller.waiting, controller.refused) == (0, 0, 1)
+
+
+async def test_a_call_that_cannot_finish_in_time_is_refused_at_once() -> None:
+    controller = AdmissionController(max_in_flight=1, max_queue=10)
+    controller.service_seconds = 2.0  # calls have been taking two seconds
+    release = asyncio.Event()
+    holder = asyncio.create_task(hold(controller, release))
+    await asyncio.sleep(0.01)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with request_deadline(1.0), pytest.raises(Overloaded):
+        async with controller.admit():
+            pass
+    assert loop.time() - started < 0.5  # refused at once, not queued until the deadline
+    release.set()
+    await holder
+
+
+async def test_a_queued_call_gives_up_in_time_to_answer() -> None:
+    controller = AdmissionController(max_in_flight=1, max_queue=10, reserve_seconds=0.1)
+    release = asyncio.Event()
+    holder = asyncio.create_task(hold(controller, release))
+    await asyncio.sleep(0.01)
+    with request_deadline(0.3):
+        with pytest.raises(Overloaded):
+            async with controller.admit():
+                pass
+        # It waited for a slot, and gave up with time left to answer.
+        left = remaining_seconds()
+        assert left is not None
+        assert left > 0
+    assert controller.waiting == 0
+    release.set()
+    await holder
+
+
+async def test_service_time_is_learned_from_the_calls() -> None:
+    controller = AdmissionController(max_in_flight=4, max_queue=4)
+    for _ in range(5):
+        async with controller.admit():
+            await asyncio.sleep(0.02)
+    assert 0.015 < controller.service_seconds < 0.2
