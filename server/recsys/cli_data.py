@@ -63,17 +63,18 @@ def load(
     ] = False,
 ) -> None:
     """Load a catalogue (MovieLens files or a synthetic one) into the configured SQL metadata
-    store and feature store: items, users, interactions, item features."""
+    store and feature store: items, users, interactions, item features. Erased users are left
+    out."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from recsys.data.catalogue import load_catalogue
+    from recsys.data.catalogue import Skipped, load_catalogue
     from recsys.metadata.migrate import prepare_schema
     from recsys.registry import create_adapter
 
     settings = settings_or_exit(config, {})
     catalogue = catalogue_from(movielens, items, users, interactions_per_user, seed)
 
-    async def run() -> None:
+    async def run() -> Skipped:
         async with contextlib.AsyncExitStack() as stack:
             await asyncio.to_thread(prepare_schema, settings.database)
             metadata = create_adapter("metadata", settings.recommend.metadata, settings)
@@ -88,19 +89,21 @@ def load(
                 "interactions": len(catalogue.interactions),
             }
             with stage_progress(totals) as progress:
-                await load_catalogue(
+                # Erased users' profiles and interactions are left out (their tombstones).
+                return await load_catalogue(
                     catalogue, metadata=metadata, features=features, progress=progress
                 )
 
     try:
-        asyncio.run(run())
+        skipped = asyncio.run(run())
     except (RecsysError, SQLAlchemyError) as error:
         raise fail(error) from error
     typer.echo(
-        f"loaded {len(catalogue.items)} items, {len(catalogue.users)} users and "
-        f"{len(catalogue.interactions)} interactions ({settings.recommend.metadata} metadata"
+        f"loaded {len(catalogue.items)} items, {len(catalogue.users) - skipped.profiles} users "
+        f"and {len(catalogue.interactions) - skipped.interactions} interactions "
+        f"({settings.recommend.metadata} metadata"
         + ("" if metadata_only else f", {settings.features.store} feature store")
-        + ")"
+        + f"); {skipped.describe()}"
     )
 
 
@@ -112,7 +115,7 @@ def features(
     config: ConfigOption = None,
 ) -> None:
     """Load a feature snapshot (user embeddings, preferences, item features) into the
-    configured feature store."""
+    configured feature store, leaving out the users erased in the configured metadata store."""
     from recsys.cli_train import load_features_into_store
 
     settings = settings_or_exit(config, {})
@@ -123,7 +126,9 @@ def features(
             err=True,
         )
         raise typer.Exit(code=2)
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         load_features_into_store(settings, snapshot)
-    except RecsysError as error:
+    except (RecsysError, SQLAlchemyError) as error:
         raise fail(error) from error

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -24,7 +25,11 @@ from recsys.cli_common import (
     stage_progress,
 )
 from recsys.errors import RecsysError
+from recsys.settings import RecsysSettings
 from recsys_client import RecsysClientError
+
+if TYPE_CHECKING:
+    from recsys.data.catalogue import Catalogue
 
 
 def _say(message: str) -> None:
@@ -66,8 +71,11 @@ def train(
 ) -> None:
     """Learn user and item embeddings (implicit ALS) and the ranking model (LightGBM
     lambdarank, exported to ONNX with its feature schema), from MovieLens files or a synthetic
-    catalogue. Then: `recsys index build --embeddings OUTPUT/item_embeddings.npz --no-normalize`
-    and `recsys release publish`."""
+    catalogue, leaving out the users erased in the configured metadata store. Then:
+    `recsys index build --embeddings OUTPUT/item_embeddings.npz --no-normalize` and
+    `recsys release publish`."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from recsys.training.dataset import InteractionTable
     from recsys.training.models import EmbeddingSettings
     from recsys.training.pipeline import train_models, write_artifacts
@@ -76,6 +84,10 @@ def train(
     repository = model_repository or settings.rank.model_repository
     _say("reading the catalogue")
     catalogue = catalogue_from(movielens, items, users, interactions_per_user, seed)
+    try:
+        catalogue = asyncio.run(_without_erased_users(settings, catalogue))
+    except (RecsysError, SQLAlchemyError) as error:
+        raise fail(error) from error
     table = InteractionTable.from_catalogue(catalogue)
     _say(f"{table.user_count} users, {table.item_count} items, {len(table)} pairs")
     embedding = EmbeddingSettings(
@@ -117,28 +129,57 @@ def train(
                 f"features.preload_path = {artifacts.features_path}"
             )
         else:
-            load_features_into_store(settings, artifacts.features_path)
+            try:
+                load_features_into_store(settings, artifacts.features_path)
+            except (RecsysError, SQLAlchemyError) as error:
+                raise fail(error) from error
 
 
-def load_features_into_store(settings: Any, path: Path) -> None:
+async def _without_erased_users(settings: RecsysSettings, catalogue: Catalogue) -> Catalogue:
+    """The catalogue without the users erased in the configured metadata store. An SQLite file
+    that does not exist has erased nobody; a server database that cannot be read stops the
+    command (training on erased users' data is not a fallback)."""
+    from recsys.data.catalogue import erased_users_of, skip_erased
+    from recsys.data.erasures import absent_sqlite_file, erasure_records
+
+    async with erasure_records(settings) as metadata:
+        if metadata is None:
+            typer.echo(
+                f"no metadata database at {absent_sqlite_file(settings.database)}: "
+                "no erased users to leave out"
+            )
+            return catalogue
+        kept, skipped = skip_erased(catalogue, await erased_users_of(catalogue, metadata))
+    typer.echo(f"training data: {skipped.describe()}")
+    return kept
+
+
+def load_features_into_store(settings: RecsysSettings, path: Path) -> None:
     asyncio.run(_load_features(settings, path))
 
 
-async def _load_features(settings: Any, path: Path) -> None:
+async def _load_features(settings: RecsysSettings, path: Path) -> None:
+    from recsys.data.erasures import absent_sqlite_file, erasure_records
     from recsys.data.features_file import load_features, load_into_store
     from recsys.registry import create_adapter
 
     snapshot = load_features(path)
-    store = create_adapter("feature_store", settings.features.store, settings)
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        metadata = await stack.enter_async_context(erasure_records(settings))
+        if metadata is None:
+            typer.echo(
+                f"no metadata database at {absent_sqlite_file(settings.database)}: "
+                "no erased users to leave out"
+            )
+        store = create_adapter("feature_store", settings.features.store, settings)
+        stack.push_async_callback(store.close)
         totals = {"items": len(snapshot.item_ids), "users": len(snapshot.user_ids)}
         with stage_progress(totals) as progress:
-            await load_into_store(snapshot, store, progress=progress)
-    finally:
-        await store.close()
+            skipped = await load_into_store(snapshot, store, metadata=metadata, progress=progress)
     typer.echo(
-        f"loaded {len(snapshot.user_ids)} users and {len(snapshot.item_ids)} items "
-        f"({snapshot.embedding_version}) into the {settings.features.store} feature store"
+        f"loaded {len(snapshot.user_ids) - skipped} users and {len(snapshot.item_ids)} items "
+        f"({snapshot.embedding_version}) into the {settings.features.store} feature store; "
+        f"skipped {skipped} erased users"
     )
 
 

@@ -74,6 +74,22 @@ async def test_delete_is_idempotent(store: FeatureStore) -> None:
     assert await store.get_user_embedding("u1") is None
 
 
+async def test_delete_leaves_a_user_whose_id_extends_it_alone(store: FeatureStore) -> None:
+    for user in ("a", "a:b", "a:"):
+        await store.put_user_embedding(user, embedding())
+        await store.put_user_preferences(user, {"Drama": 1.0})
+        await store.record_recent_interactions(user, [1, 2])
+    deleted = await store.delete_user("a")
+    assert deleted >= 2
+    assert (await store.get_user_features("a")).empty
+    for other in ("a:b", "a:"):
+        kept = await store.get_user_features(other)
+        assert kept.embedding is not None
+        assert dict(kept.preferences) == {"Drama": 1.0}
+        assert kept.recent_item_ids == (2, 1)
+    assert await store.delete_user("a:b") == deleted  # the same records per user
+
+
 async def test_item_features_in_order_with_defaults(store: FeatureStore) -> None:
     vector = np.arange(4, dtype=np.float32)
     await store.put_item_features(

@@ -46,7 +46,7 @@ async def repository(
     try:
         upgrade(settings)
         upgrade(settings)  # idempotent
-        assert current_revision(settings) == "0001"
+        assert current_revision(settings) == "0002"
         adapter = SqlMetadataRepository(create_engine(settings))
         yield adapter
         await adapter.close()
@@ -116,6 +116,60 @@ async def test_erasure_leaves_only_a_deleted_marker(repository: MetadataReposito
     again = await repository.erase_user("u1")
     assert (again.deleted_interactions, again.profile_erased) == (0, False)
     assert await repository.consumed_item_ids("u2") == {13}  # others untouched
+
+
+async def test_erasure_leaves_a_tombstone_that_names_only_that_user(
+    repository: MetadataRepository,
+) -> None:
+    await repository.upsert_users([UserProfile("a", 30), UserProfile("a:b", 31)])
+    assert await repository.erased_user_ids(["a", "a:b", "nobody"]) == set()
+    await repository.erase_user("a")
+    await repository.erase_user("a")  # idempotent: one tombstone
+    await repository.erase_user("never-loaded")  # erasure before any data: still recorded
+    assert await repository.erased_user_ids(["a", "a:b", "a:", "nobody", "never-loaded"]) == {
+        "a",
+        "never-loaded",
+    }
+    assert await repository.erased_user_ids([]) == set()
+    # Many ids at once (the loaders ask for a whole catalogue).
+    many = [f"user{index}" for index in range(12_000)] + ["a"]
+    assert await repository.erased_user_ids(many) == {"a"}
+    # A reload of the profile does not lift the tombstone.
+    await repository.upsert_users([UserProfile("a", 30)])
+    assert await repository.erased_user_ids(["a"]) == {"a"}
+    assert await repository.count_rows_for_user("a:b") == {
+        "interactions": 0,
+        "profile_data": 1,
+        "audit_with_plain_id": 0,
+    }
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+async def test_the_migration_records_users_erased_before_it(kind: str, tmp_path: Path) -> None:
+    """Revision 0002 backfills tombstones from the deleted markers of revision 0001."""
+    settings = database_for(kind, tmp_path)
+    try:
+        upgrade(settings, "0001")
+        engine = create_migration_engine(settings)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO users (user_id, blocked_categories, onboarding_categories, "
+                    "liked_item_ids, deleted_at) VALUES "
+                    "('gone', '[]', '[]', '[]', CURRENT_TIMESTAMP), "
+                    "('here', '[]', '[]', '[]', NULL)"
+                )
+            )
+        engine.dispose()
+        upgrade(settings)
+        assert current_revision(settings) == "0002"
+        repository = SqlMetadataRepository(create_engine(settings))
+        try:
+            assert await repository.erased_user_ids(["gone", "here"]) == {"gone"}
+        finally:
+            await repository.close()
+    finally:
+        drop_schema(settings)
 
 
 def test_migrations_match_the_table_definitions(tmp_path: Path) -> None:

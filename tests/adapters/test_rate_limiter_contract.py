@@ -72,6 +72,15 @@ async def test_reset_forgets_a_user(limiter: RateLimiter) -> None:
     assert await limiter.reset("nobody") == 0
 
 
+async def test_reset_leaves_a_user_whose_id_extends_it_alone(limiter: RateLimiter) -> None:
+    for _ in range(3):
+        await limiter.hit("a:b")
+    await limiter.hit("a")
+    assert await limiter.reset("a") == 1
+    assert (await limiter.hit("a:b")).remaining == LIMIT - 4  # still counting
+    assert (await limiter.hit("a")).remaining == LIMIT - 1  # a fresh window
+
+
 async def test_in_memory_window_rolls_over() -> None:
     now = [0.0]
     limiter = InMemoryRateLimiter(limit=2, window_seconds=60, clock=lambda: now[0])

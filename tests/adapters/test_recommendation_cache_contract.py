@@ -20,7 +20,8 @@ from recsys.ports.cache import (
 )
 from tests.support.services import require_redis
 
-# The Redis adapter deletes a user's entries under these surfaces and, by a scan, any other.
+# The Redis adapter deletes a user's entries under these surfaces and, through the user's
+# surface set, any other.
 CONFIGURED_SURFACES = ("homepage",)
 
 
@@ -121,6 +122,27 @@ async def test_delete_user_erases_every_kind_and_surface_of_that_user_only(
     assert await cache.delete_user("nobody") == 0
     assert await cache.delete_user("u*") == 0  # an id, not a pattern
     assert await cache.get(RESPONSES, "u2", "homepage") == answer(2)
+
+
+async def test_delete_user_leaves_a_user_whose_id_extends_it_alone(
+    cache: RecommendationCache,
+) -> None:
+    """Ids may contain ':': user "a" with surface "b:homepage" and user "a:b" with surface
+    "homepage" are different entries, and erasing "a" touches neither of "a:b"'s."""
+    await cache.put(RESPONSES, "a", "homepage", answer(1), ttl_seconds=60)
+    await cache.put(PRECOMPUTED, "a", "b:homepage", answer(2), ttl_seconds=60)
+    for kind in KINDS:
+        for surface in ("homepage", "cart"):
+            await cache.put(kind, "a:b", surface, answer(3), ttl_seconds=60)
+    assert await cache.get(PRECOMPUTED, "a:b", "homepage") == answer(3)
+
+    assert await cache.delete_user("a") == 2  # only a's entries, and counted as such
+    assert await cache.get(RESPONSES, "a", "homepage") is None
+    assert await cache.get(PRECOMPUTED, "a", "b:homepage") is None
+    for kind in KINDS:
+        for surface in ("homepage", "cart"):
+            assert await cache.get(kind, "a:b", surface) == answer(3)
+    assert await cache.delete_user("a:b") == 4
 
 
 async def test_an_unknown_kind_is_refused(cache: RecommendationCache) -> None:

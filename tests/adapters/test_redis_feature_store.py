@@ -48,6 +48,65 @@ def test_item_cache_is_bounded_and_expires() -> None:
     np.testing.assert_array_equal(decode_vector(np.arange(2, dtype="<f4").tobytes()), [0, 1])
 
 
+def test_an_unknown_item_is_remembered_only_for_the_miss_ttl() -> None:
+    cache = ItemCache(ttl_seconds=60, max_items=10, miss_ttl_seconds=1)
+    cache.put(1, None, now=0)
+    cache.put(2, ItemFeatures("x", 0, 0), now=0)
+    assert cache.get(1, now=0.5) == (True, None)
+    assert cache.get(1, now=1.5) == (False, None)  # asked again: Redis decides
+    assert cache.get(2, now=59)[0]
+    never = ItemCache(ttl_seconds=60, max_items=10, miss_ttl_seconds=0)
+    never.put(1, None, now=0)
+    assert never.get(1, now=0) == (False, None)
+    assert len(never) == 0
+    capped = ItemCache(ttl_seconds=0.5, max_items=10, miss_ttl_seconds=5)
+    capped.put(1, None, now=0)
+    assert not capped.get(1, now=0.6)[0]  # never longer than the TTL of found items
+
+
+async def test_an_item_loaded_after_a_miss_is_found_within_the_miss_ttl() -> None:
+    """Redis restarted empty (or a snapshot is being loaded): the items read meanwhile are
+    missing, and must be served with their features soon after they are written by another
+    process, not after the whole item_cache_ttl."""
+    import asyncio
+
+    url = require_redis()
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    client = aioredis.Redis.from_url(url)
+    serving = RedisFeatureStore(
+        client, namespace=namespace, item_cache_ttl_seconds=60, item_cache_miss_ttl_seconds=0.3
+    )
+    loader = RedisFeatureStore(aioredis.Redis.from_url(url), namespace=namespace)
+    try:
+        missing = await serving.get_item_features([1, 2])
+        assert missing.found.tolist() == [False, False]
+        await loader.put_item_features({1: ItemFeatures("Action", 0.5, 0.5)})
+        await asyncio.sleep(0.4)
+        found = await serving.get_item_features([1, 2])
+        assert found.found.tolist() == [True, False]
+        assert found.categories == ["Action", ""]
+        # The found item is cached for the full TTL now: gone from Redis, still served.
+        await client.delete(f"{namespace}:item_features:1")
+        assert (await serving.get_item_features([1])).found.tolist() == [True]
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{namespace}:*")]
+        if keys:
+            await client.delete(*keys)
+        await serving.close()
+        await loader.close()
+
+
+def test_the_miss_ttl_comes_from_the_settings() -> None:
+    from recsys.settings import load_settings
+
+    settings = load_settings(
+        features={"item_cache_ttl_seconds": 30, "item_cache_miss_ttl_seconds": 0.5}
+    )
+    store = RedisFeatureStore.from_settings(settings)
+    assert (store.item_cache.ttl, store.item_cache.miss_ttl) == (30, 0.5)
+    assert load_settings().features.item_cache_miss_ttl_seconds == 1.0
+
+
 async def test_redis_down_is_unavailable_and_fails_fast() -> None:
     import time
 

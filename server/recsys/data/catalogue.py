@@ -4,8 +4,8 @@ synthetic generator, loaded into the platform's stores through its ports."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
 
 from recsys.domain.interactions import Interaction
 from recsys.ports.features import FeatureStore, ItemFeatures
@@ -24,6 +24,53 @@ class Catalogue:
     @property
     def categories(self) -> list[str]:
         return sorted({item.category for item in self.items})
+
+    @property
+    def user_ids(self) -> list[str]:
+        """Every user the catalogue holds data of: profiles, then interactions, each once."""
+        profiles = (user.user_id for user in self.users)
+        events = (event.user_id for event in self.interactions)
+        return list(dict.fromkeys([*profiles, *events]))
+
+    def without_users(self, user_ids: Collection[str]) -> Catalogue:
+        """The catalogue without these users' profiles and interactions (items stay)."""
+        if not user_ids:
+            return self
+        left_out = set(user_ids)
+        return replace(
+            self,
+            users=[user for user in self.users if user.user_id not in left_out],
+            interactions=[event for event in self.interactions if event.user_id not in left_out],
+        )
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """What a loader left out because the users were erased (their tombstones)."""
+
+    users: int = 0
+    profiles: int = 0
+    interactions: int = 0
+
+    def describe(self) -> str:
+        return (
+            f"skipped {self.users} erased users ({self.profiles} profiles, "
+            f"{self.interactions} interactions)"
+        )
+
+
+async def erased_users_of(catalogue: Catalogue, metadata: MetadataRepository) -> set[str]:
+    """The catalogue's users that were erased: loaders and training leave them out."""
+    return await metadata.erased_user_ids(catalogue.user_ids)
+
+
+def skip_erased(catalogue: Catalogue, erased: Collection[str]) -> tuple[Catalogue, Skipped]:
+    kept = catalogue.without_users(erased)
+    return kept, Skipped(
+        users=len(erased),
+        profiles=len(catalogue.users) - len(kept.users),
+        interactions=len(catalogue.interactions) - len(kept.interactions),
+    )
 
 
 def popularity_from(interactions: list[Interaction], item_ids: list[int]) -> dict[int, float]:
@@ -59,11 +106,19 @@ async def load_catalogue(
     features: FeatureStore | None,
     batch: int = 5_000,
     progress: Callable[[str, int], None] | None = None,
-) -> None:
+) -> Skipped:
     """Writes items, users and interactions to the SQL store and, unless `features` is None,
     item features (without embeddings) to the feature store, in batches (`progress(stage,
     count)` after each). After `recsys train`, load the metadata only: the feature snapshot
-    carries the item features the ranker was trained with."""
+    carries the item features the ranker was trained with.
+
+    Erased users (tombstones in `metadata`) are left out: their profiles and interactions are
+    not written again. Returns what was left out."""
+    catalogue, skipped = skip_erased(catalogue, await erased_users_of(catalogue, metadata))
+    if progress and skipped.profiles:
+        progress("users", skipped.profiles)
+    if progress and skipped.interactions:
+        progress("interactions", skipped.interactions)
     for start in range(0, len(catalogue.items), batch):
         chunk = catalogue.items[start : start + batch]
         await metadata.upsert_items(chunk)
@@ -91,3 +146,4 @@ async def load_catalogue(
         await metadata.record_interactions(chunk_events)
         if progress:
             progress("interactions", len(chunk_events))
+    return skipped

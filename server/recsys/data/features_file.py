@@ -2,16 +2,17 @@
 embedding version, category preferences, item features with embeddings, the default user
 embedding), as one `.npz` file, and loading one into any FeatureStore through the port.
 
-Redis deployments load a snapshot once (`recsys features load`); the in-memory store of the
+Redis deployments load a snapshot once (`recsys data features`); the in-memory store of the
 embedded mode loads `features.preload_path` at every start, since it keeps nothing across runs.
+Given the metadata repository, loading leaves out erased users (their tombstones).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy.typing as npt
 
 from recsys.errors import ConfigurationError
 from recsys.ports.features import FeatureStore, ItemFeatures, UserEmbedding
+from recsys.ports.metadata import MetadataRepository
 
 FloatArray = npt.NDArray[np.float32]
 _ARRAYS = (
@@ -54,6 +56,20 @@ class FeatureSnapshot:
 
     def user_embedding(self, row: int) -> UserEmbedding:
         return UserEmbedding(self.user_vectors[row], self.embedding_version, self.generated_at)
+
+    def without_users(self, user_ids: Collection[str]) -> FeatureSnapshot:
+        """The snapshot without these users' rows. Items and the default user embedding (an
+        average over every user, nobody's own features) stay."""
+        left_out = set(user_ids)
+        if not left_out.intersection(self.user_ids):
+            return self
+        rows = [row for row, user in enumerate(self.user_ids) if user not in left_out]
+        return replace(
+            self,
+            user_ids=[self.user_ids[row] for row in rows],
+            user_vectors=self.user_vectors[rows],
+            user_preferences=self.user_preferences[rows],
+        )
 
     def preferences(self, row: int) -> dict[str, float]:
         values = self.user_preferences[row]
@@ -126,12 +142,21 @@ async def load_into_store(
     snapshot: FeatureSnapshot,
     store: FeatureStore,
     *,
+    metadata: MetadataRepository | None = None,
     batch: int = 2_000,
     concurrency: int = 16,
     progress: Callable[[str, int], None] | None = None,
-) -> None:
+) -> int:
     """Writes every user's embedding and preferences, every item's features and the default
-    user embedding; at most `concurrency` writes are in flight (a Redis pool has a bound)."""
+    user embedding; at most `concurrency` writes are in flight (a Redis pool has a bound).
+
+    With `metadata`, users erased there (tombstones) are left out: every load for serving
+    passes it (only a store of a fresh deployment, nobody erased yet, may do without).
+    Returns how many users were left out."""
+    erased = await metadata.erased_user_ids(snapshot.user_ids) if metadata is not None else set()
+    snapshot = snapshot.without_users(erased)
+    if progress and erased:
+        progress("users", len(erased))
     limit = asyncio.Semaphore(concurrency)
 
     async def bounded(write: Awaitable[None]) -> None:
@@ -172,3 +197,4 @@ async def load_into_store(
             snapshot.default_user_vector, snapshot.embedding_version, snapshot.generated_at
         )
     )
+    return len(erased)

@@ -68,3 +68,13 @@ audit_log = Table(
     Column("details", JSON, nullable=False, default=dict),
     Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+# Tombstones: one row per erased user, named like the audit log (`hashed_subject`), never by the
+# id. Written by erasure; every loader skips the users found here, so reloading a catalogue or
+# a feature snapshot does not bring an erased user back.
+erased_users = Table(
+    "erased_users",
+    metadata,
+    Column("subject", String(128), primary_key=True),
+    Column("erased_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -1,10 +1,11 @@
-"""MetadataRepository: user profiles, item metadata, interactions and the audit log (SQL)."""
+"""MetadataRepository: user profiles, item metadata, interactions, the audit log and the
+tombstones of erased users (SQL)."""
 
 from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from recsys.domain.interactions import Interaction
@@ -68,7 +69,14 @@ class MetadataRepository(abc.ABC):
 
     @abc.abstractmethod
     async def erase_user(self, user_id: str) -> ErasureResult:
-        """Deletes the user's interactions and replaces the profile by a deleted marker."""
+        """Deletes the user's interactions, replaces the profile by a deleted marker and records
+        a tombstone (the user's hash, never the id), all in one transaction."""
+
+    @abc.abstractmethod
+    async def erased_user_ids(self, user_ids: Iterable[str]) -> set[str]:
+        """Those of `user_ids` that were erased (have a tombstone). Every loader (catalogue,
+        feature snapshot, training) skips them, so that reloading data does not bring an
+        erased user back."""
 
     @abc.abstractmethod
     async def write_audit(

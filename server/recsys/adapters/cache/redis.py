@@ -1,12 +1,28 @@
-"""Recommendation cache in Redis under the seed's keys, each written with its TTL (SET EX)."""
+"""Recommendation cache in Redis: one key per (kind, user, surface), each written with its TTL.
+Every key of a user carries the user's hash tag (`user_tag`), and erasure deletes exact keys:
+the configured surfaces' and those of the user's surface set, never a pattern."""
 
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.typing import EncodableT
 
 from recsys.adapters.redis.connection import Keys, create_client, translate
 from recsys.ports.cache import KINDS, CachedRecommendations, RecommendationCache, check_entry
 from recsys.settings import RecsysSettings
+
+# KEYS[1] = the entry, KEYS[2] = the user's surface set (one slot: both carry the user's hash
+# tag); ARGV = value, TTL in seconds, surface. The set records every surface the user has an
+# entry under (an offline job's, or one configured earlier) so erasure finds it, and lives at
+# least as long as the longest of those entries.
+PUT_SCRIPT = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+if redis.call('TTL', KEYS[2]) < tonumber(ARGV[2]) then
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+return 1
+"""
 
 
 class RedisRecommendationCache(RecommendationCache):
@@ -16,6 +32,7 @@ class RedisRecommendationCache(RecommendationCache):
         self.client = client
         self.keys = Keys(namespace)
         self.surfaces = surfaces
+        self._put = client.register_script(PUT_SCRIPT)
 
     @classmethod
     def from_settings(cls, settings: RecsysSettings) -> RedisRecommendationCache:
@@ -25,12 +42,9 @@ class RedisRecommendationCache(RecommendationCache):
             surfaces=settings.recommend.surfaces,
         )
 
-    def _key(self, kind: str, user_id: str, surface: str) -> str:
-        return f"{self.keys.namespace}:{kind}:{user_id}:{surface}"
-
     async def get(self, kind: str, user_id: str, surface: str) -> CachedRecommendations | None:
         check_entry(kind)
-        key = self._key(kind, user_id, surface)
+        key = self.keys.cached(kind, user_id, surface)
         data = await translate(lambda: self.client.get(key), "a cache read")
         if not data:
             return None
@@ -45,33 +59,34 @@ class RedisRecommendationCache(RecommendationCache):
         ttl_seconds: int,
     ) -> None:
         check_entry(kind, ttl_seconds)
-        key = self._key(kind, user_id, surface)
-        await translate(
-            lambda: self.client.set(key, value.to_bytes(), ex=ttl_seconds), "a cache write"
-        )
+        keys = [self.keys.cached(kind, user_id, surface), self.keys.cached_surfaces(user_id)]
+        args: list[EncodableT] = [value.to_bytes(), ttl_seconds, surface]
+        await translate(lambda: self._put(keys=keys, args=args), "a cache write")
 
     async def delete_user(self, user_id: str) -> int:
-        # Every configured surface, plus a scan for surfaces configured earlier.
-        keys = {self._key(kind, user_id, surface) for kind in KINDS for surface in self.surfaces}
+        """Deletes the entries of every kind under the configured surfaces and under those of
+        the user's surface set; returns how many entries went (the set itself is not counted)."""
+        surfaces_key = self.keys.cached_surfaces(user_id)
 
-        async def scan() -> set[str]:
-            found = set()
-            for kind in KINDS:
-                pattern = f"{self.keys.namespace}:{kind}:{_glob_literal(user_id)}:*"
-                async for key in self.client.scan_iter(match=pattern, count=1000):
-                    found.add(key.decode() if isinstance(key, bytes) else key)
-            return found
+        async def erase() -> int:
+            recorded = await self.client.smembers(surfaces_key)
+            surfaces = set(self.surfaces) | {
+                surface.decode() if isinstance(surface, bytes) else str(surface)
+                for surface in recorded
+            }
+            keys = [
+                self.keys.cached(kind, user_id, surface)
+                for kind in KINDS
+                for surface in sorted(surfaces)
+            ]
+            async with self.client.pipeline(transaction=True) as pipe:
+                if keys:
+                    pipe.delete(*keys)
+                pipe.delete(surfaces_key)
+                results = await pipe.execute()
+            return int(results[0]) if keys else 0
 
-        keys |= await translate(scan, "a cache scan")
-        if not keys:  # no surface configured and none found: DEL takes at least one key
-            return 0
-        deleted: int = await translate(lambda: self.client.delete(*keys), "a cache delete")
-        return deleted
+        return await translate(erase, "a cache delete")
 
     async def close(self) -> None:
         await self.client.aclose()
-
-
-def _glob_literal(text: str) -> str:
-    """`text` matched literally by a SCAN pattern: a user id "*" must not erase every user."""
-    return "".join(f"\\{character}" if character in "*?[]\\" else character for character in text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -31,29 +32,44 @@ def create_client(settings: RedisSettings, *, retries: int = 1) -> aioredis.Redi
     )
 
 
+def user_tag(user_id: str) -> str:
+    """The user's part of every per-user key: the first 128 bits of the SHA-256 of the id, in
+    hex, as a Redis Cluster hash tag. Fixed length and without `:`, so no key of one user is a
+    prefix of another's (ids may contain `:`), ids never appear in key names, and all of a
+    user's keys hash to one slot (one DEL, one MULTI). Equal to the hex of the audit log's
+    `hashed_subject`, so an operator can find the keys an audit record names."""
+    return "{" + hashlib.sha256(user_id.encode()).hexdigest()[:32] + "}"
+
+
 class Keys:
-    """The seed's key names under a namespace: `<namespace>:user_features:<user>`..."""
+    """Every key name, under `<namespace>:` (docs/recommend.md lists them). Per-user keys carry
+    `user_tag(user_id)` instead of the id."""
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
 
     def user_features(self, user_id: str) -> str:
-        return f"{self.namespace}:user_features:{user_id}"
+        return f"{self.namespace}:user_features:{user_tag(user_id)}"
 
-    def user_embedding(self, user_id: str) -> str:
-        return f"{self.namespace}:user_embedding:{user_id}"
+    def user_recent(self, user_id: str) -> str:
+        return f"{self.namespace}:user_recent:{user_tag(user_id)}"
+
+    def rate_limit(self, user_id: str) -> str:
+        return f"{self.namespace}:rate_limit:recommendations:{user_tag(user_id)}"
+
+    def cached(self, kind: str, user_id: str, surface: str) -> str:
+        """A cached answer: `kind` is one of `recsys.ports.cache.KINDS`."""
+        return f"{self.namespace}:{kind}:{user_tag(user_id)}:{surface}"
+
+    def cached_surfaces(self, user_id: str) -> str:
+        """The set of surfaces the user has cached answers under (erasure reads it)."""
+        return f"{self.namespace}:cached_surfaces:{user_tag(user_id)}"
 
     def item_features(self, item_id: int) -> str:
         return f"{self.namespace}:item_features:{item_id}"
 
-    def user_recent(self, user_id: str) -> str:
-        return f"{self.namespace}:user_recent:{user_id}"
-
     def default_user_features(self) -> str:
         return f"{self.namespace}:default_user_features"
-
-    def rate_limit(self, user_id: str) -> str:
-        return f"{self.namespace}:rate_limit:recommendations:{user_id}"
 
 
 async def translate(call: Callable[[], Awaitable[T]], what: str) -> T:

@@ -1,6 +1,7 @@
 """FeatureStore on Redis: one hash per user and per item, vectors as little-endian float32
 bytes, every read one round trip (a pipeline), and an in-process read-through cache for item
-features with a TTL and a bound on entries."""
+features with a TTL and a bound on entries. A user's keys carry the user's hash tag
+(`user_tag`), so erasure deletes exactly that user's keys, in one slot."""
 
 from __future__ import annotations
 
@@ -39,10 +40,14 @@ def decode_vector(data: bytes) -> npt.NDArray[np.float32]:
 
 
 class ItemCache:
-    """LRU with a time to live; `None` values (unknown items) are cached too."""
+    """LRU with a time to live. Unknown items (`None`) are remembered too, but only for
+    `miss_ttl_seconds` (short): an item missing because Redis restarted empty or a snapshot is
+    being loaded must be found again soon after it is written, not scored with defaults for
+    the whole positive TTL."""
 
-    def __init__(self, ttl_seconds: float, max_items: int) -> None:
+    def __init__(self, ttl_seconds: float, max_items: int, miss_ttl_seconds: float = 1.0) -> None:
         self.ttl = ttl_seconds
+        self.miss_ttl = min(miss_ttl_seconds, ttl_seconds)
         self.max_items = max_items
         self._entries: collections.OrderedDict[int, tuple[float, ItemFeatures | None]] = (
             collections.OrderedDict()
@@ -56,9 +61,11 @@ class ItemCache:
         return True, entry[1]
 
     def put(self, item_id: int, value: ItemFeatures | None, now: float) -> None:
-        if self.max_items <= 0 or self.ttl <= 0:
+        ttl = self.ttl if value is not None else self.miss_ttl
+        if self.max_items <= 0 or ttl <= 0:
+            self._entries.pop(item_id, None)
             return
-        self._entries[item_id] = (now + self.ttl, value)
+        self._entries[item_id] = (now + ttl, value)
         self._entries.move_to_end(item_id)
         while len(self._entries) > self.max_items:
             self._entries.popitem(last=False)
@@ -78,10 +85,13 @@ class RedisFeatureStore(FeatureStore):
         namespace: str,
         item_cache_ttl_seconds: float = 60.0,
         item_cache_max_items: int = 100_000,
+        item_cache_miss_ttl_seconds: float = 1.0,
     ) -> None:
         self.client = client
         self.keys = Keys(namespace)
-        self.item_cache = ItemCache(item_cache_ttl_seconds, item_cache_max_items)
+        self.item_cache = ItemCache(
+            item_cache_ttl_seconds, item_cache_max_items, item_cache_miss_ttl_seconds
+        )
 
     @classmethod
     def from_settings(cls, settings: RecsysSettings) -> RedisFeatureStore:
@@ -90,6 +100,7 @@ class RedisFeatureStore(FeatureStore):
             namespace=settings.redis.namespace,
             item_cache_ttl_seconds=settings.features.item_cache_ttl_seconds,
             item_cache_max_items=settings.features.item_cache_max_items,
+            item_cache_miss_ttl_seconds=settings.features.item_cache_miss_ttl_seconds,
         )
 
     async def get_user_embedding(self, user_id: str) -> UserEmbedding | None:
@@ -201,11 +212,8 @@ class RedisFeatureStore(FeatureStore):
             self.item_cache.drop(int(item_id))
 
     async def delete_user(self, user_id: str) -> int:
-        keys = [
-            self.keys.user_features(user_id),
-            self.keys.user_embedding(user_id),
-            self.keys.user_recent(user_id),
-        ]
+        # Exact keys of this user only, in one slot (the user's hash tag): one DEL.
+        keys = [self.keys.user_features(user_id), self.keys.user_recent(user_id)]
         deleted: int = await translate(lambda: self.client.delete(*keys), "a user delete")
         return deleted
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import delete, desc, func, select, update
@@ -12,10 +12,11 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from recsys.domain.erasure import hashed_subject
 from recsys.domain.interactions import Interaction
 from recsys.errors import DeadlineExceeded, Unavailable
 from recsys.metadata.database import create_engine, describe_error
-from recsys.metadata.tables import audit_log, interactions, items, users
+from recsys.metadata.tables import audit_log, erased_users, interactions, items, users
 from recsys.ports.metadata import ErasureResult, ItemMetadata, MetadataRepository, UserProfile
 from recsys.settings import RecsysSettings
 
@@ -225,12 +226,39 @@ class SqlMetadataRepository(MetadataRepository):
                     deleted_at=dt.datetime.now(dt.UTC),
                 )
             )
+            await connection.execute(
+                self._insert(erased_users)
+                .values(subject=hashed_subject(user_id))
+                .on_conflict_do_nothing(index_elements=[erased_users.c.subject])
+            )
             return ErasureResult(
                 deleted_interactions=int(removed.rowcount or 0),
                 profile_erased=bool(erased.rowcount),
             )
 
         result: ErasureResult = await self._run(work, write=True)
+        return result
+
+    async def erased_user_ids(self, user_ids: Iterable[str]) -> set[str]:
+        by_subject: dict[str, list[str]] = {}
+        for user_id in user_ids:
+            by_subject.setdefault(hashed_subject(user_id), []).append(user_id)
+        if not by_subject:
+            return set()
+        subjects = sorted(by_subject)
+
+        async def work(connection: Any) -> set[str]:
+            erased: set[str] = set()
+            for start in range(0, len(subjects), 5000):
+                chunk = subjects[start : start + 5000]
+                rows = await connection.execute(
+                    select(erased_users.c.subject).where(erased_users.c.subject.in_(chunk))
+                )
+                for row in rows:
+                    erased.update(by_subject[row.subject])
+            return erased
+
+        result: set[str] = await self._run(work)
         return result
 
     async def write_audit(self, action: str, subject: str, details: Mapping[str, object]) -> None:

@@ -1,0 +1,145 @@
+"""The Redis key layout of the three per-user adapters (features, cache, rate limit): a user's
+keys carry the user's hash tag, never the id, all land in one cluster slot, and erasure deletes
+exactly that user's keys (ids may contain ':', so one id can extend another)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from recsys.adapters.cache.redis import RedisRecommendationCache
+from recsys.adapters.rate_limit.redis import RedisRateLimiter
+from recsys.adapters.redis.connection import user_tag
+from recsys.adapters.redis.features import RedisFeatureStore
+from recsys.domain.erasure import hashed_subject
+from recsys.ports.cache import KINDS, PRECOMPUTED, RESPONSES, CachedItem, CachedRecommendations
+from recsys.ports.features import UserEmbedding
+from tests.support.services import require_redis
+
+pytestmark = pytest.mark.integration
+
+SURFACES = ("homepage", "cart", "email")
+VICTIM = "user77"
+NEIGHBOUR = "user77:homepage"  # the id that the old prefix scan of "user77" also matched
+
+
+@dataclass
+class Stores:
+    client: aioredis.Redis
+    namespace: str
+    features: RedisFeatureStore
+    cache: RedisRecommendationCache
+    limiter: RedisRateLimiter
+
+    async def keys(self) -> set[bytes]:
+        return {key async for key in self.client.scan_iter(match=f"{self.namespace}:*")}
+
+    async def erase(self, user_id: str) -> int:
+        return (
+            await self.features.delete_user(user_id)
+            + await self.cache.delete_user(user_id)
+            + await self.limiter.reset(user_id)
+        )
+
+
+@pytest.fixture
+async def stores() -> AsyncIterator[Stores]:
+    url = require_redis()
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    client = aioredis.Redis.from_url(url)
+    made = Stores(
+        client,
+        namespace,
+        RedisFeatureStore(aioredis.Redis.from_url(url), namespace=namespace),
+        RedisRecommendationCache(
+            aioredis.Redis.from_url(url), namespace=namespace, surfaces=SURFACES
+        ),
+        RedisRateLimiter(
+            aioredis.Redis.from_url(url), namespace=namespace, limit=100, window_seconds=60
+        ),
+    )
+    try:
+        yield made
+    finally:
+        keys = await made.keys()
+        if keys:
+            await client.delete(*keys)
+        for adapter in (made.features, made.cache, made.limiter):
+            await adapter.close()
+        await client.aclose()
+
+
+async def fill(stores: Stores, user_id: str) -> None:
+    """Every kind of per-user key: features, recent items, both cache kinds on two surfaces
+    (one of them not configured), the rate-limit counter."""
+    vector = np.ones(4, np.float32)
+    await stores.features.put_user_embedding(
+        user_id, UserEmbedding(vector, "e1", dt.datetime(2026, 12, 1, tzinfo=dt.UTC))
+    )
+    await stores.features.put_user_preferences(user_id, {"Drama": 1.0})
+    await stores.features.record_recent_interactions(user_id, [1, 2])
+    value = CachedRecommendations(items=(CachedItem(1, 0.5),), model_version="m")
+    for kind in KINDS:
+        for surface in ("cart", "search"):
+            await stores.cache.put(kind, user_id, surface, value, ttl_seconds=60)
+    await stores.limiter.hit(user_id)
+
+
+def test_the_user_tag_is_the_audit_subject_as_a_hash_tag() -> None:
+    digest = hashlib.sha256(NEIGHBOUR.encode()).hexdigest()[:32]
+    assert user_tag(NEIGHBOUR) == "{" + digest + "}"
+    assert hashed_subject(NEIGHBOUR) == "sha256:" + digest
+
+
+async def test_a_users_keys_carry_its_tag_not_its_id_and_share_one_slot(stores: Stores) -> None:
+    await fill(stores, VICTIM)
+    keys = await stores.keys()
+    tag = user_tag(VICTIM).encode()
+    # features, recent, 2 kinds x 2 surfaces, the surface set, the counter
+    assert len(keys) == 8
+    assert all(tag in key for key in keys)
+    assert not any(VICTIM.encode() in key for key in keys)
+    assert len({key_slot(key) for key in keys}) == 1
+    namespace = stores.namespace
+    assert {key.decode().replace(user_tag(VICTIM), "{U}") for key in keys} == {
+        f"{namespace}:user_features:{{U}}",
+        f"{namespace}:user_recent:{{U}}",
+        f"{namespace}:recommendations:{{U}}:cart",
+        f"{namespace}:recommendations:{{U}}:search",
+        f"{namespace}:precomputed:{{U}}:cart",
+        f"{namespace}:precomputed:{{U}}:search",
+        f"{namespace}:cached_surfaces:{{U}}",
+        f"{namespace}:rate_limit:recommendations:{{U}}",
+    }
+    for key in keys:  # everything but the feature records expires
+        if b":user_features:" not in key:
+            assert 0 < await stores.client.ttl(key) <= 1800
+
+
+async def test_erasure_deletes_exactly_the_users_keys_and_counts_only_them(
+    stores: Stores,
+) -> None:
+    await fill(stores, VICTIM)
+    victims = await stores.keys()
+    await fill(stores, NEIGHBOUR)
+    await fill(stores, "user7")
+    before = await stores.keys()
+
+    # features + recent, 4 cache entries (the surface set is bookkeeping), the counter
+    assert await stores.erase(VICTIM) == 7
+    assert await stores.keys() == before - victims
+    assert await stores.erase(VICTIM) == 0  # idempotent
+    neighbour = await stores.features.get_user_features(NEIGHBOUR)
+    assert neighbour.embedding is not None
+    assert neighbour.recent_item_ids == (2, 1)
+    for kind in (RESPONSES, PRECOMPUTED):
+        assert await stores.cache.get(kind, NEIGHBOUR, "search") is not None
+    assert (await stores.limiter.hit(NEIGHBOUR)).remaining == 98
