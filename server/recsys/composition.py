@@ -119,17 +119,22 @@ class Components:
         return store
 
     async def _preload(self, store: FeatureStore) -> None:
+        """The feature snapshot, less the users erased since it was written (their tombstones
+        are in the metadata store): a restart must not bring an erased user back."""
+        from recsys.data.erasures import erasure_records
         from recsys.data.features_file import load_features, load_into_store
 
         path = self.settings.features.preload_path
         assert path is not None
         snapshot = await asyncio.to_thread(load_features, path)
-        await load_into_store(snapshot, store)
+        async with erasure_records(self.settings) as tombstones:
+            skipped = await load_into_store(snapshot, store, metadata=tombstones)
         logger.info(
             "feature snapshot loaded",
             extra={
                 "path": str(path),
-                "users": len(snapshot.user_ids),
+                "users": len(snapshot.user_ids) - skipped,
+                "erased_users_skipped": skipped,
                 "items": len(snapshot.item_ids),
                 "embedding_version": snapshot.embedding_version,
             },

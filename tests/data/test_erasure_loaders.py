@@ -133,3 +133,28 @@ def test_a_snapshot_without_users_keeps_rows_aligned() -> None:
     np.testing.assert_array_equal(kept.user_vectors, full.user_vectors[[0, 2]])
     assert kept.user_preferences.shape == (2, 1)
     assert full.without_users({"unknown"}) is full
+
+
+async def test_a_restart_preload_leaves_erased_users_out(
+    metadata: SqlMetadataRepository, tmp_path: Path
+) -> None:
+    # The embedded mode loads features.preload_path at every start: not for erased users.
+    from recsys.composition import Components
+    from recsys.data.features_file import save_features
+    from tests.conftest import make_settings
+
+    await metadata.erase_user("a")
+    path = tmp_path / "features.npz"
+    save_features(path, snapshot())
+    settings = make_settings(
+        tmp_path,
+        features={"store": "in_memory", "preload_path": str(path)},
+        database={"url": f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}"},
+    )
+    components = Components(settings)
+    async with components.resources:
+        store = components.feature_store
+        for hook in components.startup_hooks:
+            await hook()
+        assert await store.get_user_embedding("a") is None
+        assert await store.get_user_embedding("a:b") is not None

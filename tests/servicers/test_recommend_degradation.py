@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
+from recsys.adapters.redis.connection import user_tag
 from recsys.grpc_server.app import GrpcApplication
 from recsys.metadata.database import create_migration_engine
 from recsys.settings import DatabaseSettings
@@ -204,7 +205,9 @@ async def test_erasure_leaves_no_key_and_no_row(deployment: Deployment) -> None:
     assert erased.deleted_interactions == 3
     direct = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
     leftover = [
-        key async for key in direct.scan_iter(match=f"{deployment.namespace}:*") if b"alice" in key
+        key
+        async for key in direct.scan_iter(match=f"{deployment.namespace}:*")
+        if user_tag("alice").encode() in key
     ]
     await direct.aclose()
     assert leftover == []

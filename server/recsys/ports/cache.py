@@ -1,5 +1,6 @@
-"""RecommendationCache: the response cache `recommendations:{user}:{surface}` (5 minutes) and
-pre-computed results `precomputed:{user}:{surface}` (1 hour), as the seed names them."""
+"""RecommendationCache: the response cache (the seed's `recommendations:{user}:{surface}`, 5
+minutes) and pre-computed results (`precomputed:{user}:{surface}`, 1 hour). The Redis adapter
+names a user by a hash tag of the hashed id, not the id itself (docs/recommend.md)."""
 
 from __future__ import annotations
 
