@@ -183,3 +183,31 @@ def test_migrations_match_the_table_definitions(tmp_path: Path) -> None:
         differences = compare_metadata(MigrationContext.configure(connection), metadata)
     engine.dispose()
     assert differences == []
+
+
+async def test_a_read_survives_the_server_dropping_its_connection(tmp_path: Path) -> None:
+    # pg_terminate_backend on pooled connections (a restart, an operator): a read retries once on
+    # a fresh connection instead of failing. No pre-ping, so the dead connection is used.
+    settings = database_for("postgresql", tmp_path).model_copy(update={"pool_pre_ping": False})
+    try:
+        upgrade(settings)
+        adapter = SqlMetadataRepository(create_engine(settings))
+        await adapter.upsert_users([UserProfile("u1", 30, "US")])
+        await adapter.record_interactions([event(1)])
+        assert await adapter.consumed_item_ids("u1") == {11}
+        admin = create_migration_engine(settings.model_copy(update={"schema_name": ""}))
+        with admin.begin() as connection:
+            terminated = connection.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = :name"
+                ),
+                {"name": f"recsys/{settings.schema_name}"},
+            ).scalar_one()
+        admin.dispose()
+        assert terminated >= 1
+        assert await adapter.consumed_item_ids("u1") == {11}
+        assert (await adapter.get_user("u1")) is not None
+        await adapter.close()
+    finally:
+        drop_schema(settings)

@@ -39,7 +39,9 @@ def _postgres_options(settings: DatabaseSettings) -> dict[str, Any]:
     options = f"-c statement_timeout={settings.statement_timeout_ms}"
     if settings.schema_name:
         options += f" -c search_path={settings.schema_name}"
-    return {"options": options}
+    # What pg_stat_activity shows operators: the platform, and the schema when it has one.
+    name = f"recsys/{settings.schema_name}" if settings.schema_name else "recsys"
+    return {"options": options, "application_name": name}
 
 
 def create_engine(settings: DatabaseSettings) -> AsyncEngine:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import delete, desc, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -20,6 +21,8 @@ from recsys.metadata.tables import audit_log, erased_users, interactions, items,
 from recsys.ports.metadata import ErasureResult, ItemMetadata, MetadataRepository, UserProfile
 from recsys.settings import RecsysSettings
 
+logger = logging.getLogger(__name__)
+
 
 class SqlMetadataRepository(MetadataRepository):
     def __init__(self, engine: AsyncEngine) -> None:
@@ -32,6 +35,20 @@ class SqlMetadataRepository(MetadataRepository):
 
     async def _run(self, work: Any, *, write: bool = False) -> Any:
         try:
+            return await self._attempt(work, write=write)
+        except DBAPIError as error:
+            if write or not error.connection_invalidated:
+                _raise_translated(error)
+            # A read on a connection the server dropped (a restart, terminated backends):
+            # once more on a fresh one; the pool discarded the dead connection.
+            logger.warning("database connection lost; reading again on a new one")
+        try:
+            return await self._attempt(work, write=False)
+        except DBAPIError as error:
+            _raise_translated(error)
+
+    async def _attempt(self, work: Any, *, write: bool) -> Any:
+        try:
             if write:
                 async with self.engine.begin() as connection:
                     return await work(connection)
@@ -39,14 +56,10 @@ class SqlMetadataRepository(MetadataRepository):
                 return await work(connection)
         except PoolTimeout as error:
             raise DeadlineExceeded("no database connection became free in time") from error
-        except (OperationalError, OSError) as error:
+        except OSError as error:
             raise Unavailable(
                 f"database unavailable: {describe_error(error)}", reason="DATABASE_DOWN"
             ) from error
-        except DBAPIError as error:
-            if error.connection_invalidated:
-                raise Unavailable("database connection lost", reason="DATABASE_DOWN") from error
-            raise
 
     async def get_user(self, user_id: str) -> UserProfile | None:
         async def work(connection: Any) -> UserProfile | None:
@@ -305,3 +318,15 @@ def _item(row: Any) -> ItemMetadata:
         popularity=float(row.popularity),
         created_at=row.created_at,
     )
+
+
+def _raise_translated(error: DBAPIError) -> NoReturn:
+    """A database that cannot be reached or dropped the connection: Unavailable (callers
+    degrade); anything else is a bug and propagates as it is."""
+    if isinstance(error, OperationalError):
+        raise Unavailable(
+            f"database unavailable: {describe_error(error)}", reason="DATABASE_DOWN"
+        ) from error
+    if error.connection_invalidated:
+        raise Unavailable("database connection lost", reason="DATABASE_DOWN") from error
+    raise error
