@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from recsys.domain.interactions import Interaction, InteractionKind, validate_interactions
 from recsys.domain.requests import RecommendQuery, RequestContext, validate_recommend_query
-from recsys.domain.validation import USER_ID_PATTERN, Violations
+from recsys.domain.validation import (
+    MAX_NANOS,
+    MAX_TIMESTAMP_SECONDS,
+    MIN_TIMESTAMP_SECONDS,
+    USER_ID_PATTERN,
+    Violations,
+)
 from recsys.errors import InvalidArgument
 
 SURFACES = ("homepage", "search")
@@ -87,3 +93,46 @@ def test_interactions_need_a_time_and_a_kind() -> None:
         "events[1].event_time",
         "events[1].surface",
     ]
+
+
+def timestamp_violations(seconds: int, nanos: int) -> list[tuple[str, str]]:
+    violations = Violations()
+    violations.check_timestamp("when", seconds, nanos)
+    try:
+        violations.raise_if_any()
+    except InvalidArgument as error:
+        return [(v.field, v.description) for v in error.violations]
+    return []
+
+
+@given(
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.integers(min_value=-(2**31), max_value=2**31 - 1),
+)
+def test_timestamps_are_accepted_exactly_where_a_datetime_holds_them(
+    seconds: int, nanos: int
+) -> None:
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    try:
+        epoch + dt.timedelta(seconds=seconds)
+        in_range = True
+    except OverflowError:
+        in_range = False
+    expected = int(not in_range) + int(not 0 <= nanos <= MAX_NANOS)
+    assert len(timestamp_violations(seconds, nanos)) == expected
+
+
+def test_timestamp_bounds_are_the_first_and_last_second_of_0001_to_9999() -> None:
+    assert timestamp_violations(MIN_TIMESTAMP_SECONDS, 0) == []
+    assert timestamp_violations(MAX_TIMESTAMP_SECONDS, MAX_NANOS) == []
+    assert timestamp_violations(MAX_TIMESTAMP_SECONDS + 1, 0) == [
+        (
+            "when",
+            "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, "
+            "got 253402300800 seconds",
+        )
+    ]
+    assert timestamp_violations(0, -5) == [
+        ("when", "nanos must be between 0 and 999999999, got -5")
+    ]
+    assert len(timestamp_violations(MIN_TIMESTAMP_SECONDS - 1, MAX_NANOS + 1)) == 2

@@ -51,7 +51,7 @@ async def test_rank_scores_sorts_and_names_the_backend(app: GrpcApplication) -> 
         response = await client.rank("u1", [(10, 0.5), (11, 0.5), (12, 0.5), (13, 0.9)])
     assert response.backend == common_pb2.RANKING_BACKEND_MODEL
     assert response.model_version == "ranker:1"
-    assert not response.default_features
+    assert response.default_features  # item 13 has no features: scored on defaults, and said so
     scores = [item.score for item in response.items]
     assert scores == sorted(scores, reverse=True)
     assert {item.item_id for item in response.items} == {10, 11, 12, 13}

@@ -17,6 +17,11 @@ EVENT_ID_PATTERN = re.compile(r"^[\x21-\x7e]{1,128}$")
 # Surface names (configured in settings, carried by requests and events).
 SURFACE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 MAX_LOCALE_LENGTH = 35
+# google.protobuf.Timestamp's documented range, 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z
+# (what a datetime holds): seconds since the Unix epoch, and nanoseconds within the second.
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+MAX_NANOS = 999_999_999
 
 
 class Violations:
@@ -63,3 +68,14 @@ class Violations:
     def check_locale(self, field: str, locale: str) -> None:
         if locale and (len(locale) > MAX_LOCALE_LENGTH or not LOCALE_PATTERN.fullmatch(locale)):
             self.add(field, "must be a BCP 47 language tag of at most 35 characters, like en-US")
+
+    def check_timestamp(self, field: str, seconds: int, nanos: int) -> None:
+        """A protobuf Timestamp given as its two fields: within 0001-01-01..9999-12-31."""
+        if not MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS:
+            self.add(
+                field,
+                "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, "
+                f"got {seconds} seconds",
+            )
+        if not 0 <= nanos <= MAX_NANOS:
+            self.add(field, f"nanos must be between 0 and {MAX_NANOS}, got {nanos}")

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from recsys.errors import ConfigurationError
 from recsys.grpc_server.auth import AuthInterceptor
+from recsys.grpc_server.decoding import DecodingServer
 from recsys.grpc_server.interceptors import server_interceptors
 from recsys.observability.metrics import (
     GrpcServerMetrics,
@@ -138,10 +139,13 @@ class GrpcApplication:
             options=server_options(self.settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
+        # The services' requests that do not decode reach the interceptors as InvalidArgument
+        # (grpc_server/decoding.py); health and reflection are gRPC's own.
+        services = DecodingServer(server)
         for binding in self.bindings:
-            binding.add_to_server(server)
+            binding.add_to_server(services)
         if self._generic_handlers:
-            server.add_generic_rpc_handlers(self._generic_handlers)
+            services.add_generic_rpc_handlers(self._generic_handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if settings.reflection:
             names = [

@@ -10,7 +10,9 @@
    records the deadline for outbound calls (`recsys.deadlines`).
 
 They wrap unary-unary methods, which is every recsys.v1 RPC; streaming methods (health Watch,
-reflection) pass through untouched.
+reflection) pass through untouched. Requests that are not valid messages go through them too:
+the services are registered with deserializers that never raise (`decoding.py`), and their
+InvalidArgument is raised inside the chain.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,7 @@ from recsys.deadlines import request_deadline
 from recsys.errors import (
     ERROR_DOMAIN,
     DeadlineExceeded,
+    FieldViolation,
     InvalidArgument,
     RecsysError,
     ResourceExhausted,
@@ -50,6 +53,12 @@ MAX_REQUEST_ID_LENGTH = 128
 _NO_DEADLINE_SECONDS = 1e8
 
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+# Bounds of an error's status on the wire (see `status_for_error`). The message travels twice
+# (grpc-message, percent-encoded, and inside grpc-status-details-bin, base64-encoded).
+MAX_MESSAGE_BYTES = 512
+MAX_VIOLATIONS_BYTES = 2048
+MAX_VIOLATION_TEXT_BYTES = 256
+_ELLIPSIS = "\u2026"
 
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
@@ -192,18 +201,19 @@ class ObservabilityInterceptor(_UnaryInterceptor):
 
 
 def status_for_error(error: RecsysError, request_id: str) -> status_pb2.Status:
-    """The google.rpc.Status (with details) that represents a RecsysError on the wire."""
+    """The google.rpc.Status (with details) that represents a RecsysError on the wire.
+
+    Its size is bounded: trailers past the caller's metadata limit (gRPC's default: 8 KiB
+    soft, 16 KiB hard) fail the call with RESOURCE_EXHAUSTED instead of carrying the status.
+    The message is cut at MAX_MESSAGE_BYTES; field violations are kept, in order, while they
+    fit in MAX_VIOLATIONS_BYTES, and ErrorInfo's `omitted_violations` counts the rest."""
     details: list[any_pb2.Any] = []
+    metadata = dict(error.metadata)
     if isinstance(error, InvalidArgument):
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=violation.field, description=violation.description
-                )
-                for violation in error.violations
-            ]
-        )
-        details.append(_pack(bad_request))
+        kept = _bounded_violations(error.violations)
+        if len(kept) < len(error.violations):
+            metadata["omitted_violations"] = str(len(error.violations) - len(kept))
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=kept)))
     if isinstance(error, ResourceExhausted):
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(max(0, round(error.retry_after_seconds * 1000)))
@@ -211,10 +221,36 @@ def status_for_error(error: RecsysError, request_id: str) -> status_pb2.Status:
     info = error_details_pb2.ErrorInfo(
         reason=error.reason,
         domain=ERROR_DOMAIN,
-        metadata={**error.metadata, "request_id": request_id},
+        metadata={**metadata, "request_id": request_id},
     )
     details.append(_pack(info))
-    return status_pb2.Status(code=int(error.code), message=error.message, details=details)
+    message = _truncated(error.message, MAX_MESSAGE_BYTES)
+    return status_pb2.Status(code=int(error.code), message=message, details=details)
+
+
+def _bounded_violations(
+    violations: Sequence[FieldViolation],
+) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    kept: list[error_details_pb2.BadRequest.FieldViolation] = []
+    size = 0
+    for violation in violations:
+        item = error_details_pb2.BadRequest.FieldViolation(
+            field=_truncated(violation.field, MAX_VIOLATION_TEXT_BYTES),
+            description=_truncated(violation.description, MAX_VIOLATION_TEXT_BYTES),
+        )
+        size += item.ByteSize() + 3  # with its tag and length in the BadRequest
+        if size > MAX_VIOLATIONS_BYTES:
+            break
+        kept.append(item)
+    return kept
+
+
+def _truncated(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8, ending in an ellipsis when cut."""
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - len(_ELLIPSIS.encode())].decode(errors="ignore") + _ELLIPSIS
 
 
 def _pack(message: Any) -> any_pb2.Any:

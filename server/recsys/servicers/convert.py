@@ -8,6 +8,7 @@ from google.protobuf import timestamp_pb2
 
 from recsys.domain.interactions import Interaction, InteractionKind
 from recsys.domain.requests import DeviceType, RecommendQuery, RequestContext
+from recsys.domain.validation import Violations
 from recsys.v1 import common_pb2, interaction_event_pb2, recommend_service_pb2
 
 _DEVICE_TYPES = {
@@ -29,18 +30,27 @@ _INTERACTION_KINDS = {
 }
 
 
-def timestamp_to_datetime(timestamp: timestamp_pb2.Timestamp) -> dt.datetime:
+def timestamp_to_datetime(timestamp: timestamp_pb2.Timestamp, *, field: str) -> dt.datetime:
+    """The UTC datetime of a Timestamp; InvalidArgument naming `field` when no datetime can hold
+    it. (The gRPC server already refuses such requests as they are decoded,
+    `recsys.grpc_server.decoding`; this keeps every other caller of the servicers safe too.)"""
+    violations = Violations()
+    violations.check_timestamp(field, timestamp.seconds, timestamp.nanos)
+    violations.raise_if_any()
     return timestamp.ToDatetime(tzinfo=dt.UTC)
 
 
-def request_context_from_proto(context: common_pb2.RequestContext) -> RequestContext:
+def request_context_from_proto(
+    context: common_pb2.RequestContext, *, field: str = "context"
+) -> RequestContext:
+    """`field`: where the context sits in the request, for the paths of field violations."""
     return RequestContext(
         # Unknown enum numbers from newer clients are treated as unknown devices.
         device_type=_DEVICE_TYPES.get(context.device_type, DeviceType.UNKNOWN),
         country=context.country,
         locale=context.locale,
         request_time=(
-            timestamp_to_datetime(context.request_time)
+            timestamp_to_datetime(context.request_time, field=f"{field}.request_time")
             if context.HasField("request_time")
             else None
         ),
@@ -58,7 +68,10 @@ def recommend_query_from_proto(request: recommend_service_pb2.RecommendRequest) 
     )
 
 
-def interaction_from_proto(event: interaction_event_pb2.InteractionEvent) -> Interaction:
+def interaction_from_proto(
+    event: interaction_event_pb2.InteractionEvent, *, field: str = "event"
+) -> Interaction:
+    """`field`: where the event sits in the request (`events[3]`), for field violations."""
     return Interaction(
         event_id=event.event_id,
         user_id=event.user_id,
@@ -66,7 +79,9 @@ def interaction_from_proto(event: interaction_event_pb2.InteractionEvent) -> Int
         kind=_INTERACTION_KINDS.get(event.type),
         value=event.value,
         event_time=(
-            timestamp_to_datetime(event.event_time) if event.HasField("event_time") else None
+            timestamp_to_datetime(event.event_time, field=f"{field}.event_time")
+            if event.HasField("event_time")
+            else None
         ),
         surface=event.surface,
     )

@@ -39,7 +39,10 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         request: ingest_service_pb2.RecordInteractionsRequest,
         context: grpc.aio.ServicerContext,
     ) -> ingest_service_pb2.RecordInteractionsResponse:
-        interactions = [interaction_from_proto(event) for event in request.events]
+        interactions = [
+            interaction_from_proto(event, field=f"events[{index}]")
+            for index, event in enumerate(request.events)
+        ]
         validate_interactions(interactions, max_batch_size=self._max_batch_size)
         await self._sink.publish(interactions)
         if self._features is not None:
