@@ -101,7 +101,21 @@ class ServerSettings(_Section):
     max_connection_age_grace_ms: int = Field(default=30_000, ge=0)
     # Applied when the caller sends no deadline; a caller's deadline always wins.
     default_deadline_ms: int = Field(default=1_000, ge=1, le=600_000)
+    # gRPC's own cap (answers RESOURCE_EXHAUSTED, which clients do not retry); prefer the
+    # admission control below.
     max_concurrent_rpcs: int | None = Field(default=None, ge=1)
+    # Load shedding (grpc_server/admission.py): at most `max_in_flight` calls run, at most
+    # `max_queue` wait for a slot and none longer than `max_queue_wait_ms`, and a call that
+    # cannot finish before its deadline is refused at once: UNAVAILABLE, reason OVERLOADED,
+    # retry after about `overload_retry_after_ms`.
+    admission_enabled: bool = True
+    max_in_flight: int = Field(default=8, ge=1, le=10_000)
+    max_queue: int = Field(default=64, ge=0, le=100_000)
+    max_queue_wait_ms: int = Field(default=100, ge=1, le=60_000)
+    overload_retry_after_ms: int = Field(default=100, ge=1, le=60_000)
+    # Several processes may listen on one port (SO_REUSEPORT): `recsys up` runs replicas of
+    # Recommend that way. Off by default, so a port in use is an error.
+    reuse_port: bool = False
     # On SIGTERM: readiness goes NOT_SERVING, new calls are still served for the drain period
     # (so load balancers and Kubernetes stop routing), then in-flight calls get the grace period.
     shutdown_drain_seconds: float = Field(default=2.0, ge=0, le=300)

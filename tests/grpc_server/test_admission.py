@@ -72,3 +72,26 @@ async def test_service_time_is_learned_from_the_calls() -> None:
         async with controller.admit():
             await asyncio.sleep(0.02)
     assert 0.015 < controller.service_seconds < 0.2
+
+
+async def test_waiters_are_served_in_arrival_order_and_give_back_every_slot() -> None:
+    controller = AdmissionController(max_in_flight=1, max_queue=10)
+    release = asyncio.Event()
+    holder = asyncio.create_task(hold(controller, release))
+    await asyncio.sleep(0)
+    order: list[int] = []
+
+    async def call(number: int) -> None:
+        async with controller.admit():
+            order.append(number)
+
+    gone = asyncio.create_task(call(99))  # queued first, then gives up: no slot may leak
+    waiters = []
+    for number in range(5):
+        waiters.append(asyncio.create_task(call(number)))
+        await asyncio.sleep(0)
+    gone.cancel()
+    release.set()
+    await asyncio.gather(holder, *waiters)
+    assert order == [0, 1, 2, 3, 4]
+    assert (controller.in_flight, controller.waiting) == (0, 0)

@@ -4,10 +4,12 @@ it used the server (seed "Flash Sale": above capacity, goodput must stay at its 
 
 Admission, per call:
 1. Queue full: refused.
-2. The caller's remaining time is shorter than the expected wait plus the expected service
-   time (moving averages of recent calls): refused, since it would only end DEADLINE_EXCEEDED
-   after taking a slot another call could have used.
-3. Otherwise it waits for a slot, at most its remaining time less the expected service time.
+2. The caller's remaining time is shorter than the expected wait (the calls ahead of it, served
+   `max_in_flight` at a time) plus the expected service time (a moving average of recent
+   calls): refused, since it would only end DEADLINE_EXCEEDED after taking a slot another call
+   could have used.
+3. Otherwise it waits for a slot, at most `max_queue_wait_seconds` (100 ms) and never past its
+   remaining time less the expected service time.
 
 A refusal is `UNAVAILABLE` with reason OVERLOADED and a retry-after hint (RetryInfo and gRPC's
 `grpc-retry-pushback-ms`), distinct from the rate limit's RESOURCE_EXHAUSTED + RATE_LIMITED:
@@ -17,6 +19,8 @@ the client library retries it with jittered back-off within the caller's deadlin
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -43,6 +47,7 @@ class AdmissionController:
         *,
         max_in_flight: int,
         max_queue: int,
+        max_queue_wait_seconds: float = 0.1,
         retry_after_seconds: float = 0.1,
         reserve_seconds: float = 0.01,
         smoothing: float = 0.2,
@@ -52,17 +57,18 @@ class AdmissionController:
             raise ValueError("max_in_flight must be at least 1 and max_queue at least 0")
         self.max_in_flight = max_in_flight
         self.max_queue = max_queue
+        # A refusal must be fast to be useful: no call waits longer than this for a slot.
+        self.max_queue_wait_seconds = max_queue_wait_seconds
         self.retry_after_seconds = retry_after_seconds
         # Kept back from the caller's deadline so the refusal itself arrives in time.
         self.reserve_seconds = reserve_seconds
         self.smoothing = smoothing
         self._clock = clock
-        self._slots = asyncio.Semaphore(max_in_flight)
+        # Calls holding a slot, and the waiters in arrival order.
         self._in_flight = 0
-        self._waiting = 0
-        # Moving averages, in seconds: how long a call holds a slot, and how long one waits.
+        self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Moving average of how long a call holds a slot, in seconds.
         self.service_seconds = 0.0
-        self.wait_seconds = 0.0
         self.refused = 0
 
     @property
@@ -71,7 +77,7 @@ class AdmissionController:
 
     @property
     def waiting(self) -> int:
-        return self._waiting
+        return sum(not slot.done() for slot in self._queue)
 
     def _refuse(self, why: str) -> Overloaded:
         self.refused += 1
@@ -88,33 +94,51 @@ class AdmissionController:
         """Holds a slot for the body, or raises Overloaded at once."""
         remaining = remaining_seconds()
         if self._in_flight >= self.max_in_flight:
-            if self._waiting >= self.max_queue:
-                raise self._refuse("queue full")
-            if remaining is not None and remaining < self.wait_seconds + self.service_seconds:
-                raise self._refuse("the call could not finish before its deadline")
-        started = self._clock()
-        self._waiting += 1
-        try:
-            budget = (
-                None
-                if remaining is None
-                else remaining - self.service_seconds - self.reserve_seconds
-            )
-            if budget is not None and budget <= 0:
-                raise self._refuse("the call could not finish before its deadline")
-            try:
-                async with asyncio.timeout(budget):
-                    await self._slots.acquire()
-            except TimeoutError:
-                raise self._refuse("no slot in time") from None
-        finally:
-            self._waiting -= 1
+            await self._wait_for_slot(remaining)
+        else:
+            self._in_flight += 1
         admitted = self._clock()
-        self.wait_seconds = self._average(self.wait_seconds, admitted - started)
-        self._in_flight += 1
         try:
             yield
         finally:
-            self._in_flight -= 1
-            self._slots.release()
             self.service_seconds = self._average(self.service_seconds, self._clock() - admitted)
+            self._hand_over()
+
+    async def _wait_for_slot(self, remaining: float | None) -> None:
+        """Queues in arrival order; a slot is handed over to the first waiter when a call ends,
+        so a newcomer never overtakes the queue and the expected wait holds."""
+        if len(self._queue) >= self.max_queue:
+            raise self._refuse("queue full")
+        # Little's law: the calls ahead leave at about max_in_flight per service time.
+        expected_wait = (len(self._queue) + 1) * self.service_seconds / self.max_in_flight
+        budget = None if remaining is None else remaining - self.service_seconds
+        if budget is not None and budget - self.reserve_seconds < expected_wait:
+            raise self._refuse("the call could not finish before its deadline")
+        wait = self.max_queue_wait_seconds
+        if budget is not None:
+            wait = min(wait, budget - self.reserve_seconds)
+        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(slot)
+        try:
+            async with asyncio.timeout(wait):
+                await slot
+        except BaseException as error:
+            if slot.done() and not slot.cancelled():
+                self._hand_over()  # handed a slot just as it gave up: pass it on
+            if isinstance(error, TimeoutError):
+                raise self._refuse("no slot in time") from None
+            raise
+        finally:
+            if not slot.done():
+                slot.cancel()
+            with contextlib.suppress(ValueError):
+                self._queue.remove(slot)
+
+    def _hand_over(self) -> None:
+        """A call ended: its slot goes to the first live waiter, else back to the pool."""
+        while self._queue:
+            slot = self._queue.popleft()
+            if not slot.done():
+                slot.set_result(None)
+                return
+        self._in_flight -= 1

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from recsys.errors import ConfigurationError
+from recsys.grpc_server.admission import AdmissionController
 from recsys.grpc_server.auth import AuthInterceptor
 from recsys.grpc_server.decoding import DecodingServer
 from recsys.grpc_server.interceptors import server_interceptors
@@ -61,8 +62,9 @@ def server_options(settings: RecsysSettings) -> list[tuple[str, int]]:
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_connection_age_ms", server.max_connection_age_ms),
         ("grpc.max_connection_age_grace_ms", server.max_connection_age_grace_ms),
-        # A port already in use must be an error, not a silently shared listener.
-        ("grpc.so_reuseport", 0),
+        # A port already in use is an error, not a silently shared listener, unless replicas
+        # share it on purpose (`recsys up`).
+        ("grpc.so_reuseport", 1 if server.reuse_port else 0),
     ]
 
 
@@ -135,6 +137,16 @@ class GrpcApplication:
                 access_log=self.settings.logging.access_log,
                 default_deadline_seconds=settings.default_deadline_ms / 1000,
                 auth=auth,
+                admission=(
+                    AdmissionController(
+                        max_in_flight=settings.max_in_flight,
+                        max_queue=settings.max_queue,
+                        max_queue_wait_seconds=settings.max_queue_wait_ms / 1000,
+                        retry_after_seconds=settings.overload_retry_after_ms / 1000,
+                    )
+                    if settings.admission_enabled
+                    else None
+                ),
             ),
             options=server_options(self.settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,

@@ -21,6 +21,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -41,6 +42,7 @@ from recsys.errors import (
     RecsysError,
     ResourceExhausted,
 )
+from recsys.grpc_server.admission import AdmissionController, Overloaded
 from recsys.observability.logging import reset_request_id, set_request_id
 from recsys.observability.metrics import GrpcServerMetrics
 
@@ -48,6 +50,10 @@ logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("recsys.access")
 
 REQUEST_ID_KEY = "x-request-id"
+# gRPC's server pushback: a client retry policy waits this many milliseconds before retrying.
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# The methods of the platform's API (load shedding applies to these only).
+PLATFORM_METHODS = "/recsys.v1."
 MAX_REQUEST_ID_LENGTH = 128
 # A deadline further away than this is treated as "no deadline" (gRPC reports infinity).
 _NO_DEADLINE_SECONDS = 1e8
@@ -200,6 +206,13 @@ class ObservabilityInterceptor(_UnaryInterceptor):
         return grpc.StatusCode.UNKNOWN
 
 
+def retry_after_seconds(error: RecsysError) -> float | None:
+    """When the caller may try again: the rate limit's window, or an overloaded server's hint."""
+    if isinstance(error, ResourceExhausted | Overloaded):
+        return error.retry_after_seconds
+    return None
+
+
 def status_for_error(error: RecsysError, request_id: str) -> status_pb2.Status:
     """The google.rpc.Status (with details) that represents a RecsysError on the wire.
 
@@ -214,9 +227,10 @@ def status_for_error(error: RecsysError, request_id: str) -> status_pb2.Status:
         if len(kept) < len(error.violations):
             metadata["omitted_violations"] = str(len(error.violations) - len(kept))
         details.append(_pack(error_details_pb2.BadRequest(field_violations=kept)))
-    if isinstance(error, ResourceExhausted):
+    retry_after = retry_after_seconds(error)
+    if retry_after is not None:
         delay = duration_pb2.Duration()
-        delay.FromMilliseconds(max(0, round(error.retry_after_seconds * 1000)))
+        delay.FromMilliseconds(max(0, round(retry_after * 1000)))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     info = error_details_pb2.ErrorInfo(
         reason=error.reason,
@@ -303,6 +317,11 @@ class ErrorMappingInterceptor(_UnaryInterceptor):
         trailing = tuple(answer.trailing_metadata)
         if request_id:
             trailing += ((REQUEST_ID_KEY, request_id),)
+        if isinstance(error, Overloaded):
+            # gRPC clients' retry policy honours this hint; jittered, so the callers refused
+            # together do not come back together.
+            pushback = error.retry_after_seconds * random.uniform(0.5, 1.5)
+            trailing += ((RETRY_PUSHBACK_KEY, str(max(1, round(pushback * 1000)))),)
         await context.abort(answer.code, answer.details, trailing_metadata=trailing)
 
 
@@ -329,15 +348,32 @@ class DeadlineInterceptor(_UnaryInterceptor):
                 ) from None
 
 
+class AdmissionInterceptor(_UnaryInterceptor):
+    """Load shedding for the platform's own methods (health and reflection always answer)."""
+
+    def __init__(self, controller: AdmissionController) -> None:
+        self.controller = controller
+
+    async def around(
+        self, behaviour: Behaviour, request: Any, context: grpc.aio.ServicerContext, method: str
+    ) -> Any:
+        if not method.startswith(PLATFORM_METHODS):
+            return await behaviour(request, context)
+        async with self.controller.admit():
+            return await behaviour(request, context)
+
+
 def server_interceptors(
     metrics: GrpcServerMetrics,
     *,
     access_log: bool,
     default_deadline_seconds: float,
     auth: grpc.aio.ServerInterceptor | None = None,
+    admission: AdmissionController | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
     """The interceptor chain of every recsys server, outermost first. Authentication sits
-    inside error mapping, so its refusals carry the usual status details."""
+    inside error mapping, so its refusals carry the usual status details; admission sits
+    inside the deadline, which it needs to know whether a call can still finish in time."""
     chain: list[grpc.aio.ServerInterceptor] = [
         RequestIdInterceptor(),
         ObservabilityInterceptor(metrics, access_log=access_log),
@@ -346,4 +382,6 @@ def server_interceptors(
     if auth is not None:
         chain.append(auth)
     chain.append(DeadlineInterceptor(default_deadline_seconds))
+    if admission is not None:
+        chain.append(AdmissionInterceptor(admission))
     return chain
