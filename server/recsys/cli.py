@@ -124,6 +124,13 @@ def up(
         ),
     ] = DEFAULT_BASE_PORT,
     log_dir: Annotated[Path, typer.Option(help="One log file per process.")] = Path("var/logs"),
+    recommend_replicas: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Recommend processes sharing server.port; SIGHUP restarts them one at a time.",
+        ),
+    ] = 1,
 ) -> None:
     """Run the distributed layout locally: a process per shard and per service, restarted
     when one dies, until SIGTERM or Ctrl-C. Recommend listens on server.port."""
@@ -131,7 +138,13 @@ def up(
 
     settings = settings_or_exit(config, {})
     configure_logging(settings.logging.level, settings.logging.format)
-    children = plan(settings, base_port=base_port, config_file=config, log_dir=log_dir)
+    children = plan(
+        settings,
+        base_port=base_port,
+        config_file=config,
+        log_dir=log_dir,
+        recommend_replicas=recommend_replicas,
+    )
     for child in children:
         typer.echo(f"{child.name:<10} {child.address:<22} log {child.log}")
     Supervisor(children).run()

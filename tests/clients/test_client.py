@@ -183,7 +183,7 @@ def test_service_config_retries_idempotent_methods_on_unavailable_only() -> None
 
     config = json.loads(ClientOptions().service_config())
     (method_config,) = config["methodConfig"]
-    assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE", "CANCELLED"]
     names = {(entry["service"], entry["method"]) for entry in method_config["name"]}
     assert ("recsys.v1.RecommendService", "Recommend") in names
     assert ("recsys.v1.IndexShardService", "Upsert") not in names

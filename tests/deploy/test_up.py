@@ -30,9 +30,10 @@ ROOT = Path(__file__).resolve().parents[2]
 RECSYS = str(Path(sys.executable).with_name("recsys"))
 
 
-def free_ports(num_shards: int) -> tuple[int, int]:
+def free_ports(num_shards: int, recommend_replicas: int = 1) -> tuple[int, int]:
     """A base port for the layout (every server and metrics port free) and a public port."""
-    base, (public,) = free_port_range(layout_offsets(num_shards), extra=1)
+    offsets = layout_offsets(num_shards, recommend_replicas)
+    base, (public,) = free_port_range(offsets, extra=1)
     return base, public
 
 
@@ -122,6 +123,88 @@ def test_up_serves_and_restarts_a_killed_shard(tmp_path: Path) -> None:
     output = supervisor.stdout.read().decode() if supervisor.stdout else ""
     assert f"shard-1    127.0.0.1:{base + 1}" in output
     assert pid_of(shard_pattern) is None  # every child stopped with the supervisor
+
+
+def test_a_rolling_restart_of_two_recommend_replicas_fails_no_call(tmp_path: Path) -> None:
+    import threading
+
+    data = clustered_embeddings(500, 8, clusters=5, seed=2)
+    build_shard_snapshots(
+        ItemEmbeddings(data.item_ids, data.vectors, "e1"),
+        IndexSpec(dimension=8, index_type=IndexType.FLAT),
+        num_shards=2, index_version="v1",
+        snapshots=SnapshotManager(LocalSnapshotStore(tmp_path / "snapshots")),
+    )  # fmt: skip
+    base, public = free_ports(2, recommend_replicas=2)
+    environment = {
+        **os.environ,
+        "RECSYS_SERVER__PORT": str(public),
+        "RECSYS_SERVER__SHUTDOWN_DRAIN_SECONDS": "0.5",
+        "RECSYS_INDEX__NUM_SHARDS": "2",
+        "RECSYS_INDEX__SPEC__DIMENSION": "8",
+        "RECSYS_INDEX__SNAPSHOT_DIR": str(tmp_path / "snapshots"),
+        "RECSYS_RANK__MODEL_REPOSITORY": str(ROOT / "triton_models"),
+        "RECSYS_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}",
+        "RECSYS_LOGGING__ACCESS_LOG": "false",
+        "RECSYS_METRICS__ENABLED": "true",
+    }
+    # Migrated once up front: two replicas starting together would both migrate the file.
+    subprocess.run([RECSYS, "db", "upgrade"], env=environment, check=True, capture_output=True)
+    command = [RECSYS, "up", "--base-port", str(base), "--log-dir", str(tmp_path / "logs")]
+    supervisor = subprocess.Popen(
+        [*command, "--recommend-replicas", "2"],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    patterns = [f"--metrics-port {base + 200 + 4 + replica}" for replica in range(2)]
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        # The client library's defaults: retries UNAVAILABLE with back-off within the deadline.
+        options = ClientOptions(target=f"127.0.0.1:{public}", timeout_seconds=5)
+        with RecsysClient(options) as client:
+            number = 0
+            while not stop.is_set():
+                number += 1
+                try:
+                    client.recommend(f"user{number % 50}", limit=5)
+                    outcomes.append("OK")
+                except RecsysClientError as error:
+                    outcomes.append(error.code.name)
+                time.sleep(0.01)
+
+    try:
+        wait_until(lambda: serving(f"127.0.0.1:{public}"))
+        wait_until(lambda: serving(f"127.0.0.1:{base + 100}"))
+        before = [pid_of(pattern) for pattern in patterns]
+        assert None not in before
+        callers = [threading.Thread(target=traffic) for _ in range(3)]
+        for caller in callers:
+            caller.start()
+        time.sleep(1.0)
+        supervisor.send_signal(signal.SIGHUP)
+
+        def replaced() -> bool:
+            now = [pid_of(pattern) for pattern in patterns]
+            return all(pid is not None and pid not in before for pid in now)
+
+        wait_until(replaced, timeout=90)
+        time.sleep(2.0)  # the second replica has taken traffic again
+        stop.set()
+        for caller in callers:
+            caller.join(timeout=30)
+    finally:
+        stop.set()
+        supervisor.send_signal(signal.SIGTERM)
+        try:
+            supervisor.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            supervisor.kill()
+            supervisor.wait()
+    assert outcomes.count("OK") > 50
+    assert [code for code in outcomes if code != "OK"] == []
 
 
 def test_shard_processes_share_the_cores(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

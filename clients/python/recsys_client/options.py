@@ -33,7 +33,8 @@ class TlsOptions:
 @dataclass(frozen=True)
 class RetryOptions:
     """gRPC retry policy for the idempotent methods (service config `retryPolicy`): on
-    `UNAVAILABLE` (a server shedding load, restarting or gone) the call is retried after a
+    `UNAVAILABLE` (a server shedding load, restarting or gone) or a server's `CANCELLED` (one
+    shutting down with the call received but not started) the call is retried after a
     randomised (jittered) back-off, within the call's deadline. The defaults wait about 0.1,
     0.2, 0.4 and 0.8 s (gRPC caps attempts at 5): long enough to bridge a server restart or a
     replica being replaced. A server's `grpc-retry-pushback-ms` hint overrides the back-off."""
@@ -76,7 +77,9 @@ class ClientOptions:
                 "initialBackoff": f"{self.retry.initial_backoff_seconds}s",
                 "maxBackoff": f"{self.retry.max_backoff_seconds}s",
                 "backoffMultiplier": self.retry.backoff_multiplier,
-                "retryableStatusCodes": ["UNAVAILABLE"],
+                # CANCELLED from the server: it was shutting down with the call received but
+                # not started (gRPC only retries a status that came from the server).
+                "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
             }
         return json.dumps({"methodConfig": [method_config]})
 

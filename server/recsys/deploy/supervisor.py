@@ -7,6 +7,11 @@ each on a fixed port, restarted when it dies.
     recommend      server.port       (hosts recommend and ingest; calls retrieve and rank)
     metrics        base_port + 200 + the child's position in that list
 
+`--recommend-replicas N` runs N recommend processes on server.port (SO_REUSEPORT: the kernel
+spreads new connections over them). SIGHUP restarts them one at a time, each replaced only
+once the previous one is ready again (its `recsys_server_ready` metric), so clients that retry
+`UNAVAILABLE` (the client library does) see no failed call.
+
 Every port is fixed (no port 0): a port the kernel hands out could be one another child is
 about to bind, or binds again when it restarts. The default base keeps them all below the
 kernel's ephemeral range (32768 on Linux), where outgoing connections take their ports.
@@ -39,10 +44,10 @@ DEFAULT_BASE_PORT = 30_100
 MAX_BACKOFF_SECONDS = 30.0
 
 
-def layout_offsets(num_shards: int) -> list[int]:
+def layout_offsets(num_shards: int, recommend_replicas: int = 1) -> list[int]:
     """Every port of a layout as an offset from its base port (recommend's is server.port,
-    its metrics port is not)."""
-    children = num_shards + 3  # the shards, retrieve, rank, recommend
+    its metrics ports are not)."""
+    children = num_shards + 2 + recommend_replicas  # shards, retrieve, rank, recommend
     return [
         *range(num_shards),
         RETRIEVE_OFFSET,
@@ -63,6 +68,7 @@ class Child:
     next_start: float = 0.0
     log: Path | None = None
     history: list[int] = field(default_factory=list)
+    metrics_port: int | None = None
 
     @property
     def address(self) -> str:
@@ -70,7 +76,12 @@ class Child:
 
 
 def plan(
-    settings: RecsysSettings, *, base_port: int, config_file: Path | None, log_dir: Path
+    settings: RecsysSettings,
+    *,
+    base_port: int,
+    config_file: Path | None,
+    log_dir: Path,
+    recommend_replicas: int = 1,
 ) -> list[Child]:
     """The children of a deployment and the settings that wire them together."""
     executable = str(Path(sys.executable).with_name("recsys"))
@@ -116,22 +127,26 @@ def plan(
     children.append(
         Child("rank", [executable, "serve", "rank"], base_port + RANK_OFFSET, dict(common))
     )
-    children.append(
-        Child(
-            "recommend",
-            [executable, "serve", "recommend,ingest"],
-            settings.server.port,
-            {
-                **common,
-                "RECSYS_RECOMMEND__RETRIEVE_TARGET": f"127.0.0.1:{base_port + RETRIEVE_OFFSET}",
-                "RECSYS_RECOMMEND__RANK_TARGET": f"127.0.0.1:{base_port + RANK_OFFSET}",
-            },
+    recommend_environment = {
+        **common,
+        "RECSYS_RECOMMEND__RETRIEVE_TARGET": f"127.0.0.1:{base_port + RETRIEVE_OFFSET}",
+        "RECSYS_RECOMMEND__RANK_TARGET": f"127.0.0.1:{base_port + RANK_OFFSET}",
+    }
+    if recommend_replicas > 1:
+        recommend_environment["RECSYS_SERVER__REUSE_PORT"] = "true"
+    for replica in range(recommend_replicas):
+        children.append(
+            Child(
+                "recommend" if recommend_replicas == 1 else f"recommend-{replica}",
+                [executable, "serve", "recommend,ingest"],
+                settings.server.port,
+                dict(recommend_environment),
+            )
         )
-    )
     for position, child in enumerate(children):
         child.log = log_dir / f"{child.name}.log"
-        metrics_port = base_port + METRICS_OFFSET + position
-        child.arguments += ["--port", str(child.port), "--metrics-port", str(metrics_port)]
+        child.metrics_port = base_port + METRICS_OFFSET + position
+        child.arguments += ["--port", str(child.port), "--metrics-port", str(child.metrics_port)]
     return children
 
 
@@ -140,6 +155,7 @@ class Supervisor:
         self.children = children
         self.poll_seconds = poll_seconds
         self._stop_requested = False
+        self._roll_requested = False
 
     def _start(self, child: Child) -> None:
         assert child.log is not None
@@ -189,15 +205,57 @@ class Supervisor:
             # the signal lands while the main thread holds that lock inside Event.wait.
             self._stop_requested = True
 
+        def roll(signal_number: int, frame: object) -> None:
+            self._roll_requested = True
+
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, roll)
         try:
             self.start_all()
             while not self._stop_requested:
+                if self._roll_requested:
+                    self._roll_requested = False
+                    self.rolling_restart(
+                        [c for c in self.children if c.name.startswith("recommend")]
+                    )
                 self.check()
                 time.sleep(self.poll_seconds)
         finally:
             self.stop_all()  # whatever ended the loop, no child outlives its supervisor
+
+    def rolling_restart(self, children: list[Child], *, timeout: float = 60.0) -> None:
+        """Replaces the children one at a time, each once the one before is ready again."""
+        for child in children:
+            if self._stop_requested:
+                return
+            process = child.process
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            self._start(child)
+            child.restarts += 1
+            if not self._wait_until_ready(child, timeout):
+                logger.error(
+                    "replica not ready after a restart; rolling restart stopped",
+                    extra={"process_name": child.name},
+                )
+                return
+            logger.info("replica replaced", extra={"process_name": child.name})
+
+    def _wait_until_ready(self, child: Child, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stop_requested:
+            if child.process is None or child.process.poll() is not None:
+                return False
+            if child.metrics_port is not None and _reports_ready(child.metrics_port):
+                return True
+            time.sleep(0.2)
+        return False
 
     def stop_all(self, timeout: float = 20.0) -> None:
         for child in self.children:
@@ -212,3 +270,19 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 child.process.kill()
                 child.process.wait()
+
+
+def _reports_ready(metrics_port: int) -> bool:
+    """Whether the process's /metrics says it is ready (`recsys_server_ready 1.0`)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1) as page:
+            text = page.read().decode()
+    except (urllib.error.URLError, OSError):
+        return False
+    return any(
+        line.startswith("recsys_server_ready ") and float(line.split()[1]) == 1.0
+        for line in text.splitlines()
+    )

@@ -191,6 +191,7 @@ class GrpcApplication:
             await hook()
         for name in (OVERALL, READINESS, *self.service_names):
             await self.health.set(name, SERVING)
+        self.metrics.ready.set(1)
         logger.info(
             "grpc server listening",
             extra={"address": f"{settings.host}:{port}", "services": self.service_names},
@@ -208,6 +209,7 @@ class GrpcApplication:
             # Readiness first: probes and load balancers stop routing while we still serve.
             for name in (READINESS, OVERALL, *self.service_names):
                 await self.health.set(name, NOT_SERVING)
+            self.metrics.ready.set(0)
             logger.info(
                 "shutting down: readiness NOT_SERVING",
                 extra={

@@ -48,6 +48,13 @@ class GrpcServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        # The readiness health status as a number, for whoever reads metrics rather than
+        # health checks (a supervisor replacing one replica of several on a shared port).
+        self.ready = Gauge(
+            "recsys_server_ready",
+            "1 while the server is ready (readiness SERVING), else 0.",
+            registry=registry,
+        )
 
 
 @dataclass
