@@ -316,3 +316,35 @@ async def test_an_empty_feature_store_gives_flagged_rank_answers(deployment: Dep
         answer = await client.recommend("alice", limit=5)
     assert answer.items
     assert answer.degradation.default_features  # scored without item features: said so
+
+
+async def test_terminated_database_connections_never_serve_consumed_items(
+    deployment: Deployment,
+) -> None:
+    schema = deployment.database.schema_name
+    admin = create_migration_engine(deployment.database.model_copy(update={"schema_name": ""}))
+    surfaces = ["homepage", "item_page", "search", "cart", "email"]
+    try:
+        async with client_for(deployment.app) as client:
+            answers = []
+            for surface in surfaces:
+                # Every pooled connection of the server dies between calls (a restart).
+                with admin.begin() as connection:
+                    connection.execute(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE application_name = :name"
+                        ),
+                        {"name": f"recsys/{schema}"},
+                    )
+                answers.append(await client.recommend("alice", surface=surface, limit=10))
+            again = [
+                await client.recommend("alice", surface=surface, limit=10) for surface in surfaces
+            ]
+    finally:
+        admin.dispose()
+    for answer, repeated in zip(answers, again, strict=True):
+        assert answer.items
+        assert not {item.item_id for item in answer.items} & {10, 11, 12}  # alice's history
+        if answer.degradation.metadata_unavailable:
+            assert not repeated.degradation.served_from_cache  # a degraded answer is not cached
