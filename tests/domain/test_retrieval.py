@@ -125,7 +125,10 @@ async def test_replica_failover_hides_a_dead_replica(data) -> None:
     shards = [[LocalShardClient(h)] for h in hosts]
     dead = Broken(shards[1][0], "unavailable")
     shards[1] = [dead, shards[1][0]]
-    retriever = Retriever(shards, config=RetrieverConfig(breaker_open_seconds=60))
+    # A generous shard timeout: this is about failover, and a loaded machine must not turn a
+    # slow answer of the live replica into one more failure.
+    config = RetrieverConfig(breaker_open_seconds=60, shard_timeout_seconds=5.0)
+    retriever = Retriever(shards, config=config)
     for _ in range(14):
         result = await retriever.retrieve(query_for(data))
         assert not result.partial
