@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from recsys.observability.metrics import BreakerMetrics
+from recsys.observability.metrics import (
+    BreakerMetrics,
+    DatabasePoolCollector,
+    FeatureStoreMetrics,
+    IndexMetrics,
+    VersionsCollector,
+    new_registry,
+)
 from recsys.ports.cache import RecommendationCache
 from recsys.ports.events import EventSink
 from recsys.ports.features import FeatureStore
@@ -74,7 +81,9 @@ class Components:
         self.release = current_release(settings.release.directory)
         self.settings = pinned_by(settings, self.release)
         self.resources = resources or contextlib.AsyncExitStack()
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or new_registry()
+        # What the process serves (model, embedding and index versions), read at each scrape.
+        self.registry.register(VersionsCollector(self))
         # Run once the server listens (index loading, model server connection...).
         self.startup_hooks: list[Callable[[], Awaitable[None]]] = []
         # What the hosted services build; None (or empty) until one of them does.
@@ -144,6 +153,9 @@ class Components:
     def metadata(self) -> MetadataRepository:
         metadata = self.adapter("metadata", self.settings.recommend.metadata)
         assert isinstance(metadata, MetadataRepository)
+        pool = getattr(metadata, "pool_status", None)
+        if pool is not None:
+            self.registry.register(DatabasePoolCollector(pool))
         return metadata
 
     @functools.cached_property
@@ -167,6 +179,14 @@ class Components:
     @functools.cached_property
     def breaker_metrics(self) -> BreakerMetrics:
         return BreakerMetrics(self.registry)
+
+    @functools.cached_property
+    def feature_store_metrics(self) -> FeatureStoreMetrics:
+        return FeatureStoreMetrics(self.registry)
+
+    @functools.cached_property
+    def index_metrics(self) -> IndexMetrics:
+        return IndexMetrics(self.registry)
 
     def ranker(self, name: str) -> Ranker:
         ranker = self.adapter("ranker", name)
@@ -223,6 +243,7 @@ class Components:
             executor=self.search_executor,
             use_gpu=index.use_gpu,
             gpu_device=index.gpu_device,
+            on_search=self.index_metrics.searched(shard_id),
         )
         self.shard_hosts.append(host)
         return host

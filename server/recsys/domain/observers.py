@@ -20,7 +20,13 @@ class RetrievalObserver(Protocol):
 class RankingObserver(Protocol):
     def scored(self, backend: str, seconds: float) -> None: ...
 
+    def model_called(self, model: str) -> None:
+        """A call to a model backend ("primary" or "cpu_model"), whatever its outcome."""
+
     def model_error(self, kind: str) -> None: ...
+
+    def features_read(self, seconds: float) -> None:
+        """The candidates' features were read from the store (or the read gave up)."""
 
     def default_features_used(self) -> None: ...
 
@@ -47,7 +53,13 @@ class NullObserver:
     def scored(self, backend: str, seconds: float) -> None:
         return None
 
+    def model_called(self, model: str) -> None:
+        return None
+
     def model_error(self, kind: str) -> None:
+        return None
+
+    def features_read(self, seconds: float) -> None:
         return None
 
     def default_features_used(self) -> None:

@@ -139,6 +139,7 @@ class RankingChain:
 
     async def rank(self, features: FloatArray) -> RankingOutcome:
         if self.breaker.allow():
+            self.metrics.model_called("primary")
             try:
                 scores = await self.primary.score(features, timeout=self._timeout())
             except (Unavailable, DeadlineExceeded) as error:
@@ -157,6 +158,7 @@ class RankingChain:
                 backend = Backend.RULE_FALLBACK if self.primary.rule_based else Backend.MODEL
                 return RankingOutcome(scores, backend, self.primary.model_version)
         if self.cpu_model is not None:
+            self.metrics.model_called("cpu_model")
             try:
                 scores = await self.cpu_model.score(features, timeout=self._timeout())
             except (Unavailable, DeadlineExceeded, InvalidArgument, FailedPrecondition) as error:

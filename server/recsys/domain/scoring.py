@@ -106,6 +106,7 @@ class CandidateScorer:
         """User and item features together within the feature timeout; None (the caller
         uses defaults) when the store is slow or down (seed "Feature Store Timeout
         Handling")."""
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self.feature_timeout_seconds):
                 user, items = await asyncio.gather(
@@ -122,6 +123,8 @@ class CandidateScorer:
             logger.warning(
                 "features unavailable; ranking with defaults", extra={"error": str(error)}
             )
+        finally:
+            self.metrics.features_read(time.perf_counter() - started)
         self.metrics.default_features_used()
         return None
 

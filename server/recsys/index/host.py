@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -68,8 +69,11 @@ class ShardHost:
         executor: concurrent.futures.Executor | None = None,
         use_gpu: bool = False,
         gpu_device: int = 0,
+        on_search: Callable[[float], None] | None = None,
     ) -> None:
         self.spec = spec
+        # Told how long each FAISS search took (seconds, in the search thread).
+        self.on_search = on_search
         self.shard_id = shard_id
         self.num_shards = num_shards
         self.snapshots = snapshots
@@ -125,8 +129,15 @@ class ShardHost:
                 f"serves {index.embedding_version!r}",
                 reason="EMBEDDING_VERSION_MISMATCH",
             )
-        hits = await self._run(lambda: index.search(queries, k, nprobe=nprobe, ef_search=ef_search))
-        return index, hits
+
+        def search() -> list[SearchHits]:
+            started = time.perf_counter()
+            found = index.search(queries, k, nprobe=nprobe, ef_search=ef_search)
+            if self.on_search is not None:
+                self.on_search(time.perf_counter() - started)
+            return found
+
+        return index, await self._run(search)
 
     async def upsert(
         self, item_ids: np.ndarray, vectors: np.ndarray, embedding_version: str

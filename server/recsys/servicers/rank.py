@@ -102,7 +102,7 @@ async def build(components: Components) -> list[ServiceBinding]:
                 components.run_in_background(
                     functools.partial(model.watch, rank.reload_poll_seconds)
                 )
-    metrics = RankingMetrics(components.registry)
+    metrics = RankingMetrics(components.registry, features=components.feature_store_metrics)
     chain = RankingChain(
         primary,
         breaker=_breaker(components, rank),

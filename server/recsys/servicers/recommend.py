@@ -195,7 +195,7 @@ async def build(components: Components) -> list[ServiceBinding]:
         sources=sources,
         scorer=scorer,
         limiter=limiter,
-        observer=RecommendMetrics(components.registry),
+        observer=RecommendMetrics(components.registry, features=components.feature_store_metrics),
     )
     components.startup_hooks.append(lambda: _prepare(components, pipeline))
     components.recommend_pipeline = pipeline

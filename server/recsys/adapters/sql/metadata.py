@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -18,6 +19,7 @@ from recsys.domain.interactions import Interaction
 from recsys.errors import DeadlineExceeded, Unavailable
 from recsys.metadata.database import create_engine, describe_error
 from recsys.metadata.tables import audit_log, erased_users, interactions, items, users
+from recsys.observability.metrics import PoolStatus
 from recsys.ports.metadata import ErasureResult, ItemMetadata, MetadataRepository, UserProfile
 from recsys.settings import RecsysSettings
 
@@ -28,6 +30,15 @@ class SqlMetadataRepository(MetadataRepository):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        # For the pool metrics: connections handed out, and the time spent waiting for them.
+        self._checkouts = 0
+        self._wait_seconds = 0.0
+
+    def pool_status(self) -> PoolStatus:
+        pool = self.engine.pool
+        size = getattr(pool, "size", lambda: 0)() + max(0, getattr(pool, "_max_overflow", 0))
+        in_use = getattr(pool, "checkedout", lambda: 0)()
+        return PoolStatus(size, in_use, self._checkouts, self._wait_seconds)
 
     @classmethod
     def from_settings(cls, settings: RecsysSettings) -> SqlMetadataRepository:
@@ -49,10 +60,13 @@ class SqlMetadataRepository(MetadataRepository):
 
     async def _attempt(self, work: Any, *, write: bool) -> Any:
         try:
+            started = time.perf_counter()
             if write:
                 async with self.engine.begin() as connection:
+                    self._checked_out(started)
                     return await work(connection)
             async with self.engine.connect() as connection:
+                self._checked_out(started)
                 return await work(connection)
         except PoolTimeout as error:
             raise DeadlineExceeded("no database connection became free in time") from error
@@ -60,6 +74,10 @@ class SqlMetadataRepository(MetadataRepository):
             raise Unavailable(
                 f"database unavailable: {describe_error(error)}", reason="DATABASE_DOWN"
             ) from error
+
+    def _checked_out(self, started: float) -> None:
+        self._checkouts += 1
+        self._wait_seconds += time.perf_counter() - started
 
     async def get_user(self, user_id: str) -> UserProfile | None:
         async def work(connection: Any) -> UserProfile | None:
