@@ -10,8 +10,8 @@ RUN_ARGS ?=
 MOVIELENS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-only lint format typecheck protos check-protos buf-lint \
-	buf-breaking check bench lock clean
+.PHONY: help install node-install run test test-only lint format typecheck protos check-protos \
+	node-protos check-node-protos buf-lint buf-breaking check bench lock clean monitoring-tools check-monitoring
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -25,15 +25,33 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create the venv and install the platform, client and dev tools (pinned)
 
+# The TypeScript client (clients/node): its packages, exactly as package-lock.json pins them.
+# Without npm, the Node steps are skipped (their test too), except under CI=true: there they fail.
+NODE_DIR := clients/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+NODE_MISSING = { if [[ "$${CI,,}" == true ]]; then \
+	echo "npm not found (CI=true: Node.js 20+ and npm are required)" >&2; exit 1; fi; \
+	echo "npm not found: skipping the TypeScript client (install Node.js 20+ and npm)" >&2; }
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' || \
+	  { echo "Node.js 20+ is required, found $$(node --version)" >&2; exit 1; }
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+node-install: ## npm ci in clients/node (the TypeScript client; from package-lock.json)
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory $(NODE_STAMP); \
+	else $(NODE_MISSING); fi
+
 run: install ## Prepare the sample deployment, serve it on 127.0.0.1:50051 until Ctrl-C
 	$(BIN)/recsys demo $(if $(MOVIELENS),--movielens $(MOVIELENS)) $(RUN_ARGS)
 
-test: install check test-only ## Lint, type-check, check the protos, then run every test
+test: install node-install check test-only ## Lint, type-check, check the protos, then run every test
 
-test-only: install ## Run the tests only
+test-only: install node-install ## Run the tests only
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-check: lint typecheck buf-lint check-protos buf-breaking ## Every static check
+check: lint typecheck buf-lint check-protos check-node-protos buf-breaking check-monitoring ## Every static check
 
 lint: install ## ruff lint and format check
 	$(BIN)/ruff check server clients tests bench scripts
@@ -55,12 +73,31 @@ check-protos: install ## Fail when the committed generated code drifts from prot
 	diff -r "$$tmp/recsys/v1" clients/python/recsys/v1 -x __pycache__ && \
 	echo "generated code matches protos/"
 
+node-protos: install node-install ## Regenerate the TypeScript code of clients/node/src/gen (committed)
+	$(BIN)/buf generate --template buf.gen.node.yaml
+
+check-node-protos: install node-install ## Fail when clients/node/src/gen drifts from protos/
+	@if ! command -v npm >/dev/null; then $(NODE_MISSING); exit 0; fi; \
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(BIN)/buf generate --template buf.gen.node.yaml --output "$$tmp" && \
+	diff -r "$$tmp/$(NODE_DIR)/src/gen" $(NODE_DIR)/src/gen && \
+	echo "generated TypeScript code matches protos/"
+
 buf-lint: install ## Buf STANDARD + COMMENTS lint of protos/
 	$(BIN)/buf lint
 	@echo "buf lint: clean"
 
 buf-breaking: install ## buf breaking against HEAD and the published baseline
 	BUF=$(BIN)/buf scripts/check_breaking.sh
+
+monitoring-tools: ## Prometheus and promtool (Debian's package) for the rules checks and tests
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+		echo "installing Debian's prometheus package (promtool, prometheus)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+
+check-monitoring: monitoring-tools ## promtool checks and unit tests of monitoring/alerts.yml
+	promtool check rules monitoring/alerts.yml
+	cd monitoring && promtool test rules alerts.test.yml
 
 bench: install ## Benchmarks (results in bench/results/ and docs/benchmarks.md)
 	$(BIN)/python -m bench.run
@@ -70,5 +107,5 @@ lock: install ## Re-pin constraints.txt from the installed environment
 	   echo "# constraints). Regenerate after changing pyproject.toml: make lock"; \
 	   $(BIN)/pip freeze --exclude-editable | grep -v '^-e' | sort -f; } > constraints.txt
 
-clean: ## Remove the venv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+clean: ## Remove the venv, the Node packages and the caches
+	rm -rf $(VENV) $(NODE_DIR)/node_modules $(NODE_DIR)/dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
