@@ -32,6 +32,10 @@ class RankingObserver(Protocol):
 
 
 class BreakerObserver(Protocol):
+    def track(self, breaker: str) -> None:
+        """A new breaker (closed): its state is reported from the start, not from its first
+        transition."""
+
     def record(self, breaker: str, to_state: str) -> None: ...
 
 
@@ -63,6 +67,9 @@ class NullObserver:
         return None
 
     def default_features_used(self) -> None:
+        return None
+
+    def track(self, breaker: str) -> None:
         return None
 
     def record(self, breaker: str, to_state: str) -> None:

@@ -138,6 +138,9 @@ class Retriever:
             ]
             for shard_id, replicas in enumerate(self.shards)
         ]
+        for replicas in self.breakers:
+            for breaker in replicas:
+                self.breaker_metrics.track(breaker.name)
         self._next_replica = [itertools.count() for _ in self.shards]
         self.description: IndexDescription | None = None
 

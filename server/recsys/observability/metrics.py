@@ -184,6 +184,11 @@ class BreakerMetrics:
             registry=registry,
         )
 
+    def track(self, breaker: str) -> None:
+        self.state.labels(breaker).set(self.LEVELS["closed"])
+        for to_state in self.LEVELS:
+            self.transitions.labels(breaker, to_state)
+
     def record(self, breaker: str, to_state: str) -> None:
         self.state.labels(breaker).set(self.LEVELS[to_state])
         self.transitions.labels(breaker, to_state).inc()

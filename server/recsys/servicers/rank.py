@@ -75,6 +75,7 @@ class RankServicer(rank_grpc.RankServiceServicer):
 
 def _breaker(components: Components, settings: RankSettings) -> CircuitBreaker:
     metrics = components.breaker_metrics
+    metrics.track("ranking-model")
     return CircuitBreaker(
         "ranking-model",
         failure_threshold=settings.breaker_failure_threshold,
