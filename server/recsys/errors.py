@@ -10,6 +10,7 @@ gRPC code, so the domain layer can raise these errors freely.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -38,12 +39,26 @@ class StatusCode(enum.IntEnum):
     UNAUTHENTICATED = 16
 
 
+# A field path's indexes (`events[3]`) and anything that is not a name.
+_LAST_NAME = re.compile(r"\[\d*\]|[^A-Za-z0-9_]")
+
+
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
-    """One invalid field: `field` is a path such as `context.country` or `events[3].user_id`."""
+    """One invalid field: `field` is a path such as `context.country` or `events[3].user_id`.
+    `reason` is machine-readable; without one it is derived from the field's last name:
+    `USER_ID_REQUIRED` for a missing value, else `USER_ID_INVALID`."""
 
     field: str
     description: str
+    reason: str = ""
+
+    @property
+    def cause(self) -> str:
+        if self.reason:
+            return self.reason
+        name = _LAST_NAME.sub("", self.field.rsplit(".", 1)[-1]).upper() or "REQUEST"
+        return f"{name}_REQUIRED" if self.description == "is required" else f"{name}_INVALID"
 
 
 class RecsysError(Exception):
@@ -90,7 +105,13 @@ class InvalidArgument(RecsysError):
             raise ValueError("InvalidArgument needs at least one field violation")
         self.violations: tuple[FieldViolation, ...] = tuple(violations)
         summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
-        super().__init__(message or f"invalid request: {summary}", reason=reason, metadata=metadata)
+        # ErrorInfo.reason names the first problem (USER_ID_INVALID, LIMIT_INVALID...); every
+        # violation carries its own in BadRequest.
+        super().__init__(
+            message or f"invalid request: {summary}",
+            reason=reason or self.violations[0].cause,
+            metadata=metadata,
+        )
 
 
 class NotFound(RecsysError):

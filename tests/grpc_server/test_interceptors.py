@@ -78,7 +78,7 @@ async def test_invalid_argument_carries_field_violations(probe_app: GrpcApplicat
     ]
     assert (info.domain, info.reason, info.metadata["request_id"]) == (
         "recsys.v1",
-        "INVALID_ARGUMENT",
+        "LIMIT_INVALID",  # the first violation's cause
         "r1",
     )
     assert _trailing(error)["x-request-id"] == "r1"

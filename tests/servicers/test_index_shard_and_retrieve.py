@@ -164,14 +164,18 @@ async def test_embedded_retrieve_by_user_and_by_vector(
             for kwargs, code, reason in [
                 ({"user_id": "carol"}, "NOT_FOUND", "NO_USER_EMBEDDING"),
                 ({"user_id": "bob"}, "FAILED_PRECONDITION", "EMBEDDING_VERSION_MISMATCH"),
-                ({"user_id": "alice", "k": 2001}, "INVALID_ARGUMENT", "INVALID_ARGUMENT"),
-                ({"user_id": "bad id"}, "INVALID_ARGUMENT", "INVALID_ARGUMENT"),
+                ({"user_id": "alice", "k": 2001}, "INVALID_ARGUMENT", "K_INVALID"),
+                ({"user_id": "bad id"}, "INVALID_ARGUMENT", "USER_ID_INVALID"),
                 (
                     {"query_vector": [float("nan")] * DIMENSION, "embedding_version": "e1"},
                     "INVALID_ARGUMENT",
-                    "INVALID_ARGUMENT",
+                    "VALUES_INVALID",
                 ),
-                ({"query_vector": [1.0] * DIMENSION}, "INVALID_ARGUMENT", "INVALID_ARGUMENT"),
+                (
+                    {"query_vector": [1.0] * DIMENSION},
+                    "INVALID_ARGUMENT",
+                    "EMBEDDING_VERSION_REQUIRED",
+                ),
             ]:
                 with pytest.raises(RecsysClientError) as caught:
                     await client.retrieve(**kwargs)  # type: ignore[arg-type]

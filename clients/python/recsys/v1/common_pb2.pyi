@@ -50,7 +50,20 @@ class DeviceType(_DeviceType, metaclass=_DeviceTypeEnumTypeWrapper):
     - Errors are returned as a gRPC status with `google.rpc.Status` details in the
       `grpc-status-details-bin` trailer (`google.rpc.BadRequest` for invalid fields,
       `google.rpc.ErrorInfo` with domain `recsys.v1` and a machine-readable reason,
-      `google.rpc.RetryInfo` with RESOURCE_EXHAUSTED).
+      `google.rpc.RetryInfo` with RESOURCE_EXHAUSTED and with UNAVAILABLE / OVERLOADED).
+    - `ErrorInfo.reason` values (stable; match on them, not on messages):
+      - INVALID_ARGUMENT: `<FIELD>_INVALID` or `<FIELD>_REQUIRED` for the first bad field (for
+        example USER_ID_INVALID, LIMIT_INVALID, EMBEDDING_VERSION_REQUIRED); every
+        `BadRequest.FieldViolation` carries its own such `reason`. UNDECODABLE_REQUEST when the
+        bytes are not a valid message.
+      - RESOURCE_EXHAUSTED: RATE_LIMITED (the per-user rate limit; RetryInfo says when).
+      - UNAVAILABLE: OVERLOADED (load shedding; retry after RetryInfo), RATE_LIMITER_DOWN,
+        NO_SHARDS, SHARDS_UNAVAILABLE, SHARD_LOADING, DATABASE_DOWN, REDIS_DOWN.
+      - FAILED_PRECONDITION: EMBEDDING_VERSION_MISMATCH (a model rollout in progress),
+        DIMENSION_MISMATCH, WRONG_SHARD, MODEL_MISSING, MODEL_INVALID, FEATURE_SCHEMA_MISMATCH,
+        SNAPSHOT_INVALID, INDEX_UNTRAINED.
+      - NOT_FOUND: NO_USER_EMBEDDING, NO_SNAPSHOT.
+      - UNAUTHENTICATED, PERMISSION_DENIED, DEADLINE_EXCEEDED, INTERNAL: the code's own name.
     - Every response carries the request id in the `x-request-id` trailing metadata; callers may
       set `x-request-id` themselves (1 to 128 printable ASCII characters) to correlate logs.
 
