@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from recsys.cli import app
 from recsys.errors import ConfigurationError
 from recsys.settings import load_settings
 
@@ -124,3 +127,44 @@ def test_sources_merge_field_by_field_in_a_nested_section(
     settings = load_settings(config, index={"spec": {"ef_search": 9}})
     spec = settings.index.spec
     assert (spec.nlist, spec.nprobe, spec.ef_search, spec.dimension) == (7, 3, 9, 64)
+
+
+SECRET = "s3cret-never-printed"
+
+
+@pytest.mark.parametrize(
+    ("toml", "location"),
+    [
+        # A misspelt key, a table where a map of callers belongs, a string for the map...
+        (f'[auth]\ntoken = {{ frontend = "{SECRET}" }}\n', "auth.token"),
+        (f'[auth]\ntokens = "{SECRET}"\n', "auth.tokens"),
+        (f'[auth]\ntokens = {{ frontend = ["{SECRET}"] }}\n', "auth.tokens.frontend"),
+        (f'[auth]\ntokens = {{ a = "{SECRET}", b = "{SECRET}" }}\n', "auth.tokens"),
+        (f'[auth]\ntokens = {{ a = "{SECRET} x" }}\n', "auth.tokens"),
+        (f'[server]\nport = "{SECRET}"\n', "server.port"),
+    ],
+)
+def test_settings_errors_never_print_the_values_given(
+    tmp_path: Path, toml: str, location: str
+) -> None:
+    config = tmp_path / "recsys.toml"
+    config.write_text(toml)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(config)
+    assert location in caught.value.message
+    printed = "".join(traceback.format_exception(caught.value))
+    assert SECRET not in printed
+    result = CliRunner().invoke(app, ["config", "show", "--config", str(config)])
+    assert result.exit_code == 2
+    assert location in result.output
+    assert SECRET not in result.output
+
+
+def test_settings_errors_from_the_environment_never_print_the_values_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for value in (SECRET, f'{{"frontend": ["{SECRET}"]}}'):
+        monkeypatch.setenv("RECSYS_AUTH__TOKENS", value)
+        with pytest.raises(ConfigurationError) as caught:
+            load_settings()
+        assert SECRET not in "".join(traceback.format_exception(caught.value))

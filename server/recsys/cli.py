@@ -131,6 +131,17 @@ def up(
             help="Recommend processes sharing server.port; SIGHUP restarts them one at a time.",
         ),
     ] = 1,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="Mutual TLS on every port, the public one included, with certificates of a "
+            "private CA created in --tls-dir on the first start (reused later).",
+        ),
+    ] = False,
+    tls_dir: Annotated[
+        Path, typer.Option(help="With --tls: the CA, server and client certificates.")
+    ] = Path("var/tls"),
 ) -> None:
     """Run the distributed layout locally: a process per shard and per service, restarted
     when one dies, until SIGTERM or Ctrl-C. Recommend listens on server.port."""
@@ -138,15 +149,33 @@ def up(
 
     settings = settings_or_exit(config, {})
     configure_logging(settings.logging.level, settings.logging.format)
+    certificates = None
+    if tls:
+        from recsys.deploy.certificates import EXTERNAL_CALLER, ensure_layout_certificates
+
+        if settings.server.tls.enabled or settings.outbound.tls.enabled:
+            typer.echo(
+                "recsys: --tls sets server.tls and outbound.tls from its own certificates; "
+                "remove them from the settings or run without --tls",
+                err=True,
+            )
+            raise typer.Exit(code=2)
+        certificates = ensure_layout_certificates(tls_dir.absolute())
     children = plan(
         settings,
         base_port=base_port,
         config_file=config,
         log_dir=log_dir,
         recommend_replicas=recommend_replicas,
+        certificates=certificates,
     )
     for child in children:
         typer.echo(f"{child.name:<10} {child.address:<22} log {child.log}")
+    if certificates is not None:
+        client = certificates.client(EXTERNAL_CALLER)
+        typer.echo(
+            f"mutual TLS: CA {certificates.ca}, client certificate {client.cert}, key {client.key}"
+        )
     Supervisor(children).run()
 
 

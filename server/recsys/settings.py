@@ -16,7 +16,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -64,23 +73,54 @@ class TlsSettings(_Section):
 
 
 class AuthSettings(_Section):
-    """Caller authentication: a bearer token or the mTLS client certificate's common name names
-    the caller; a per-method allowlist says who may call what."""
+    """Caller authentication and authorisation (`grpc_server/auth.py`; docs/recommend.md,
+    Security). A bearer token (`tokens`) or, with mutual TLS, one name of the client
+    certificate (`certificate_identity`) names the caller; the allowlist says who may call
+    what, and denies what it does not name."""
 
     enabled: bool = False
-    # Caller name -> bearer token.
+    # Caller name -> bearer token. Never printed: settings errors quote no values.
     tokens: dict[str, SecretStr] = {}
-    # "/package.Service/Method" or "package.Service" -> caller names ("*": any caller).
+    # "/package.Service/Method" or "package.Service" -> caller names ("*": any authenticated
+    # caller). The most specific entry decides: a method's entry, else its service's.
     allow: dict[str, tuple[str, ...]] = {}
-    # Callers allowed on methods that `allow` does not name.
-    default_allow: tuple[str, ...] = ("*",)
-    # Services reachable without credentials (probes, tooling).
-    exempt_services: tuple[str, ...] = (
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1alpha.ServerReflection",
-    )
-    # Accept the client certificate's common name as the caller (needs mutual TLS).
+    # Callers allowed on the methods `allow` does not name, except the internal services
+    # (IndexShardService, RetrieveService, RankService, IngestService), which fall back to
+    # `internal_callers` instead. Empty: whatever `allow` does not name is PERMISSION_DENIED.
+    default_allow: tuple[str, ...] = ()
+    # Callers allowed on the internal services' methods that `allow` does not name.
+    internal_callers: tuple[str, ...] = ()
+    # Services ("grpc.health.v1.Health") or methods ("/grpc.health.v1.Health/Check") answered
+    # without credentials. Empty by default: with auth on, health and reflection need a
+    # caller too; exempt "/grpc.health.v1.Health/Check" for probes that send none.
+    exempt_services: tuple[str, ...] = ()
+    # Name callers by their client certificate (needs tls.require_client_auth).
     accept_client_certificates: bool = True
+    # Which name of the client certificate is the caller: its one SAN URI (a SPIFFE id such
+    # as spiffe://example.org/frontend), its one SAN DNS name, or its one subject common name.
+    # A certificate without that name, or with more than one, is UNAUTHENTICATED.
+    certificate_identity: Literal["san_uri", "san_dns", "common_name"] = "san_uri"
+    # Bearer tokens over a plaintext port that is not loopback: refused at startup unless
+    # this is true (then a WARNING is logged).
+    allow_plaintext_tokens: bool = False
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens_are_distinct_header_values(
+        cls, tokens: dict[str, SecretStr]
+    ) -> dict[str, SecretStr]:
+        # Checked without quoting a value: settings errors are printed.
+        seen: dict[str, str] = {}
+        for caller, token in tokens.items():
+            value = token.get_secret_value()
+            if not value or not all("!" <= character <= "~" for character in value):
+                raise ValueError(
+                    f"the token of {caller} must be non-empty printable ASCII without spaces"
+                )
+            if value in seen:
+                raise ValueError(f"callers {seen[value]} and {caller} have the same token")
+            seen[value] = caller
+        return tokens
 
 
 class ServerSettings(_Section):
@@ -99,8 +139,10 @@ class ServerSettings(_Section):
     # Connections are recycled so new pods get traffic after a scale-up.
     max_connection_age_ms: int = Field(default=300_000, ge=1_000)
     max_connection_age_grace_ms: int = Field(default=30_000, ge=0)
-    # Applied when the caller sends no deadline; a caller's deadline always wins.
+    # Applied when the caller sends no deadline; a caller's deadline wins up to
+    # `max_deadline_ms`, to which a longer one is cut (streams keep the caller's deadline).
     default_deadline_ms: int = Field(default=1_000, ge=1, le=600_000)
+    max_deadline_ms: int = Field(default=30_000, ge=1, le=3_600_000)
     # gRPC's own cap (answers RESOURCE_EXHAUSTED, which clients do not retry); prefer the
     # admission control below.
     max_concurrent_rpcs: int | None = Field(default=None, ge=1)
@@ -113,6 +155,11 @@ class ServerSettings(_Section):
     max_queue: int = Field(default=64, ge=0, le=100_000)
     max_queue_wait_ms: int = Field(default=100, ge=1, le=60_000)
     overload_retry_after_ms: int = Field(default=100, ge=1, le=60_000)
+    # Per-caller fairness (auth on): one authenticated caller runs at most this many calls of
+    # the recsys.v1 services at once; its next calls wait for one of its own to end (within
+    # the queue wait), else RESOURCE_EXHAUSTED with reason CALLER_CONCURRENCY. None: half of
+    # `max_in_flight` (rounded up), so one caller never holds every slot; 0: no limit.
+    max_in_flight_per_caller: int | None = Field(default=None, ge=0, le=10_000)
     # Several processes may listen on one port (SO_REUSEPORT): `recsys up` runs replicas of
     # Recommend that way. Off by default, so a port in use is an error.
     reuse_port: bool = False
@@ -122,6 +169,19 @@ class ServerSettings(_Section):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=300)
     reflection: bool = True
     tls: TlsSettings = TlsSettings()
+
+    @model_validator(mode="after")
+    def _default_deadline_within_the_cap(self) -> ServerSettings:
+        if self.default_deadline_ms > self.max_deadline_ms:
+            raise ValueError("server.default_deadline_ms must not exceed server.max_deadline_ms")
+        return self
+
+    @property
+    def caller_in_flight_limit(self) -> int:
+        """The per-caller bound on calls in flight (0: none)."""
+        if self.max_in_flight_per_caller is None:
+            return (self.max_in_flight + 1) // 2
+        return self.max_in_flight_per_caller
 
 
 class MetricsSettings(_Section):
@@ -358,6 +418,80 @@ class RedisSettings(_Section):
     max_connections: int = Field(default=64, ge=1)
 
 
+# What an outbound channel leads to: the platform's own services, or the model server.
+OutboundTarget = Literal["retrieve", "rank", "shards", "model_server"]
+
+
+class ClientTlsSettings(_Section):
+    """TLS of outbound channels; with cert_file and key_file, mutual TLS (the certificate names
+    this process to the server)."""
+
+    enabled: bool = False
+    # CA certificates the server's certificate must chain to; None: the system's roots.
+    ca_file: FilePath | None = None
+    # This process's client certificate (chain) and its private key, for mutual TLS.
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    # The name the server's certificate must carry when it differs from the target's host.
+    server_name_override: str = ""
+
+    @model_validator(mode="after")
+    def _complete(self) -> ClientTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        given = [
+            name
+            for name in ("ca_file", "cert_file", "key_file", "server_name_override")
+            if getattr(self, name)
+        ]
+        if given and not self.enabled:
+            raise ValueError(f"{', '.join(given)} set without enabled = true")
+        return self
+
+
+class OutboundSettings(_Section):
+    """Credentials of this process's outbound gRPC channels: Recommend to Retrieve and Rank,
+    Retrieve to the shards (`tls`), Rank to the model server (`model_server_tls`: usually
+    another PKI than the platform's own). One channel factory applies them
+    (`recsys.adapters.channels`)."""
+
+    tls: ClientTlsSettings = ClientTlsSettings()
+    model_server_tls: ClientTlsSettings = ClientTlsSettings()
+    # Sent as `authorization: Bearer <token>` on every call: `tokens` per target, `token` to
+    # every target without its own. Never logged; over a plaintext channel it travels in clear.
+    tokens: dict[OutboundTarget, SecretStr] = {}
+    token: SecretStr | None = None
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens_are_header_values(
+        cls, tokens: dict[OutboundTarget, SecretStr]
+    ) -> dict[OutboundTarget, SecretStr]:
+        for target, token in tokens.items():
+            _check_token(token, f"tokens.{target}")
+        return tokens
+
+    @field_validator("token")
+    @classmethod
+    def _token_is_a_header_value(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None:
+            _check_token(token, "token")
+        return token
+
+    def tls_for(self, target: OutboundTarget) -> ClientTlsSettings:
+        return self.model_server_tls if target == "model_server" else self.tls
+
+    def token_for(self, target: OutboundTarget) -> SecretStr | None:
+        return self.tokens.get(target, self.token)
+
+
+def _check_token(token: SecretStr, name: str) -> None:
+    # Checked without quoting the value: settings errors are printed.
+    value = token.get_secret_value()
+    if not value or not all("!" <= character <= "~" for character in value):
+        raise ValueError(f"outbound {name} must be non-empty printable ASCII without spaces")
+
+
 class RecsysSettings(BaseSettings):
     """Settings of one recsys process; validated once at startup."""
 
@@ -387,6 +521,7 @@ class RecsysSettings(BaseSettings):
     rate_limit: RateLimitSettings = RateLimitSettings()
     database: DatabaseSettings = DatabaseSettings()
     release: ReleaseSettings = ReleaseSettings()
+    outbound: OutboundSettings = OutboundSettings()
 
     @model_validator(mode="after")
     def _shard_targets_match(self) -> RecsysSettings:
@@ -471,7 +606,20 @@ def load_settings(
     token = _config_file.set(path)
     try:
         return RecsysSettings(**overrides)
-    except ValueError as error:  # pydantic.ValidationError is a ValueError
-        raise ConfigurationError(f"invalid settings: {error}") from error
+    except ValidationError as error:
+        # Not str(error), nor chained: pydantic quotes each wrong input, and a misplaced or
+        # mistyped token (`[auth] token = ...`, `tokens = "..."`) would be printed.
+        raise ConfigurationError(f"invalid settings: {describe_validation_error(error)}") from None
+    except ValueError as error:  # a TOML syntax error: its position, not its text
+        raise ConfigurationError(f"invalid settings: {error}") from None
     finally:
         _config_file.reset(token)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Every error of a validation as `location: message`, without the values given."""
+    lines = []
+    for detail in error.errors(include_url=False, include_context=False, include_input=False):
+        location = ".".join(str(part) for part in detail["loc"]) or "settings"
+        lines.append(f"{location}: {detail['msg']}")
+    return f"{len(lines)} error(s): " + "; ".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import grpc
@@ -21,10 +22,13 @@ from recsys.v1 import recommend_service_pb2, recommend_service_pb2_grpc
 from recsys_client import (
     AsyncRecsysClient,
     ClientOptions,
+    InsecureTokenWarning,
     RecsysClient,
     RecsysClientError,
     RetryOptions,
+    TlsOptions,
 )
+from recsys_client.options import is_loopback_target
 from tests.conftest import StartApp, app_in_thread, make_settings
 
 FAST_RETRY = RetryOptions(max_attempts=3, initial_backoff_seconds=0.01, max_backoff_seconds=0.05)
@@ -131,7 +135,7 @@ def test_sync_client_error_keeps_code_details_and_request_id(tmp_path: Path) -> 
         error = caught.value
         assert error.code is grpc.StatusCode.INVALID_ARGUMENT
         assert error.request_id == "mine-1"
-        assert error.reason == "INVALID_ARGUMENT"
+        assert error.reason == "LIMIT_INVALID"  # the first violation's cause
         assert error.domain == "recsys.v1"
         assert [(v.field, v.description) for v in error.field_violations] == [
             ("limit", "must be between 1 and 100, got 0")
@@ -163,9 +167,59 @@ async def test_bearer_token_is_sent(start_app: StartApp) -> None:
     servicer = ScriptedRecommend([])
     app = await start_app([binding_for(servicer)])
     options = ClientOptions(target=app.address, bearer_token="s3cret")
-    async with AsyncRecsysClient(options) as client:
+    with pytest.warns(InsecureTokenWarning, match="in clear"):  # loopback: allowed, warned
+        client = AsyncRecsysClient(options)
+    async with client:
         await client.recommend("u1")
     assert servicer.authorization == ["Bearer s3cret"]
+
+
+@pytest.mark.parametrize("client_class", [RecsysClient, AsyncRecsysClient])
+async def test_a_bearer_token_is_not_sent_in_clear_to_another_machine(
+    client_class: type[RecsysClient] | type[AsyncRecsysClient],
+) -> None:
+    options = ClientOptions(target="recsys.example.com:50051", bearer_token="s3cret")
+    with pytest.raises(ValueError, match="without TLS") as refused:
+        client_class(options)
+    assert "s3cret" not in str(refused.value)
+    allowed = ClientOptions(
+        target="10.1.2.3:50051", bearer_token="s3cret", allow_insecure_token=True
+    )
+    with pytest.warns(InsecureTokenWarning):
+        client = client_class(allowed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # over TLS: no warning
+        secure = client_class(
+            ClientOptions(
+                target="recsys.example.com:50051", bearer_token="s3cret", tls=TlsOptions()
+            )
+        )
+    for opened in (client, secure):
+        closing = opened.close()
+        if closing is not None:
+            await closing
+
+
+@pytest.mark.parametrize(
+    ("target", "loopback"),
+    [
+        ("127.0.0.1:50051", True),
+        ("127.8.9.1:50051", True),
+        ("localhost:50051", True),
+        ("[::1]:50051", True),
+        ("dns:///localhost:50051", True),
+        ("ipv4:127.0.0.1:1,127.0.0.2:2", True),
+        ("unix:///run/recsys.sock", True),
+        ("10.0.0.1:50051", False),
+        ("ipv4:127.0.0.1:1,10.0.0.1:2", False),
+        ("localhost.example.com:50051", False),
+        ("dns://8.8.8.8/recsys.example.com:443", False),
+        ("[2001:db8::1]:50051", False),
+        ("", False),
+    ],
+)
+def test_loopback_targets(target: str, loopback: bool) -> None:
+    assert is_loopback_target(target) is loopback
 
 
 async def test_health_check_through_the_client(start_app: StartApp) -> None:

@@ -55,7 +55,7 @@ async def test_every_store_forgets_the_user_and_the_audit_names_a_hash() -> None
         events=events,  # type: ignore[arg-type]
         limiter=Store(1),  # type: ignore[arg-type]
     )
-    erased = await eraser.erase("alice", request_id="r1")
+    erased = await eraser.erase("alice", request_id="r1", caller="spiffe://recsys.test/privacy")
     assert erased.deleted_keys == 5
     assert erased.deleted_interactions == 5
     assert erased.deletion_event_id == deletion_event_id("alice")
@@ -65,6 +65,7 @@ async def test_every_store_forgets_the_user_and_the_audit_names_a_hash() -> None
     assert subject == hashed_subject("alice")
     assert "alice" not in subject
     assert details["request_id"] == "r1"
+    assert details["caller"] == "spiffe://recsys.test/privacy"  # who asked for the erasure
     again = await eraser.erase("alice")
     assert again.deletion_event_id == erased.deletion_event_id
 

@@ -8,7 +8,13 @@ import asyncio
 import pytest
 
 from recsys.deadlines import remaining_seconds, request_deadline
-from recsys.grpc_server.admission import AdmissionController, Overloaded
+from recsys.errors import ResourceExhausted
+from recsys.grpc_server.admission import (
+    CALLER_CONCURRENCY,
+    AdmissionController,
+    CallerLimits,
+    Overloaded,
+)
 
 
 async def hold(controller: AdmissionController, release: asyncio.Event) -> None:
@@ -95,3 +101,48 @@ async def test_waiters_are_served_in_arrival_order_and_give_back_every_slot() ->
     await asyncio.gather(holder, *waiters)
     assert order == [0, 1, 2, 3, 4]
     assert (controller.in_flight, controller.waiting) == (0, 0)
+
+
+async def hold_as(limits: CallerLimits, caller: str, release: asyncio.Event) -> None:
+    async with limits.admit(caller):
+        await release.wait()
+
+
+async def test_a_caller_over_its_bound_waits_for_its_own_calls_then_is_refused() -> None:
+    limits = CallerLimits(limit=2, max_wait_seconds=0.05, retry_after_seconds=0.2)
+    release = asyncio.Event()
+    holders = [asyncio.create_task(hold_as(limits, "hog", release)) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    assert limits.in_flight("hog") == 2
+    # Another caller is not limited by the hog's calls.
+    async with limits.admit("frontend"):
+        assert limits.in_flight("frontend") == 1
+    with pytest.raises(ResourceExhausted) as refused:
+        async with limits.admit("hog"):
+            pass
+    assert refused.value.reason == CALLER_CONCURRENCY
+    assert refused.value.retry_after_seconds == 0.2
+    # A waiting call gets the slot one of the caller's own calls gives back.
+    waiter = asyncio.create_task(hold_as(limits, "hog", release))
+    await asyncio.sleep(0.01)
+    holders[0].cancel()
+    await asyncio.sleep(0.01)
+    assert limits.in_flight("hog") == 2
+    release.set()
+    await asyncio.gather(holders[1], waiter)
+    assert (limits.in_flight("hog"), limits.refused, limits._callers) == (0, 1, {})
+
+
+async def test_a_caller_over_its_bound_gives_up_within_its_deadline() -> None:
+    limits = CallerLimits(limit=1, max_wait_seconds=1.0, reserve_seconds=0.05)
+    release = asyncio.Event()
+    holder = asyncio.create_task(hold_as(limits, "hog", release))
+    await asyncio.sleep(0.01)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with request_deadline(0.2), pytest.raises(ResourceExhausted):
+        async with limits.admit("hog"):
+            pass
+    assert 0.1 < loop.time() - started < 0.2
+    release.set()
+    await holder

@@ -71,6 +71,41 @@ async def test_reflection_lists_every_hosted_service(embedded_app: GrpcApplicati
         responses = [response async for response in stub.ServerReflectionInfo(iter([describe]))]
         files = responses[0].file_descriptor_response.file_descriptor_proto
         assert files, responses[0]
+        # Only what the process hosts: the shard service (whose client the embedded Retrieve
+        # imports) and the files of other protos in the process are not described.
+        for request in (
+            reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol="recsys.v1.IndexShardService"
+            ),
+            reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol="recsys.v1.SearchRequest"
+            ),
+            reflection_pb2.ServerReflectionRequest(
+                file_by_filename="recsys/v1/index_shard_service.proto"
+            ),
+        ):
+            (response,) = [r async for r in stub.ServerReflectionInfo(iter([request]))]
+            assert response.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+async def test_reflection_describes_the_shard_service_where_it_is_hosted(tmp_path: Path) -> None:
+    application = await services.build_application(make_settings(tmp_path), ["shard"])
+    await application.start()
+    try:
+        async with grpc.aio.insecure_channel(application.address) as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            request = reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol="recsys.v1.IndexShardService"
+            )
+            (response,) = [r async for r in stub.ServerReflectionInfo(iter([request]))]
+            assert response.file_descriptor_response.file_descriptor_proto
+            listing = reflection_pb2.ServerReflectionRequest(list_services="")
+            (response,) = [r async for r in stub.ServerReflectionInfo(iter([listing]))]
+            listed = {service.name for service in response.list_services_response.service}
+            assert "recsys.v1.RecommendService" not in listed
+            assert "recsys.v1.IndexShardService" in listed
+    finally:
+        await application.shutdown()
 
 
 async def test_reflection_can_be_disabled(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,3 +79,41 @@ class CertificateAuthority:
                 critical=False,
             )
         return _write(self.folder, common_name, builder.sign(self._key, hashes.SHA256()), key)
+
+    def issue_client(
+        self,
+        stem: str,
+        *,
+        common_names: tuple[str, ...] = (),
+        uris: tuple[str, ...] = (),
+        dns_names: tuple[str, ...] = (),
+    ) -> Pair:
+        """A client certificate with exactly these names (none, one, or several of a kind):
+        subject common names, and SAN URIs and DNS names."""
+        key = _key()
+        now = dt.datetime.now(dt.UTC)
+        # Unvalidated, so that a test can issue the empty common name some CAs let through.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            subject = x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COMMON_NAME, cn, _validate=False)
+                    for cn in common_names
+                ]
+            )
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self._name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+        )
+        alternative: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
+        alternative += [x509.DNSName(name) for name in dns_names]
+        if alternative:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(alternative), critical=False
+            )
+        return _write(self.folder, stem, builder.sign(self._key, hashes.SHA256()), key)

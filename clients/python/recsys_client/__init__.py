@@ -10,12 +10,13 @@ Generated messages and stubs are importable as `recsys.v1.*_pb2` / `*_pb2_grpc`.
 from recsys_client.aio import AsyncRecsysClient
 from recsys_client.client import RecsysClient
 from recsys_client.errors import FieldViolation, RecsysClientError
-from recsys_client.options import ClientOptions, RetryOptions, TlsOptions
+from recsys_client.options import ClientOptions, InsecureTokenWarning, RetryOptions, TlsOptions
 
 __all__ = [
     "AsyncRecsysClient",
     "ClientOptions",
     "FieldViolation",
+    "InsecureTokenWarning",
     "RecsysClient",
     "RecsysClientError",
     "RetryOptions",

@@ -23,7 +23,7 @@ from recsys.v1 import (
 )
 from recsys_client import _requests
 from recsys_client.errors import RecsysClientError
-from recsys_client.options import ClientOptions
+from recsys_client.options import ClientOptions, check_token_transport
 
 ResponseT = TypeVar("ResponseT")
 
@@ -36,6 +36,7 @@ class AsyncRecsysClient:
     ) -> None:
         self.options = options or ClientOptions()
         if channel is None:
+            check_token_transport(self.options)
             credentials = _requests.channel_credentials(self.options)
             channel_options = self.options.channel_options()
             channel = (

@@ -23,7 +23,7 @@ from recsys.v1 import (
 )
 from recsys_client import _requests
 from recsys_client.errors import RecsysClientError
-from recsys_client.options import ClientOptions
+from recsys_client.options import ClientOptions, check_token_transport
 
 ResponseT = TypeVar("ResponseT")
 
@@ -37,6 +37,7 @@ class RecsysClient:
     ) -> None:
         self.options = options or ClientOptions()
         if channel is None:
+            check_token_transport(self.options)
             credentials = _requests.channel_credentials(self.options)
             channel_options = self.options.channel_options()
             channel = (

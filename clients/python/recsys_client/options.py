@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import uuid
+import warnings
 from dataclasses import dataclass, field
 
 # RPCs that are safe to repeat: read-only, or idempotent by contract (erasure, interactions
@@ -54,8 +56,12 @@ class ClientOptions:
     timeout_seconds: float = 1.0
     retry: RetryOptions | None = field(default_factory=RetryOptions)
     tls: TlsOptions | None = None
-    # Sent as `authorization: Bearer <token>` on every call when set.
+    # Sent as `authorization: Bearer <token>` on every call when set. Only over TLS, or to a
+    # loopback target (127.0.0.0/8, ::1, localhost, a Unix socket) with an
+    # InsecureTokenWarning; to any other target without TLS the client refuses to start
+    # unless `allow_insecure_token` is set (then it warns too).
     bearer_token: str | None = None
+    allow_insecure_token: bool = False
     keepalive_time_ms: int = 30_000
     keepalive_timeout_ms: int = 10_000
     # Reconnect quickly after the server went away (gRPC's default waits 1 s, then up to
@@ -105,3 +111,55 @@ class ClientOptions:
         if self.bearer_token:
             metadata.append(("authorization", f"Bearer {self.bearer_token}"))
         return tuple(metadata)
+
+
+class InsecureTokenWarning(UserWarning):
+    """A bearer token is sent over a channel without TLS."""
+
+
+def is_loopback_target(target: str) -> bool:
+    """Whether a gRPC target names this machine only: a Unix socket, `localhost`, or loopback
+    addresses (`127.0.0.1:50051`, `[::1]:50051`, `dns:///localhost:50051`,
+    `ipv4:127.0.0.1:1,127.0.0.2:2`)."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    for scheme in ("dns:", "ipv4:", "ipv6:"):
+        if target.startswith(scheme):
+            target = target[len(scheme) :]
+            if target.startswith("//"):  # dns://authority/host:port
+                target = target[2:].partition("/")[2]
+            break
+    addresses = [address.strip() for address in target.split(",")]
+    return bool(target) and all(_is_loopback_address(address) for address in addresses)
+
+
+def _is_loopback_address(address: str) -> bool:
+    if address.startswith("["):
+        host = address[1:].partition("]")[0]
+    elif address.count(":") == 1:
+        host = address.partition(":")[0]
+    else:
+        host = address  # no port, or an IPv6 address without brackets
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_token_transport(options: ClientOptions) -> None:
+    """Refuses (ValueError) a bearer token on a plaintext channel to another machine unless
+    `allow_insecure_token`; warns (InsecureTokenWarning) whenever one is sent without TLS."""
+    if not options.bearer_token or options.tls is not None:
+        return
+    if not options.allow_insecure_token and not is_loopback_target(options.target):
+        raise ValueError(
+            f"refusing to send a bearer token to {options.target} without TLS: set "
+            "ClientOptions.tls (or allow_insecure_token=True to send it in clear)"
+        )
+    warnings.warn(
+        f"the bearer token travels in clear to {options.target}: the channel has no TLS",
+        InsecureTokenWarning,
+        stacklevel=3,
+    )

@@ -3,11 +3,10 @@ satisfy the Recommend pipeline's CandidateSource and Scorer (distributed mode)."
 
 from __future__ import annotations
 
-import grpc
 import numpy as np
 import numpy.typing as npt
 
-from recsys.adapters.channels import reconnect_options
+from recsys.adapters.channels import outbound_channel, reconnect_options
 from recsys.adapters.grpc_errors import call
 from recsys.deadlines import outbound_timeout
 from recsys.domain.ordering import ranked_order
@@ -16,6 +15,7 @@ from recsys.domain.requests import RequestContext
 from recsys.domain.retrieval import RetrievalQuery, RetrievalResult
 from recsys.domain.scoring import ScoredCandidates
 from recsys.errors import DeadlineExceeded, Unavailable
+from recsys.settings import OutboundSettings
 from recsys.v1 import common_pb2, rank_service_pb2, rank_service_pb2_grpc
 from recsys.v1 import retrieve_service_pb2 as retrieve_pb2
 from recsys.v1 import retrieve_service_pb2_grpc as retrieve_grpc
@@ -33,8 +33,17 @@ OPTIONS = [
 
 
 class GrpcCandidateSource:
-    def __init__(self, target: str, *, timeout_seconds: float = 0.05) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=OPTIONS)
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_seconds: float = 0.05,
+        outbound: OutboundSettings | None = None,
+    ) -> None:
+        self.target = target
+        self.channel = outbound_channel(
+            target, "retrieve", outbound or OutboundSettings(), options=OPTIONS
+        )
         self.stub = retrieve_grpc.RetrieveServiceStub(self.channel)
         self.timeout_seconds = timeout_seconds
 
@@ -66,8 +75,17 @@ class GrpcCandidateSource:
 
 
 class GrpcScorer:
-    def __init__(self, target: str, *, timeout_seconds: float = 0.1) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=OPTIONS)
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_seconds: float = 0.1,
+        outbound: OutboundSettings | None = None,
+    ) -> None:
+        self.target = target
+        self.channel = outbound_channel(
+            target, "rank", outbound or OutboundSettings(), options=OPTIONS
+        )
         self.stub = rank_service_pb2_grpc.RankServiceStub(self.channel)
         self.timeout_seconds = timeout_seconds
 

@@ -17,8 +17,13 @@ about to bind, or binds again when it restarts. The default base keeps them all 
 kernel's ephemeral range (32768 on Linux), where outgoing connections take their ports.
 
 Every child gets the supervisor's environment and config file plus the settings that wire it
-to the others. A child that exits is restarted after a back-off (1 s, doubling to 30 s); SIGTERM
-or SIGINT stops them all gracefully.
+to the others. With `--tls` (`certificates`), every port serves mutual TLS with the layout's
+certificates (`recsys.deploy.certificates`): each server presents the server certificate and
+requires a client certificate of the layout's CA, and Recommend and Retrieve call the others
+over TLS with their own client certificate (`outbound.tls`).
+
+A child that exits is restarted after a back-off (1 s, doubling to 30 s); SIGTERM or SIGINT
+stops them all gracefully.
 """
 
 from __future__ import annotations
@@ -32,8 +37,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recsys.settings import RecsysSettings
+
+if TYPE_CHECKING:
+    from recsys.deploy.certificates import LayoutCertificates
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +91,7 @@ def plan(
     config_file: Path | None,
     log_dir: Path,
     recommend_replicas: int = 1,
+    certificates: LayoutCertificates | None = None,
 ) -> list[Child]:
     """The children of a deployment and the settings that wire them together."""
     executable = str(Path(sys.executable).with_name("recsys"))
@@ -143,11 +153,40 @@ def plan(
                 dict(recommend_environment),
             )
         )
+    if certificates is not None:
+        for child in children:
+            child.environment.update(tls_environment(certificates, _caller(child.name)))
     for position, child in enumerate(children):
         child.log = log_dir / f"{child.name}.log"
         child.metrics_port = base_port + METRICS_OFFSET + position
         child.arguments += ["--port", str(child.port), "--metrics-port", str(child.metrics_port)]
     return children
+
+
+def _caller(name: str) -> str | None:
+    """The identity a child calls the others with (None: it calls none of them)."""
+    if name.startswith("recommend"):
+        return "recommend"
+    return "retrieve" if name == "retrieve" else None
+
+
+def tls_environment(certificates: LayoutCertificates, caller: str | None) -> dict[str, str]:
+    """Mutual TLS on the child's port and, for a caller, on its channels to the others."""
+    environment = {
+        "RECSYS_SERVER__TLS__CERT_FILE": str(certificates.server.cert),
+        "RECSYS_SERVER__TLS__KEY_FILE": str(certificates.server.key),
+        "RECSYS_SERVER__TLS__CLIENT_CA_FILE": str(certificates.ca),
+        "RECSYS_SERVER__TLS__REQUIRE_CLIENT_AUTH": "true",
+    }
+    if caller is not None:
+        identity = certificates.client(caller)
+        environment |= {
+            "RECSYS_OUTBOUND__TLS__ENABLED": "true",
+            "RECSYS_OUTBOUND__TLS__CA_FILE": str(certificates.ca),
+            "RECSYS_OUTBOUND__TLS__CERT_FILE": str(identity.cert),
+            "RECSYS_OUTBOUND__TLS__KEY_FILE": str(identity.key),
+        }
+    return environment
 
 
 class Supervisor:

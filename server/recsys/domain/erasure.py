@@ -52,9 +52,10 @@ class UserDataEraser:
         self.events = events
         self.limiter = limiter
 
-    async def erase(self, user_id: str, *, request_id: str = "") -> Erasure:
+    async def erase(self, user_id: str, *, request_id: str = "", caller: str = "") -> Erasure:
         """Every step is idempotent; a failing store propagates (UNAVAILABLE) so the caller
-        retries the whole erasure."""
+        retries the whole erasure. The audit record names the authenticated `caller` who asked
+        ("" when unknown: authentication off, or a command-line erasure)."""
         event_id = deletion_event_id(user_id)
         feature_keys, cache_keys, limit_keys, erased = await asyncio.gather(
             self.features.delete_user(user_id),
@@ -74,9 +75,13 @@ class UserDataEraser:
                 "profile_erased": erased.profile_erased,
                 "deletion_event_id": event_id,
                 "request_id": request_id,
+                "caller": caller,
             },
         )
-        logger.info("user data erased", extra={"subject": subject, "deleted_keys": deleted_keys})
+        logger.info(
+            "user data erased",
+            extra={"subject": subject, "deleted_keys": deleted_keys, "caller": caller},
+        )
         return Erasure(deleted_keys, erased.deleted_interactions, erased.profile_erased, event_id)
 
 

@@ -14,6 +14,12 @@ Admission, per call:
 A refusal is `UNAVAILABLE` with reason OVERLOADED and a retry-after hint (RetryInfo and gRPC's
 `grpc-retry-pushback-ms`), distinct from the rate limit's RESOURCE_EXHAUSTED + RATE_LIMITED:
 the client library retries it with jittered back-off within the caller's deadline.
+
+Before that, `CallerLimits` bounds each authenticated caller's calls in flight, so that one
+caller holding many calls open keeps the other slots for the others: its next call waits for
+one of its own calls to end (in arrival order, at most the queue wait and never past its
+deadline), outside the shared queue, else is refused with RESOURCE_EXHAUSTED and reason
+CALLER_CONCURRENCY (the caller's own quota: not retried by the client library).
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from recsys.deadlines import remaining_seconds
-from recsys.errors import Unavailable
+from recsys.errors import ResourceExhausted, Unavailable
 
 OVERLOADED = "OVERLOADED"
+CALLER_CONCURRENCY = "CALLER_CONCURRENCY"
 
 
 class Overloaded(Unavailable):
@@ -142,3 +149,84 @@ class AdmissionController:
                 slot.set_result(None)
                 return
         self._in_flight -= 1
+
+
+class CallerLimits:
+    """At most `limit` calls in flight per caller; a call over it waits for one of the caller's
+    own calls to end, at most `max_wait_seconds` and never past its deadline (less
+    `reserve_seconds`), else `ResourceExhausted` (CALLER_CONCURRENCY)."""
+
+    def __init__(
+        self,
+        *,
+        limit: int,
+        max_wait_seconds: float = 0.1,
+        retry_after_seconds: float = 0.1,
+        reserve_seconds: float = 0.01,
+    ) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self.max_wait_seconds = max_wait_seconds
+        self.retry_after_seconds = retry_after_seconds
+        self.reserve_seconds = reserve_seconds
+        # Only callers with calls in flight or waiting have an entry.
+        self._callers: dict[str, _CallerSlots] = {}
+        self.refused = 0
+
+    def in_flight(self, caller: str) -> int:
+        slots = self._callers.get(caller)
+        return 0 if slots is None else slots.in_flight
+
+    @asynccontextmanager
+    async def admit(self, caller: str) -> AsyncIterator[None]:
+        """Holds one of the caller's slots for the body, or raises ResourceExhausted."""
+        slots = self._callers.get(caller)
+        if slots is None:
+            slots = self._callers[caller] = _CallerSlots(asyncio.Semaphore(self.limit))
+        slots.users += 1
+        try:
+            if slots.semaphore.locked():
+                await self._wait(caller, slots.semaphore)
+            else:
+                await slots.semaphore.acquire()  # free: returns at once
+            slots.in_flight += 1
+            try:
+                yield
+            finally:
+                slots.in_flight -= 1
+                slots.semaphore.release()
+        finally:
+            slots.users -= 1
+            if slots.users == 0:
+                del self._callers[caller]
+
+    async def _wait(self, caller: str, semaphore: asyncio.Semaphore) -> None:
+        wait = self.max_wait_seconds
+        remaining = remaining_seconds()
+        if remaining is not None:
+            wait = min(wait, remaining - self.reserve_seconds)
+        try:
+            if wait <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(wait):
+                await semaphore.acquire()
+        except TimeoutError:
+            self.refused += 1
+            raise ResourceExhausted(
+                f"caller {caller} has {self.limit} calls in flight, its limit on this server; "
+                "retry once one of them ends",
+                retry_after_seconds=self.retry_after_seconds,
+                reason=CALLER_CONCURRENCY,
+            ) from None
+
+
+class _CallerSlots:
+    """One caller's slots; `users` counts its calls in flight and waiting."""
+
+    __slots__ = ("in_flight", "semaphore", "users")
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self.semaphore = semaphore
+        self.in_flight = 0
+        self.users = 0

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from recsys.errors import ConfigurationError
-from recsys.grpc_server.admission import AdmissionController
-from recsys.grpc_server.auth import AuthInterceptor
+from recsys.grpc_server.admission import AdmissionController, CallerLimits
+from recsys.grpc_server.auth import auth_interceptor
 from recsys.grpc_server.decoding import DecodingServer
 from recsys.grpc_server.interceptors import server_interceptors
+from recsys.grpc_server.reflection import REFLECTION_SERVICE, enable_reflection
 from recsys.observability.metrics import (
     GrpcServerMetrics,
     MetricsEndpoint,
@@ -130,13 +130,26 @@ class GrpcApplication:
     async def start(self) -> int:
         """Binds, starts serving and returns the bound port."""
         settings = self.settings.server
-        auth = AuthInterceptor(self.settings.auth) if self.settings.auth.enabled else None
+        auth = auth_interceptor(self.settings)
+        # Per caller only where callers are known: with authentication off, every call would
+        # be one peer address or another, not a caller (a proxy's address stands for many).
+        caller_limit = settings.caller_in_flight_limit if auth is not None else 0
         server = grpc.aio.server(
             interceptors=server_interceptors(
                 self.metrics,
                 access_log=self.settings.logging.access_log,
                 default_deadline_seconds=settings.default_deadline_ms / 1000,
+                max_deadline_seconds=settings.max_deadline_ms / 1000,
                 auth=auth,
+                caller_limits=(
+                    CallerLimits(
+                        limit=caller_limit,
+                        max_wait_seconds=settings.max_queue_wait_ms / 1000,
+                        retry_after_seconds=settings.overload_retry_after_ms / 1000,
+                    )
+                    if caller_limit > 0
+                    else None
+                ),
                 admission=(
                     AdmissionController(
                         max_in_flight=settings.max_in_flight,
@@ -160,12 +173,14 @@ class GrpcApplication:
             services.add_generic_rpc_handlers(self._generic_handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if settings.reflection:
-            names = [
-                *self.service_names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ]
-            reflection.enable_server_reflection(names, server)
+            enable_reflection(
+                server,
+                [
+                    *self.service_names,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    REFLECTION_SERVICE,
+                ],
+            )
         address = f"{settings.host}:{settings.port}"
         try:
             if settings.tls.enabled:

@@ -3,16 +3,21 @@
 1. RequestIdInterceptor: takes `x-request-id` from the caller or generates one, exposes it to
    logs and servicers, and returns it in the trailing metadata.
 2. ObservabilityInterceptor: Prometheus counts and latency per method and status code, and one
-   structured access-log line per call.
+   structured access-log line per call, naming the authenticated caller.
 3. ErrorMappingInterceptor: RecsysError -> status code with google.rpc.Status details;
    anything else is logged with its traceback and becomes INTERNAL with a generic message.
-4. DeadlineInterceptor: applies the server's default deadline when the caller sent none and
-   records the deadline for outbound calls (`recsys.deadlines`).
+4. AuthInterceptor (`auth.py`, with `auth.enabled`): names the caller, applies the allowlist.
+5. DeadlineInterceptor: applies the server's default deadline when the caller sent none, cuts
+   a longer one to the server's maximum, and records the deadline for outbound calls
+   (`recsys.deadlines`).
+6. CallerLimitInterceptor and AdmissionInterceptor: per-caller and global load shedding.
 
-They wrap unary-unary methods, which is every recsys.v1 RPC; streaming methods (health Watch,
-reflection) pass through untouched. Requests that are not valid messages go through them too:
-the services are registered with deserializers that never raise (`decoding.py`), and their
-InvalidArgument is raised inside the chain.
+They wrap every kind of method, streaming ones included (health Watch, reflection), so that
+one path authenticates, logs and maps the errors of every call; the deadline and load shedding
+layers act on unary calls only (every recsys.v1 RPC is unary; a health Watch is meant to stay
+open). Requests that are not valid messages go through them too: the services are registered
+with deserializers that never raise (`decoding.py`), and their InvalidArgument is raised
+inside the chain.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from recsys.errors import (
     RecsysError,
     ResourceExhausted,
 )
-from recsys.grpc_server.admission import AdmissionController, Overloaded
+from recsys.grpc_server.admission import AdmissionController, CallerLimits, Overloaded
 from recsys.observability.logging import reset_request_id, set_request_id
 from recsys.observability.metrics import GrpcServerMetrics
 
@@ -76,6 +81,8 @@ class CallState:
     method: str
     request_id: str
     code: grpc.StatusCode = grpc.StatusCode.OK
+    # The authenticated caller ("" while unknown, or with authentication off).
+    caller: str = ""
 
 
 _call_state: contextvars.ContextVar[CallState | None] = contextvars.ContextVar(
@@ -87,15 +94,68 @@ def current_call_state() -> CallState | None:
     return _call_state.get()
 
 
+def current_caller() -> str:
+    """The authenticated caller of the call being served ("" when none): for audit records."""
+    state = _call_state.get()
+    return state.caller if state is not None else ""
+
+
 def status_code_of(number: int) -> grpc.StatusCode:
     return _STATUS_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
 
 
-class _UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Base: wraps the behaviour of unary-unary handlers with `around`."""
+# Handler kind (request streaming, response streaming) -> its `grpc_type` (the metrics' label)
+# and the factory of a handler of that kind.
+_KINDS: dict[tuple[bool, bool], tuple[str, Callable[..., grpc.RpcMethodHandler]]] = {
+    (False, False): ("unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): ("server_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): ("client_stream", grpc.stream_unary_rpc_method_handler),
+    (True, True): ("bidi_stream", grpc.stream_stream_rpc_method_handler),
+}
+
+
+def _behaviour_of(handler: grpc.RpcMethodHandler) -> Behaviour:
+    """The handler's behaviour as one coroutine, whatever its kind: the request (a message or,
+    for client streams, the request iterator) goes in as it is; a streamed response is written
+    with `context.write` (an async or sync generator), or by the handler itself (a coroutine
+    that writes and returns None, as grpc.aio's health Watch)."""
+    streaming = bool(handler.response_streaming)
+    # A handler sets the one behaviour of its kind.
+    inner = (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+
+    async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        result = inner(request, context)
+        if inspect.isawaitable(result):
+            return await result
+        if not streaming:
+            return result
+        if hasattr(result, "__aiter__"):
+            async for response in result:
+                await context.write(response)
+        else:
+            for response in result:
+                await context.write(response)
+        return None
+
+    return behaviour
+
+
+class _CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Base: wraps the behaviour of every handler (unary and streaming) with `around`, which
+    is given the method's path and kind (`grpc_type`); an interceptor with `unary_only` leaves
+    streaming handlers as they are."""
+
+    unary_only = False
 
     async def around(
-        self, behaviour: Behaviour, request: Any, context: grpc.aio.ServicerContext, method: str
+        self,
+        behaviour: Behaviour,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        kind: str,
     ) -> Any:
         raise NotImplementedError
 
@@ -105,21 +165,18 @@ class _UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming or handler.response_streaming:
+        if handler is None:
+            return None
+        kind, factory = _KINDS[(bool(handler.request_streaming), bool(handler.response_streaming))]
+        if self.unary_only and kind != "unary":
             return handler
-        inner = handler.unary_unary
+        behaviour = _behaviour_of(handler)
         method: str = handler_call_details.method
 
-        async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            result = inner(request, context)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
-
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            return await self.around(behaviour, request, context, method)
+            return await self.around(behaviour, request, context, method, kind)
 
-        return grpc.unary_unary_rpc_method_handler(
+        return factory(
             wrapped,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
@@ -132,9 +189,14 @@ def _valid_request_id(value: str) -> bool:
     )
 
 
-class RequestIdInterceptor(_UnaryInterceptor):
+class RequestIdInterceptor(_CallInterceptor):
     async def around(
-        self, behaviour: Behaviour, request: Any, context: grpc.aio.ServicerContext, method: str
+        self,
+        behaviour: Behaviour,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        kind: str,
     ) -> Any:
         request_id = ""
         for key, value in context.invocation_metadata() or ():
@@ -154,17 +216,22 @@ class RequestIdInterceptor(_UnaryInterceptor):
             _call_state.reset(state_token)
 
 
-class ObservabilityInterceptor(_UnaryInterceptor):
+class ObservabilityInterceptor(_CallInterceptor):
     def __init__(self, metrics: GrpcServerMetrics, *, access_log: bool) -> None:
         self._metrics = metrics
         self._access_log = access_log
 
     async def around(
-        self, behaviour: Behaviour, request: Any, context: grpc.aio.ServicerContext, method: str
+        self,
+        behaviour: Behaviour,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        kind: str,
     ) -> Any:
         _, _, path = method.partition("/")
         service, _, method_name = path.partition("/")
-        labels = ("unary", service, method_name)
+        labels = (kind, service, method_name)
         self._metrics.started.labels(*labels).inc()
         started = time.perf_counter()
         code = grpc.StatusCode.UNKNOWN
@@ -190,6 +257,7 @@ class ObservabilityInterceptor(_UnaryInterceptor):
                         "grpc_code": code.name,
                         "duration_ms": round(elapsed * 1000, 3),
                         "peer": context.peer(),
+                        "caller": current_caller(),
                     },
                 )
 
@@ -273,9 +341,14 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
-class ErrorMappingInterceptor(_UnaryInterceptor):
+class ErrorMappingInterceptor(_CallInterceptor):
     async def around(
-        self, behaviour: Behaviour, request: Any, context: grpc.aio.ServicerContext, method: str
+        self,
+        behaviour: Behaviour,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        kind: str,
     ) -> Any:
         try:
             return await behaviour(request, context)
@@ -325,16 +398,31 @@ class ErrorMappingInterceptor(_UnaryInterceptor):
         await context.abort(answer.code, answer.details, trailing_metadata=trailing)
 
 
-class DeadlineInterceptor(_UnaryInterceptor):
-    def __init__(self, default_deadline_seconds: float) -> None:
+class DeadlineInterceptor(_CallInterceptor):
+    """The call's deadline: the caller's, cut to `max_deadline_seconds`, or the default when it
+    sent none. Streams keep the caller's own (a health Watch stays open by design)."""
+
+    unary_only = True
+
+    def __init__(
+        self, default_deadline_seconds: float, max_deadline_seconds: float | None = None
+    ) -> None:
         self._default = default_deadline_seconds
+        self._max = max_deadline_seconds if max_deadline_seconds is not None else float("inf")
 
     async def around(
-        self, behaviour: Behaviour, request: Any, context: grpc.aio.ServicerContext, method: str
+        self,
+        behaviour: Behaviour,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        kind: str,
     ) -> Any:
         remaining = context.time_remaining()
         if remaining is None or remaining > _NO_DEADLINE_SECONDS:
             remaining = self._default
+        cut = remaining > self._max
+        remaining = min(remaining, self._max)
         scope = asyncio.timeout(remaining)
         with request_deadline(remaining):
             try:
@@ -345,17 +433,50 @@ class DeadlineInterceptor(_UnaryInterceptor):
                     raise  # a timeout inside the servicer, not this call's deadline
                 raise DeadlineExceeded(
                     f"the call did not finish within its deadline of {remaining * 1000:.0f} ms"
+                    + (" (the server's maximum)" if cut else "")
                 ) from None
 
 
-class AdmissionInterceptor(_UnaryInterceptor):
+class CallerLimitInterceptor(_CallInterceptor):
+    """Per-caller fairness for the platform's own methods: an authenticated caller's calls in
+    flight are bounded (`CallerLimits`), so one caller cannot take every admission slot. Calls
+    without an authenticated caller (authentication off, exempt services) are not limited."""
+
+    unary_only = True
+
+    def __init__(self, limits: CallerLimits) -> None:
+        self.limits = limits
+
+    async def around(
+        self,
+        behaviour: Behaviour,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        kind: str,
+    ) -> Any:
+        caller = current_caller()
+        if not caller or not method.startswith(PLATFORM_METHODS):
+            return await behaviour(request, context)
+        async with self.limits.admit(caller):
+            return await behaviour(request, context)
+
+
+class AdmissionInterceptor(_CallInterceptor):
     """Load shedding for the platform's own methods (health and reflection always answer)."""
+
+    unary_only = True
 
     def __init__(self, controller: AdmissionController) -> None:
         self.controller = controller
 
     async def around(
-        self, behaviour: Behaviour, request: Any, context: grpc.aio.ServicerContext, method: str
+        self,
+        behaviour: Behaviour,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        kind: str,
     ) -> Any:
         if not method.startswith(PLATFORM_METHODS):
             return await behaviour(request, context)
@@ -368,12 +489,16 @@ def server_interceptors(
     *,
     access_log: bool,
     default_deadline_seconds: float,
+    max_deadline_seconds: float | None = None,
     auth: grpc.aio.ServerInterceptor | None = None,
+    caller_limits: CallerLimits | None = None,
     admission: AdmissionController | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
     """The interceptor chain of every recsys server, outermost first. Authentication sits
-    inside error mapping, so its refusals carry the usual status details; admission sits
-    inside the deadline, which it needs to know whether a call can still finish in time."""
+    inside error mapping, so its refusals carry the usual status details, and names the caller
+    before anything limits per caller; the per-caller and global admission sit inside the
+    deadline, which they need to know whether a call can still finish in time, and a caller
+    over its own bound waits outside the shared queue."""
     chain: list[grpc.aio.ServerInterceptor] = [
         RequestIdInterceptor(),
         ObservabilityInterceptor(metrics, access_log=access_log),
@@ -381,7 +506,9 @@ def server_interceptors(
     ]
     if auth is not None:
         chain.append(auth)
-    chain.append(DeadlineInterceptor(default_deadline_seconds))
+    chain.append(DeadlineInterceptor(default_deadline_seconds, max_deadline_seconds))
+    if caller_limits is not None:
+        chain.append(CallerLimitInterceptor(caller_limits))
     if admission is not None:
         chain.append(AdmissionInterceptor(admission))
     return chain

@@ -15,6 +15,7 @@ from recsys.adapters.candidates.popularity import (
 )
 from recsys.adapters.candidates.retrieval import RetrievalCandidates
 from recsys.adapters.candidates.similar import SimilarToLikedCandidates
+from recsys.adapters.dependency_probe import probe_dependency
 from recsys.adapters.remote import GrpcCandidateSource, GrpcScorer
 from recsys.domain.erasure import UserDataEraser
 from recsys.domain.ranking import Backend
@@ -24,6 +25,7 @@ from recsys.domain.requests import validate_recommend_query
 from recsys.domain.validation import Violations
 from recsys.errors import ConfigurationError
 from recsys.grpc_server.app import ServiceBinding
+from recsys.grpc_server.interceptors import current_caller
 from recsys.observability.logging import current_request_id
 from recsys.observability.metrics import RecommendMetrics
 from recsys.ports.candidates import Scorer, VectorSearch
@@ -119,7 +121,9 @@ class RecommendServicer(recommend_service_pb2_grpc.RecommendServiceServicer):
         violations = Violations()
         violations.check_user_id("user_id", request.user_id)
         violations.raise_if_any()
-        erased = await self.eraser.erase(request.user_id, request_id=current_request_id() or "")
+        erased = await self.eraser.erase(
+            request.user_id, request_id=current_request_id() or "", caller=current_caller()
+        )
         return recommend_service_pb2.DeleteUserDataResponse(
             deleted_keys=erased.deleted_keys,
             deleted_interactions=erased.deleted_interactions,
@@ -157,16 +161,22 @@ async def build(components: Components) -> list[ServiceBinding]:
     search: VectorSearch | None = components.retriever
     if recommend.retrieve_target:
         remote_search = GrpcCandidateSource(
-            recommend.retrieve_target, timeout_seconds=recommend.retrieve_timeout_ms / 1000
+            recommend.retrieve_target,
+            timeout_seconds=recommend.retrieve_timeout_ms / 1000,
+            outbound=settings.outbound,
         )
         components.resources.push_async_callback(remote_search.close)
+        _probe(components, "retrieve service", remote_search.target, remote_search.channel)
         search = remote_search
     scorer: Scorer | None = components.candidate_scorer
     if recommend.rank_target:
         remote_scorer = GrpcScorer(
-            recommend.rank_target, timeout_seconds=recommend.rank_timeout_ms / 1000
+            recommend.rank_target,
+            timeout_seconds=recommend.rank_timeout_ms / 1000,
+            outbound=settings.outbound,
         )
         components.resources.push_async_callback(remote_scorer.close)
+        _probe(components, "rank service", remote_scorer.target, remote_scorer.channel)
         scorer = remote_scorer
     if search is None or scorer is None:
         raise ConfigurationError(
@@ -215,6 +225,16 @@ async def build(components: Components) -> list[ServiceBinding]:
             ),
         )
     ]
+
+
+def _probe(components: Components, what: str, target: str, channel: grpc.aio.Channel) -> None:
+    """Logs an ERROR when a remote dependency refuses this process's channel (TLS, credentials);
+    readiness does not wait for it."""
+
+    async def probe() -> None:
+        await probe_dependency(what, target, channel)
+
+    components.run_in_background(probe)
 
 
 async def _prepare(components: Components, pipeline: RecommendPipeline) -> None:

@@ -125,7 +125,7 @@ async def build(components: Components) -> list[ServiceBinding]:
     shards: list[list[ShardClient]]
     if settings.retrieve.shard_targets:
         shards = [
-            [GrpcShardClient(target) for target in replicas]
+            [GrpcShardClient(target, outbound=settings.outbound) for target in replicas]
             for replicas in settings.retrieve.shard_targets
         ]
     else:

@@ -1,6 +1,9 @@
 """The ranking model on any KServe V2 gRPC server (NVIDIA Triton in production) through
 `tritonclient.grpc.aio`.
 
+TLS and the bearer token come from `outbound.model_server_tls` and the "model_server" token
+through the shared channel factory (`recsys.adapters.channels.channel_security`).
+
 Input and output names and the feature width come from the server's model metadata, checked
 against the feature schema in the model repository; the maximum batch size from the model
 config when the server offers Triton's ModelConfig RPC, else from settings. Every call has a
@@ -17,16 +20,16 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import tritonclient.grpc.aio as triton_aio
-from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc import InferenceServerClientPlugin, InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
-from recsys.adapters.channels import reconnect_options
+from recsys.adapters.channels import ChannelSecurity, channel_security, reconnect_options
 from recsys.adapters.grpc_errors import translate, translate_status
 from recsys.domain.ranking import RANKING_FEATURES
 from recsys.errors import DeadlineExceeded, FailedPrecondition, RecsysError, Unavailable
 from recsys.ports.ranker import Ranker
 from recsys.ranking.model_repository import FeatureSchema, check_schema
-from recsys.settings import RecsysSettings
+from recsys.settings import OutboundSettings, RecsysSettings
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,16 @@ def _translate(error: InferenceServerException, url: str) -> RecsysError:
     return translate_status(code, error.message() or "", f"inference server {url}")
 
 
+class _Headers(InferenceServerClientPlugin):  # type: ignore[misc]
+    """tritonclient's hook for headers on every call: the bearer token."""
+
+    def __init__(self, security: ChannelSecurity) -> None:
+        self._security = security
+
+    def __call__(self, request: Any) -> None:
+        request.headers.update(self._security.metadata())
+
+
 class TritonRanker(Ranker):
     in_process = False
 
@@ -63,14 +76,22 @@ class TritonRanker(Ranker):
         model_version: str = "",
         schema: FeatureSchema | None = None,
         max_batch_size: int = 1024,
+        outbound: OutboundSettings | None = None,
     ) -> None:
         self.url = url
         self.model_name = model_name
         self.requested_version = model_version
         self.schema = schema or FeatureSchema(features=RANKING_FEATURES)
         self.max_batch_size = max_batch_size
+        security = channel_security("model_server", outbound or OutboundSettings(), url)
         # A restarted model server must be reachable by the breaker's next probe.
-        self._client = triton_aio.InferenceServerClient(url=url, channel_args=CHANNEL_ARGS)
+        self._client = triton_aio.InferenceServerClient(
+            url=url,
+            creds=security.credentials,
+            channel_args=[*CHANNEL_ARGS, *security.options],
+        )
+        if security.token is not None:
+            self._client.register_plugin(_Headers(security))
         self._served_version = model_version
         self._input_name = self.schema.input_name
         self._output_name = self.schema.output_name
@@ -84,6 +105,7 @@ class TritonRanker(Ranker):
             # "" lets the server pick its latest; a release pins it (recsys.composition).
             model_version=rank.model_version,
             max_batch_size=rank.triton_max_batch_size,
+            outbound=settings.outbound,
         )
 
     @property

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-import grpc
 import numpy as np
 
-from recsys.adapters.channels import reconnect_options
+from recsys.adapters.channels import outbound_channel, reconnect_options
 from recsys.adapters.grpc_errors import call
 from recsys.ports.shards import SearchHits, ShardClient, ShardDescription, ShardSearchResult
+from recsys.settings import OutboundSettings
 from recsys.v1 import index_shard_service_pb2, index_shard_service_pb2_grpc, retrieve_service_pb2
 
 CHANNEL_OPTIONS = [
@@ -24,9 +24,11 @@ CHANNEL_OPTIONS = [
 
 
 class GrpcShardClient(ShardClient):
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, *, outbound: OutboundSettings | None = None) -> None:
         self.endpoint = target
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = outbound_channel(
+            target, "shards", outbound or OutboundSettings(), options=CHANNEL_OPTIONS
+        )
         self._stub = index_shard_service_pb2_grpc.IndexShardServiceStub(self._channel)
         self._what = f"shard replica {target}"
 
