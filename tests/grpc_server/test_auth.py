@@ -266,15 +266,16 @@ async def test_authorisation_matrix(tmp_path: Path, pki: Pki, mtls: bool) -> Non
     assert not report, f"{mismatches} of {cells} cells differ:\n" + "\n".join(report)
 
 
-async def test_reflection_v1_is_not_served(tmp_path: Path, pki: Pki) -> None:
-    """Only grpc.reflection.v1alpha is served (grpcio-reflection 1.81 has no v1)."""
+async def test_reflection_v1_is_authorised_by_its_own_name(tmp_path: Path, pki: Pki) -> None:
+    """grpc.reflection.v1 is served too, and the allowlist decides it like any service: one
+    that names only v1alpha does not open v1."""
     app = await services.build_application(auth_settings(tmp_path, pki, mtls=True), ["ingest"])
     await app.start()
     try:
         caller = next(c for c in pki.credentials if c.certificate_name == FRONTEND and not c.token)
         method = Method("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", True, True)
         async with channel_for(pki, app.address, caller) as channel:
-            assert await outcome(channel, method, None) == "UNIMPLEMENTED"
+            assert await outcome(channel, method, None) == "PERMISSION_DENIED"
     finally:
         await app.shutdown()
 

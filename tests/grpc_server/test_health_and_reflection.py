@@ -63,6 +63,7 @@ async def test_reflection_lists_every_hosted_service(embedded_app: GrpcApplicati
             "recsys.v1.RankService",
             "grpc.health.v1.Health",
             "grpc.reflection.v1alpha.ServerReflection",
+            "grpc.reflection.v1.ServerReflection",
         }
         # Describe works too (grpcurl describe): the file defining RecommendService resolves.
         describe = reflection_pb2.ServerReflectionRequest(
@@ -133,3 +134,52 @@ async def test_port_in_use_is_a_configuration_error(
     with pytest.raises(ConfigurationError, match="cannot listen"):
         await second.start()
     await second.shutdown()
+
+
+async def test_reflection_v1_answers_like_v1alpha(embedded_app: GrpcApplication) -> None:
+    # grpc.reflection.v1's messages are v1alpha's, field for field: the same bytes answer.
+    async with grpc.aio.insecure_channel(embedded_app.address) as channel:
+        call = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        responses = [response async for response in call(iter([request]))]
+    listed = {service.name for service in responses[0].list_services_response.service}
+    assert {"recsys.v1.RecommendService", "grpc.reflection.v1.ServerReflection"} <= listed
+
+
+async def test_open_watch_streams_do_not_hold_the_shutdown(tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    settings = make_settings(
+        tmp_path, server={"shutdown_drain_seconds": 0.2, "shutdown_grace_seconds": 10.0}
+    )
+    application = await services.build_application(settings, ["ingest"])
+    await application.start()
+    channel = grpc.aio.insecure_channel(application.address)
+    stub = health_pb2_grpc.HealthStub(channel)
+    watches = [
+        stub.Watch(health_pb2.HealthCheckRequest(service=name)) for name in ("", "readiness")
+    ]
+    seen: list[list[str]] = [[], []]
+
+    async def follow(position: int) -> None:
+        async for response in watches[position]:
+            seen[position].append(
+                health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            )
+
+    followers = [asyncio.create_task(follow(position)) for position in range(2)]
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    await application.shutdown()
+    elapsed = time.monotonic() - started
+    await asyncio.wait_for(asyncio.gather(*followers, return_exceptions=True), 5)
+    await channel.close()
+    assert elapsed < 0.2 + 1.0, elapsed  # drain + 1 s, not the 10 s grace
+    for statuses in seen:
+        assert statuses[0] == "SERVING"
+        assert statuses[-1] == "NOT_SERVING"  # told before the stream ended

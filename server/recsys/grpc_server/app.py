@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from recsys.errors import ConfigurationError
 from recsys.grpc_server.admission import AdmissionController, CallerLimits
 from recsys.grpc_server.auth import auth_interceptor
 from recsys.grpc_server.decoding import DecodingServer
+from recsys.grpc_server.health import HealthServicer
 from recsys.grpc_server.interceptors import server_interceptors
 from recsys.grpc_server.reflection import REFLECTION_SERVICE, enable_reflection
 from recsys.observability.metrics import (
@@ -108,7 +109,7 @@ class GrpcApplication:
         # application assembled from bindings alone.
         self.components = components
         self.metrics = GrpcServerMetrics(self.registry)
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         self.port: int | None = None
         self.metrics_endpoint: MetricsEndpoint | None = None
         self._generic_handlers = tuple(generic_handlers)
@@ -234,6 +235,8 @@ class GrpcApplication:
             )
             if settings.shutdown_drain_seconds > 0:
                 await asyncio.sleep(settings.shutdown_drain_seconds)
+            # Watchers saw NOT_SERVING; their streams must not hold the stop for its grace.
+            self.health.close_watches()
             if self._server is not None:
                 await self._server.stop(settings.shutdown_grace_seconds)
             await self.health.set(LIVENESS, NOT_SERVING)

@@ -319,6 +319,7 @@ def _bounded_violations(
         item = error_details_pb2.BadRequest.FieldViolation(
             field=_truncated(violation.field, MAX_VIOLATION_TEXT_BYTES),
             description=_truncated(violation.description, MAX_VIOLATION_TEXT_BYTES),
+            reason=violation.cause,
         )
         size += item.ByteSize() + 3  # with its tag and length in the BadRequest
         if size > MAX_VIOLATIONS_BYTES:

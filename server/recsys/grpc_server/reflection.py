@@ -7,8 +7,10 @@ hosted services and their dependencies, so ListServices names the hosted service
 FileContainingSymbol / FileByFilename answer NOT_FOUND for a service (or file) this process
 does not host.
 
-grpcio-reflection 1.81 serves `grpc.reflection.v1alpha.ServerReflection` only;
-`grpc.reflection.v1` is UNIMPLEMENTED (grpcurl and Postman fall back to v1alpha).
+grpcio-reflection 1.81 ships `grpc.reflection.v1alpha.ServerReflection` only. `grpc.reflection.v1`
+(what current grpcurl and Postman ask first) has the same messages, field for field, under
+another package name, so the same servicer answers it with the v1alpha messages' (de)serializers:
+the bytes on the wire are identical.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 logger = logging.getLogger(__name__)
 
 REFLECTION_SERVICE: str = reflection.SERVICE_NAME
+REFLECTION_V1_SERVICE = "grpc.reflection.v1.ServerReflection"
 
 
 def hosted_pool(service_names: Sequence[str]) -> descriptor_pool.DescriptorPool:
@@ -48,5 +51,21 @@ def hosted_pool(service_names: Sequence[str]) -> descriptor_pool.DescriptorPool:
 
 
 def enable_reflection(server: grpc.aio.Server, service_names: Sequence[str]) -> None:
-    """Serves reflection (v1alpha) for `service_names`, described from their files only."""
-    reflection.enable_server_reflection(service_names, server, pool=hosted_pool(service_names))
+    """Serves reflection (v1 and v1alpha) for `service_names`, described from their files
+    only."""
+    from grpc_reflection.v1alpha import reflection_pb2
+    from grpc_reflection.v1alpha._async import ReflectionServicer
+
+    names = [*service_names, REFLECTION_V1_SERVICE]
+    servicer = ReflectionServicer(names, pool=hosted_pool(service_names))
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(service, {"ServerReflectionInfo": handler})
+            for service in (REFLECTION_SERVICE, REFLECTION_V1_SERVICE)
+        ]
+    )
