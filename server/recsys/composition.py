@@ -25,15 +25,17 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
+from recsys.observability.dependencies import DependencyMonitor
 from recsys.observability.metrics import (
     BreakerMetrics,
     DatabasePoolCollector,
+    DependencyMetrics,
     FeatureStoreMetrics,
     IndexMetrics,
     VersionsCollector,
     new_registry,
 )
-from recsys.ports.cache import RecommendationCache
+from recsys.ports.cache import RESPONSES, RecommendationCache
 from recsys.ports.events import EventSink
 from recsys.ports.features import FeatureStore
 from recsys.ports.metadata import MetadataRepository
@@ -86,6 +88,16 @@ class Components:
         self.registry.register(VersionsCollector(self))
         # Run once the server listens (index loading, model server connection...).
         self.startup_hooks: list[Callable[[], Awaitable[None]]] = []
+        # The dependencies this process uses, probed in the background once it has started
+        # (`monitor_dependencies`): the shared adapters below and the services' `build`
+        # register them; GrpcApplication publishes them as health names `dependency.<name>`.
+        health = self.settings.health
+        self.dependencies = DependencyMonitor(
+            interval_seconds=health.dependency_interval_seconds,
+            timeout_seconds=health.dependency_timeout_seconds,
+            failures_before_down=health.dependency_failures_before_down,
+        )
+        self.dependencies.add_listener(DependencyMetrics(self.registry).record)
         # What the hosted services build; None (or empty) until one of them does.
         self.shard_hosts: list[ShardHost] = []
         self.retriever: Retriever | None = None
@@ -108,6 +120,12 @@ class Components:
 
         self.startup_hooks.append(start)
 
+    def monitor_dependencies(self) -> None:
+        """Starts the dependency probes after the startup hooks registered so far (call it once
+        every service is built): an index still loading at startup is not an outage."""
+        if self.dependencies.names:
+            self.run_in_background(self.dependencies.run)
+
     def adapter(self, port: str, name: str) -> object:
         """A new adapter of `port`, closed with the process."""
         adapter = create_adapter(port, name, self.settings)
@@ -125,6 +143,7 @@ class Components:
         if self.settings.features.preload_path is not None:
             # Before the hooks of the services that read the store.
             self.startup_hooks.append(functools.partial(self._preload, store))
+        self.dependencies.register("feature_store", store.get_default_user_embedding)
         return store
 
     async def _preload(self, store: FeatureStore) -> None:
@@ -156,12 +175,16 @@ class Components:
         pool = getattr(metadata, "pool_status", None)
         if pool is not None:
             self.registry.register(DatabasePoolCollector(pool))
+        self.dependencies.register("metadata", metadata.ping)
         return metadata
 
     @functools.cached_property
     def recommendation_cache(self) -> RecommendationCache:
         cache = self.adapter("recommendation_cache", self.settings.recommend.cache)
         assert isinstance(cache, RecommendationCache)
+        self.dependencies.register(
+            "recommendation_cache", functools.partial(cache.get, RESPONSES, "health-probe", "probe")
+        )
         return cache
 
     @functools.cached_property
@@ -174,6 +197,8 @@ class Components:
     def event_sink(self) -> EventSink:
         sink = self.adapter("event_sink", self.settings.ingest.event_sink)
         assert isinstance(sink, EventSink)
+        # An event sink on a broker (Kafka) registers its cheap read here, as above:
+        # self.dependencies.register("event_sink", ...).
         return sink
 
     @functools.cached_property

@@ -64,6 +64,7 @@ async def build_application(settings: RecsysSettings, names: Sequence[str]) -> G
     try:
         for name in expand(names):
             bindings.extend(await _builder(name)(components))
+        components.monitor_dependencies()
     except BaseException:
         await components.resources.aclose()
         raise

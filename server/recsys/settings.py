@@ -184,6 +184,17 @@ class ServerSettings(_Section):
         return self.max_in_flight_per_caller
 
 
+class HealthSettings(_Section):
+    """Dependency-aware health (observability/dependencies.py): every
+    `dependency_interval_seconds` each dependency the process uses is probed with a cheap read
+    of at most `dependency_timeout_seconds`; after `dependency_failures_before_down` failures in
+    a row its health name `dependency.<name>` goes NOT_SERVING (readiness does not change)."""
+
+    dependency_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    dependency_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
+    dependency_failures_before_down: int = Field(default=2, ge=1, le=100)
+
+
 class MetricsSettings(_Section):
     """The Prometheus `/metrics` HTTP endpoint of the process."""
 
@@ -510,6 +521,7 @@ class RecsysSettings(BaseSettings):
     server: ServerSettings = ServerSettings()
     auth: AuthSettings = AuthSettings()
     metrics: MetricsSettings = MetricsSettings()
+    health: HealthSettings = HealthSettings()
     logging: LoggingSettings = LoggingSettings()
     recommend: RecommendSettings = RecommendSettings()
     ingest: IngestSettings = IngestSettings()

@@ -15,6 +15,8 @@ import logging
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from recsys.errors import Unavailable
+
 logger = logging.getLogger(__name__)
 
 # PERMISSION_DENIED on the health service says our credentials were accepted (the caller is
@@ -64,6 +66,24 @@ async def probe_dependency(
         await asyncio.sleep(interval_seconds)
     logger.info("dependency reachable", extra={"dependency": what, "target": target})
     return True
+
+
+async def check_readiness(channel: grpc.aio.Channel, *, timeout: float) -> None:
+    """One check of the dependency's `readiness` over `channel` (the background health probe):
+    returns when it is SERVING (or reached with credentials it names), else Unavailable."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        response = await stub.Check(
+            health_pb2.HealthCheckRequest(service="readiness"), timeout=timeout
+        )
+    except grpc.aio.AioRpcError as error:
+        if error.code() in _REACHED:
+            return
+        cause = _definite_cause(error.code(), error.details() or "")
+        raise Unavailable(cause or f"{error.code().name}: {error.details()}") from None
+    if response.status != health_pb2.HealthCheckResponse.SERVING:
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        raise Unavailable(f"its readiness is {status}")
 
 
 def _definite_cause(code: grpc.StatusCode, details: str) -> str | None:

@@ -155,16 +155,7 @@ class Retriever:
 
     async def refresh_description(self, timeout: float = 2.0) -> IndexDescription | None:
         """Asks every shard (first replica that answers) what it serves."""
-
-        async def describe(shard_id: int) -> ShardDescription | None:
-            for replica in self.shards[shard_id]:
-                try:
-                    return await replica.describe(timeout=timeout)
-                except RecsysError:
-                    continue
-            return None
-
-        answers = await asyncio.gather(*(describe(shard) for shard in range(self.num_shards)))
+        answers = await self._describe_all(timeout)
         known = [answer for answer in answers if answer is not None]
         if not known:
             return self.description
@@ -190,6 +181,22 @@ class Retriever:
             normalized=all(answer.normalized for answer in loaded),
         )
         return self.description
+
+    async def silent_shards(self, timeout: float = 1.0) -> list[int]:
+        """The shards none of whose replicas answers within `timeout` (the health probe)."""
+        answers = await self._describe_all(timeout)
+        return [shard for shard, answer in enumerate(answers) if answer is None]
+
+    async def _describe_all(self, timeout: float) -> list[ShardDescription | None]:
+        async def describe(shard_id: int) -> ShardDescription | None:
+            for replica in self.shards[shard_id]:
+                try:
+                    return await replica.describe(timeout=timeout)
+                except RecsysError:
+                    continue
+            return None
+
+        return list(await asyncio.gather(*(describe(shard) for shard in range(self.num_shards))))
 
     async def keep_description_fresh(self, interval_seconds: float) -> None:
         while True:

@@ -21,6 +21,7 @@ from recsys.grpc_server.decoding import DecodingServer
 from recsys.grpc_server.health import HealthServicer
 from recsys.grpc_server.interceptors import server_interceptors
 from recsys.grpc_server.reflection import REFLECTION_SERVICE, enable_reflection
+from recsys.observability.dependencies import DependencyState
 from recsys.observability.metrics import (
     GrpcServerMetrics,
     MetricsEndpoint,
@@ -37,6 +38,9 @@ logger = logging.getLogger(__name__)
 LIVENESS = "liveness"
 READINESS = "readiness"
 OVERALL = ""
+# One name per dependency the process checks (`dependency.feature_store`...): SERVING while it
+# answers, NOT_SERVING while it is down. Neither liveness nor readiness follows them.
+DEPENDENCY_PREFIX = "dependency."
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -117,6 +121,11 @@ class GrpcApplication:
         self._server: grpc.aio.Server | None = None
         self._shutdown_started = False
         self._terminated = asyncio.Event()
+        if components is not None:
+            components.dependencies.add_listener(self._publish_dependency)
+
+    async def _publish_dependency(self, state: DependencyState) -> None:
+        await self.health.set(DEPENDENCY_PREFIX + state.name, SERVING if state.up else NOT_SERVING)
 
     @property
     def service_names(self) -> list[str]:

@@ -31,6 +31,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from recsys.observability.dependencies import DependencyState
+
 logger = logging.getLogger(__name__)
 
 # Seconds; dense under 100 ms where the serving budgets live, with every threshold of the
@@ -192,6 +194,22 @@ class BreakerMetrics:
     def record(self, breaker: str, to_state: str) -> None:
         self.state.labels(breaker).set(self.LEVELS[to_state])
         self.transitions.labels(breaker, to_state).inc()
+
+
+class DependencyMetrics:
+    """`recsys_dependency_up{dependency}`: 1 while the process's probe of the dependency
+    answers, 0 once it is down (observability/dependencies.py); alert on `== 0`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.up = Gauge(
+            "recsys_dependency_up",
+            "1 while the dependency answers this process's probe, 0 while it is down.",
+            ("dependency",),
+            registry=registry,
+        )
+
+    async def record(self, state: DependencyState) -> None:
+        self.up.labels(state.name).set(1 if state.up else 0)
 
 
 class FeatureStoreMetrics:

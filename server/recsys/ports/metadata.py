@@ -87,5 +87,9 @@ class MetadataRepository(abc.ABC):
     async def count_rows_for_user(self, user_id: str) -> dict[str, int]:
         """Rows that still hold the user's data, per table (erasure verification)."""
 
+    async def ping(self) -> None:
+        """A cheap read that raises when the store cannot answer (the health probe)."""
+        await self.popular_items(category=None, limit=1)
+
     async def close(self) -> None:
         return None

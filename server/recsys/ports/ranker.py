@@ -33,6 +33,11 @@ class Ranker(abc.ABC):
         refused, Unavailable when it cannot be reached)."""
         return None
 
+    async def ping(self, *, timeout: float) -> None:
+        """A cheap call to the model server (the health probe); Unavailable when it cannot
+        be reached. A model in process has nothing to reach."""
+        return None
+
     async def watch(self, poll_seconds: float) -> None:
         """Runs until cancelled, swapping in newer model versions; returns at once when the
         backend has nothing to watch."""

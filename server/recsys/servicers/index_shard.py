@@ -9,6 +9,7 @@ import numpy as np
 
 from recsys.adapters.shards.local import describe_host
 from recsys.domain.validation import Violations
+from recsys.errors import Unavailable
 from recsys.grpc_server.app import ServiceBinding
 from recsys.index.host import MAX_QUERIES, ShardHost
 from recsys.v1 import index_shard_service_pb2 as shard_pb2
@@ -123,6 +124,7 @@ async def build(components: Components) -> list[ServiceBinding]:
     index = components.settings.index
     host = components.shard_host(index.shard_id)
     components.startup_hooks.append(host.start)
+    components.dependencies.register("index", lambda: _probe_index(host))
     if index.snapshot_poll_seconds > 0:
         poll = index.snapshot_poll_seconds
         components.run_in_background(lambda: host.watch_current(poll))
@@ -133,3 +135,11 @@ async def build(components: Components) -> list[ServiceBinding]:
             lambda server: shard_grpc.add_IndexShardServiceServicer_to_server(servicer, server),
         )
     ]
+
+
+async def _probe_index(host: ShardHost) -> None:
+    """The shard's own index: loaded, and answering a one-vector search."""
+    if not host.ready:
+        raise Unavailable(f"shard {host.shard_id} is not serving its index", reason="SHARD_LOADING")
+    query = np.zeros((1, host.spec.dimension), dtype=np.float32)
+    await host.search(query, 1, embedding_version=host.current.embedding_version)

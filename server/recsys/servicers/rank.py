@@ -97,6 +97,13 @@ async def build(components: Components) -> list[ServiceBinding]:
     except RecsysError as error:
         raise ConfigurationError(f"cannot load the ranking model: {error.message}") from error
     components.startup_hooks.append(functools.partial(_start_or_warn, primary))
+    if not primary.in_process:
+        components.dependencies.register(
+            "model_server",
+            functools.partial(
+                primary.ping, timeout=components.settings.health.dependency_timeout_seconds
+            ),
+        )
     if rank.reload_poll_seconds > 0:
         for model in (primary, cpu_model):
             if model is not None:

@@ -4,6 +4,7 @@ and DeleteUserData (right to erasure)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,7 @@ from recsys.adapters.candidates.popularity import (
 )
 from recsys.adapters.candidates.retrieval import RetrievalCandidates
 from recsys.adapters.candidates.similar import SimilarToLikedCandidates
-from recsys.adapters.dependency_probe import probe_dependency
+from recsys.adapters.dependency_probe import check_readiness, probe_dependency
 from recsys.adapters.remote import GrpcCandidateSource, GrpcScorer
 from recsys.domain.erasure import UserDataEraser
 from recsys.domain.ranking import Backend
@@ -228,13 +229,18 @@ async def build(components: Components) -> list[ServiceBinding]:
 
 
 def _probe(components: Components, what: str, target: str, channel: grpc.aio.Channel) -> None:
-    """Logs an ERROR when a remote dependency refuses this process's channel (TLS, credentials);
-    readiness does not wait for it."""
+    """Logs an ERROR when a remote dependency refuses this process's channel (TLS, credentials),
+    once at startup, and checks its readiness in the background (`dependency.retrieve_service`);
+    readiness does not wait for either."""
 
     async def probe() -> None:
         await probe_dependency(what, target, channel)
 
     components.run_in_background(probe)
+    timeout = components.settings.health.dependency_timeout_seconds
+    components.dependencies.register(
+        what.replace(" ", "_"), functools.partial(check_readiness, channel, timeout=timeout)
+    )
 
 
 async def _prepare(components: Components, pipeline: RecommendPipeline) -> None:

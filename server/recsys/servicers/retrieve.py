@@ -13,7 +13,7 @@ from recsys.adapters.shards.grpc import GrpcShardClient
 from recsys.adapters.shards.local import LocalShardClient
 from recsys.domain.retrieval import RetrievalQuery, Retriever, RetrieverConfig
 from recsys.domain.validation import Violations
-from recsys.errors import NotFound
+from recsys.errors import NotFound, Unavailable
 from recsys.grpc_server.app import ServiceBinding
 from recsys.index.spec import MAX_EF_SEARCH, MAX_NPROBE
 from recsys.observability.metrics import RetrievalMetrics
@@ -153,6 +153,15 @@ async def build(components: Components) -> list[ServiceBinding]:
         lambda: retriever.keep_description_fresh(settings.retrieve.describe_interval_seconds)
     )
     components.retriever = retriever
+    timeout = settings.health.dependency_timeout_seconds
+
+    async def probe_shards() -> None:
+        silent = await retriever.silent_shards(timeout)
+        if silent:
+            raise Unavailable(f"no replica of shards {silent} answers", reason="NO_SHARDS")
+
+    # Down while any shard has no replica answering: answers are partial.
+    components.dependencies.register("index_shards", probe_shards)
     servicer = RetrieveServicer(retriever, components.feature_store, settings)
     return [
         ServiceBinding(

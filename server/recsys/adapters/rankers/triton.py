@@ -115,6 +115,14 @@ class TritonRanker(Ranker):
     async def start(self) -> None:
         await self.connect()
 
+    async def ping(self, *, timeout: float) -> None:
+        try:
+            await self._client.get_model_metadata(
+                self.model_name, self.requested_version, client_timeout=timeout
+            )
+        except InferenceServerException as error:
+            raise _translate(error, self.url) from None
+
     async def connect(self, timeout: float = 5.0) -> None:
         """Reads the model's metadata and checks it against the schema; FailedPrecondition
         when it does not match (the model is refused), Unavailable when unreachable."""

@@ -183,6 +183,12 @@ class SqlMetadataRepository(MetadataRepository):
 
         await self._run(work, write=True)
 
+    async def ping(self) -> None:
+        async def work(connection: Any) -> None:
+            await connection.execute(select(1))
+
+        await self._run(work)
+
     async def popular_items(self, *, category: str | None, limit: int) -> list[int]:
         query = select(items.c.item_id).order_by(desc(items.c.popularity), items.c.item_id)
         if category is not None:
