@@ -183,3 +183,22 @@ async def test_open_watch_streams_do_not_hold_the_shutdown(tmp_path: Path) -> No
     for statuses in seen:
         assert statuses[0] == "SERVING"
         assert statuses[-1] == "NOT_SERVING"  # told before the stream ended
+
+
+async def test_health_list_names_every_status(embedded_app: GrpcApplication) -> None:
+    from recsys.grpc_server.health import list_messages
+
+    request_type, response_type = list_messages()
+    async with grpc.aio.insecure_channel(embedded_app.address) as channel:
+        call = channel.unary_unary(
+            "/grpc.health.v1.Health/List",
+            request_serializer=request_type.SerializeToString,
+            response_deserializer=response_type.FromString,
+        )
+        response = await call(request_type(), timeout=2)
+    statuses = {
+        name: health_pb2.HealthCheckResponse.ServingStatus.Name(value.status)
+        for name, value in response.statuses.items()
+    }
+    for name in ("", "liveness", "readiness", "recsys.v1.RecommendService"):
+        assert statuses[name] == "SERVING", statuses

@@ -18,7 +18,7 @@ from recsys.errors import ConfigurationError
 from recsys.grpc_server.admission import AdmissionController, CallerLimits
 from recsys.grpc_server.auth import auth_interceptor
 from recsys.grpc_server.decoding import DecodingServer
-from recsys.grpc_server.health import HealthServicer
+from recsys.grpc_server.health import HealthServicer, list_handler
 from recsys.grpc_server.interceptors import server_interceptors
 from recsys.grpc_server.reflection import REFLECTION_SERVICE, enable_reflection
 from recsys.observability.dependencies import DependencyState
@@ -182,6 +182,7 @@ class GrpcApplication:
         if self._generic_handlers:
             services.add_generic_rpc_handlers(self._generic_handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        server.add_generic_rpc_handlers([list_handler(self.health)])
         if settings.reflection:
             enable_reflection(
                 server,
