@@ -66,8 +66,10 @@ async def build_world(tmp_path: Path, **overrides: Any) -> GrpcApplication:
         "rank": {"model_repository": str(ROOT / "triton_models"), "reload_poll_seconds": 0},
         "database": {"url": f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}"},
         "rate_limit": {"requests_per_window": 20},
+        # Budgets no healthy read runs into on a loaded 2-core machine (tests that are about
+        # a budget set their own).
         "recommend": {"categories": CATEGORIES, "feature_timeout_ms": 200,
-                      "cache_timeout_ms": 200},
+                      "cache_timeout_ms": 200, "metadata_timeout_ms": 500},
         "logging": {"access_log": False},
     }  # fmt: skip
     settings = make_settings(tmp_path, **merge(base, overrides))

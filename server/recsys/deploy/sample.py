@@ -59,6 +59,9 @@ def deployment_settings(folder: Path, dimension: int, num_shards: int) -> dict[s
         "rank": {"model_repository": str(folder / "models"), "model_name": "ranker"},
         "features": {"store": "in_memory", "preload_path": str(folder / "training/features.npz")},
         "database": {"url": f"sqlite+aiosqlite:///{folder / 'recsys.db'}"},
+        # Embedded SQLite answers every query from one thread, beside FAISS and the model on
+        # the same cores: the 50 ms budget of a database server would degrade answers here.
+        "recommend": {"metadata_timeout_ms": 250},
     }
 
 

@@ -24,7 +24,7 @@ from recsys.domain.recommend.pipeline import CandidateSources, RecommendPipeline
 from recsys.domain.recommend.values import Reason, Recommendation, RecommendConfig
 from recsys.domain.requests import validate_recommend_query
 from recsys.domain.validation import Violations
-from recsys.errors import ConfigurationError
+from recsys.errors import ConfigurationError, RecsysError
 from recsys.grpc_server.app import ServiceBinding
 from recsys.grpc_server.interceptors import current_caller
 from recsys.observability.logging import current_request_id
@@ -247,4 +247,9 @@ async def _prepare(components: Components, pipeline: RecommendPipeline) -> None:
     from recsys.metadata.migrate import prepare_schema
 
     await asyncio.to_thread(prepare_schema, components.settings.database)
+    try:
+        # Opens the pool (and SQLite's worker thread) before the first request needs it.
+        await components.metadata.ping()
+    except RecsysError as error:
+        logger.warning("metadata store not reachable at startup", extra={"error": error.message})
     await pipeline.refresh_default_embedding()
