@@ -161,14 +161,18 @@ def up(
             )
             raise typer.Exit(code=2)
         certificates = ensure_layout_certificates(tls_dir.absolute())
-    children = plan(
-        settings,
-        base_port=base_port,
-        config_file=config,
-        log_dir=log_dir,
-        recommend_replicas=recommend_replicas,
-        certificates=certificates,
-    )
+    try:
+        children = plan(
+            settings,
+            base_port=base_port,
+            config_file=config,
+            log_dir=log_dir,
+            recommend_replicas=recommend_replicas,
+            certificates=certificates,
+        )
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from None
     for child in children:
         typer.echo(f"{child.name:<10} {child.address:<22} log {child.log}")
     if certificates is not None:

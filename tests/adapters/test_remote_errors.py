@@ -235,3 +235,26 @@ async def test_a_dependency_that_is_not_running_is_unavailable() -> None:
             await source.retrieve(QUERY)
     finally:
         await source.close()
+
+
+async def test_the_remote_scorer_answers_by_rule_when_no_time_is_left() -> None:
+    # Out of time before the call (a shared run past its first caller's deadline): the rule
+    # order, not DEADLINE_EXCEEDED for everyone waiting on it.
+    import numpy as np
+
+    from recsys.adapters.remote import GrpcScorer
+    from recsys.deadlines import request_deadline
+    from recsys.domain.ranking import Backend
+    from recsys.domain.requests import RequestContext
+
+    scorer = GrpcScorer("127.0.0.1:9")
+    try:
+        with request_deadline(-1.0):
+            scored = await scorer.score(
+                "u1", np.array([3, 1, 2], np.int64), np.array([0.1, 0.9, 0.5], np.float32),
+                RequestContext(),
+            )  # fmt: skip
+    finally:
+        await scorer.close()
+    assert scored.backend is Backend.RULE_FALLBACK
+    assert scored.item_ids.tolist() == [1, 2, 3]

@@ -246,3 +246,12 @@ def test_every_port_of_the_layout_is_fixed_and_distinct(tmp_path: Path) -> None:
     layout = [port for port in ports if port != 50051]
     assert max(layout) < 32_768
     assert sorted(layout) == sorted(DEFAULT_BASE_PORT + o for o in layout_offsets(10))
+
+
+def test_up_refuses_more_shards_than_its_port_layout_holds(tmp_path: Path) -> None:
+    from recsys.deploy.supervisor import plan
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, index={"num_shards": 100})
+    with pytest.raises(ValueError, match="at most 99 shards"):
+        plan(settings, base_port=30_100, config_file=None, log_dir=tmp_path)

@@ -48,3 +48,10 @@ def test_top_k_is_the_head_of_the_full_order(levels: list[int], k: int, random) 
         (ranked_scores[:-1] > ranked_scores[1:])
         | ((ranked_scores[:-1] == ranked_scores[1:]) & (ranked_ids[:-1] < ranked_ids[1:]))
     )
+
+
+def test_a_score_that_is_not_a_number_ranks_last_and_hides_nothing() -> None:
+    ids = np.array([1, 2, 3], np.int64)
+    scores = np.array([1.0, np.nan, np.nan], np.float32)
+    assert top_k_order(ids, scores, 2).tolist() == [0, 1]
+    assert ranked_order(ids, scores).tolist() == [0, 1, 2]

@@ -600,3 +600,15 @@ async def test_identical_concurrent_misses_share_one_run_and_each_is_rate_limite
         pipeline.recommend(query(category="news")),
     )
     assert len(world.personalized.requests) == 3
+
+
+async def test_a_cached_answer_serves_only_the_country_it_was_filtered_for() -> None:
+    world = World()
+    world.cache.entries[("recommendations", "u1")] = CachedRecommendations(
+        (CachedItem(7, 0.5, "comedy", "trending", "Trending now"),), extra={"country": "US"}
+    )
+    same = await world.pipeline().recommend(query(country="US"))
+    assert same.degradation.served_from_cache
+    other = await world.pipeline().recommend(query(country="DE"))
+    assert not other.degradation.served_from_cache  # filtered for the US, not for here
+    assert world.cache.stored[-1].extra == {"country": "DE"}

@@ -146,3 +146,27 @@ async def test_a_caller_over_its_bound_gives_up_within_its_deadline() -> None:
     assert 0.1 < loop.time() - started < 0.2
     release.set()
     await holder
+
+
+async def test_internal_callers_are_not_held_to_one_callers_share() -> None:
+    from recsys.grpc_server.admission import CallerLimits
+
+    limits = CallerLimits(limit=1, max_wait_seconds=0.01, exempt=frozenset({"recommend"}))
+    release = asyncio.Event()
+
+    async def hold_as(caller: str) -> None:
+        async with limits.admit(caller):
+            await release.wait()
+
+    internal = [asyncio.create_task(hold_as("recommend")) for _ in range(5)]
+    await asyncio.sleep(0.05)
+    # All five still hold a slot: held to a limit of 1, four would have been refused by now.
+    assert all(not task.done() for task in internal)
+    held = asyncio.create_task(hold_as("frontend"))
+    await asyncio.sleep(0.01)
+    with pytest.raises(Exception, match="calls in flight") as refused:
+        async with limits.admit("frontend"):
+            pass
+    assert refused.value.reason == "CALLER_CONCURRENCY"  # type: ignore[attr-defined]
+    release.set()
+    await asyncio.gather(*internal, held)

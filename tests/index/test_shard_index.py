@@ -207,3 +207,32 @@ def test_tied_scores_are_ordered_by_item_id_and_the_cut_off_takes_the_lowest_ids
     (hits,) = shard.search(shared.reshape(1, -1), 25)
     assert hits.item_ids.tolist() == sorted(ids[tied].tolist())[:25]
     assert len(set(hits.scores.tolist())) == 1
+
+
+def test_a_tie_at_the_cut_does_not_search_the_whole_shard() -> None:
+    # Two items share the best vector; k=1 cuts between them. The search must widen only until
+    # the tied group is inside the window, not double up to every item.
+    rng = np.random.default_rng(8)
+    ids = np.arange(20_000, dtype=np.int64) * NUM_SHARDS + SHARD_ID
+    vectors = rng.normal(size=(20_000, DIMENSION)).astype(np.float32) * 0.01
+    vectors[[5, 17]] = 1.0
+    shard = ShardIndex.build(
+        spec_for(IndexType.FLAT),
+        shard_id=SHARD_ID,
+        num_shards=NUM_SHARDS,
+        item_ids=ids,
+        vectors=vectors,
+        index_version="v1",
+        embedding_version="e1",
+    )
+    depths: list[int] = []
+    search = shard.faiss_index.search
+
+    def counting(matrix, k, params=None):  # type: ignore[no-untyped-def]
+        depths.append(k)
+        return search(matrix, k, params=params)
+
+    shard._search_index = type("Counting", (), {"search": staticmethod(counting)})()
+    (hits,) = shard.search(np.ones((1, DIMENSION), np.float32), 1)
+    assert hits.item_ids.tolist() == [ids[5]]  # the lower id of the tied pair
+    assert depths == [2, 4]  # 2 ties at the cut; 4 shows the tie ends

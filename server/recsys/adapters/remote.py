@@ -100,8 +100,9 @@ class GrpcScorer:
         add = request.candidates.add
         for item, score in zip(item_ids.tolist(), candidate_scores.tolist(), strict=True):
             add(item_id=item, candidate_score=score)
-        timeout = outbound_timeout(self.timeout_seconds)
         try:
+            # No time left is a slow dependency too: the rule order still answers in time.
+            timeout = outbound_timeout(self.timeout_seconds)
             response = await call("rank service", self.stub.Rank(request, timeout=timeout))
         except (Unavailable, DeadlineExceeded):
             # The rank service itself is down or slow: order by the retrieval score (rule

@@ -99,6 +99,9 @@ def plan(
     if config_file is not None:
         common["RECSYS_CONFIG_FILE"] = str(config_file)
     num_shards = settings.index.num_shards
+    if num_shards >= RETRIEVE_OFFSET:
+        # Shard s listens on base + s: past 99 shards they would take Retrieve's port and up.
+        raise ValueError(f"recsys up runs at most {RETRIEVE_OFFSET - 1} shards, not {num_shards}")
     shard_environment = dict(common)
     if not settings.index.faiss_threads:
         # N shard processes share this machine's cores: FAISS's default (every core per
@@ -144,6 +147,9 @@ def plan(
     }
     if recommend_replicas > 1:
         recommend_environment["RECSYS_SERVER__REUSE_PORT"] = "true"
+        # The rolling restart reads each replica's readiness from its own /metrics.
+        recommend_environment["RECSYS_METRICS__ENABLED"] = "true"
+        recommend_environment["RECSYS_METRICS__HOST"] = "127.0.0.1"
     for replica in range(recommend_replicas):
         children.append(
             Child(

@@ -20,6 +20,8 @@ def _keys(
 ) -> tuple[IntArray, npt.NDArray[np.float32]]:
     ids = np.asarray(item_ids, dtype=np.int64).reshape(-1)
     negated = -np.asarray(scores, dtype=np.float32).reshape(-1)
+    # A score that is not a number ranks last, never hiding the others from a cut.
+    negated[np.isnan(negated)] = np.inf
     if ids.shape != negated.shape:
         raise ValueError(f"{len(ids)} item ids but {len(negated)} scores")
     return ids, negated

@@ -163,10 +163,14 @@ class CallerLimits:
         max_wait_seconds: float = 0.1,
         retry_after_seconds: float = 0.1,
         reserve_seconds: float = 0.01,
+        exempt: frozenset[str] = frozenset(),
     ) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.limit = limit
+        # The platform's own processes (auth.internal_callers): one Recommend replica calls
+        # Retrieve and Rank for all its users, and must not be held to one user's share.
+        self.exempt = exempt
         self.max_wait_seconds = max_wait_seconds
         self.retry_after_seconds = retry_after_seconds
         self.reserve_seconds = reserve_seconds
@@ -181,6 +185,9 @@ class CallerLimits:
     @asynccontextmanager
     async def admit(self, caller: str) -> AsyncIterator[None]:
         """Holds one of the caller's slots for the body, or raises ResourceExhausted."""
+        if caller in self.exempt:
+            yield
+            return
         slots = self._callers.get(caller)
         if slots is None:
             slots = self._callers[caller] = _CallerSlots(asyncio.Semaphore(self.limit))

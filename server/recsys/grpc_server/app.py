@@ -154,6 +154,7 @@ class GrpcApplication:
                 caller_limits=(
                     CallerLimits(
                         limit=caller_limit,
+                        exempt=frozenset(self.settings.auth.internal_callers),
                         max_wait_seconds=settings.max_queue_wait_ms / 1000,
                         retry_after_seconds=settings.overload_retry_after_ms / 1000,
                     )

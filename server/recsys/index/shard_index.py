@@ -65,11 +65,12 @@ def as_vectors(values: Any, dimension: int, field: str = "vectors") -> FloatArra
 
 
 def _tie_at_cut(distances: FloatArray, positions: IdArray, k: int) -> bool:
-    """Whether some query's hit k+1 has the same distance as its hit k."""
+    """Whether some query's group of hits tied with its hit k may go on past the window: its
+    last hit returned still has the k-th hit's distance."""
     if distances.shape[1] <= k:
         return False
-    found = positions[:, k] >= 0
-    return bool(np.any(found & (distances[:, k] == distances[:, k - 1])))
+    found = positions[:, -1] >= 0
+    return bool(np.any(found & (distances[:, -1] == distances[:, k - 1])))
 
 
 def _metric_type(metric: Metric) -> int:

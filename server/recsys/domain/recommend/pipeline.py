@@ -54,6 +54,9 @@ from recsys.ports.features import FeatureStore, UserEmbedding, UserFeatures
 from recsys.ports.metadata import ItemMetadata, MetadataRepository, UserProfile
 from recsys.ports.rate_limit import RateDecision, RateLimiter
 
+# The response cache records the country an answer was filtered for.
+COUNTRY = "country"
+
 
 @dataclasses.dataclass(frozen=True)
 class CandidateSources:
@@ -141,7 +144,9 @@ class RecommendPipeline:
         cacheable = query.context.category is None and not query.excluded_item_ids
         if cacheable:
             cached = await self._cached(RESPONSES, query, trace)
-            if cached is not None:
+            # The regional filter depends on the request's country: an answer filtered for
+            # another country is not this request's answer.
+            if cached is not None and cached.extra.get(COUNTRY, "") == query.context.country:
                 self.observer.cache_hit("response_cache")
                 return _from_cache(cached, Degradation(served_from_cache=True))
         profile, consumed = await self._profile_and_history(query.user_id, trace)
@@ -229,6 +234,7 @@ class RecommendPipeline:
             cold_start=answer.cold_start,
             explanation=answer.explanation,
             ranking_backend=answer.ranking_backend.value if answer.ranking_backend else "",
+            extra={COUNTRY: query.context.country},
         )  # fmt: skip
         await self.guard.read(
             "cache_store",
