@@ -114,6 +114,13 @@ async def test_the_layout_under_mutual_tls_answers_without_degradation(tmp_path:
                 assert not answer.degradation.ListFields(), (user, answer.degradation)
                 assert answer.ranking_backend == common_pb2.RANKING_BACKEND_MODEL
 
+        # The startup probe polls each dependency every second until it answers: let it land.
+        for _ in range(300):
+            log = (logs / "recommend.log").read_text()
+            if log.count('"message": "dependency reachable"') >= 2:
+                break
+            await asyncio.sleep(0.1)
+
         # Every port refuses a caller without the layout's client certificate.
         anonymous = TlsOptions(root_certificates=tls.root_certificates)
         for address in [*addresses, target]:
