@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -63,26 +64,37 @@ def pid_of(pattern: str) -> int | None:
     return int(found[0]) if found else None
 
 
-def test_up_serves_and_restarts_a_killed_shard(tmp_path: Path) -> None:
-    data = clustered_embeddings(2_000, 8, clusters=10, seed=1)
+def two_shard_layout(
+    tmp_path: Path, *, items: int, clusters: int, seed: int, **settings: str
+) -> tuple[Any, dict[str, str]]:
+    """Two flat shard snapshots of clustered embeddings in `tmp_path`, and the environment of
+    a `recsys up` serving them (SQLite metadata, the reference model): `settings` adds to it."""
+    data = clustered_embeddings(items, 8, clusters=clusters, seed=seed)
     build_shard_snapshots(
         ItemEmbeddings(data.item_ids, data.vectors, "e1"),
         IndexSpec(dimension=8, index_type=IndexType.FLAT),
         num_shards=2, index_version="v1",
         snapshots=SnapshotManager(LocalSnapshotStore(tmp_path / "snapshots")),
     )  # fmt: skip
-    base, public = free_ports(2)
     environment = {
         **os.environ,
-        "RECSYS_SERVER__PORT": str(public),
-        "RECSYS_SERVER__SHUTDOWN_DRAIN_SECONDS": "0",
         "RECSYS_INDEX__NUM_SHARDS": "2",
         "RECSYS_INDEX__SPEC__DIMENSION": "8",
         "RECSYS_INDEX__SNAPSHOT_DIR": str(tmp_path / "snapshots"),
         "RECSYS_RANK__MODEL_REPOSITORY": str(ROOT / "triton_models"),
         "RECSYS_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}",
         "RECSYS_LOGGING__ACCESS_LOG": "false",
+        **settings,
     }
+    return data, environment
+
+
+def test_up_serves_and_restarts_a_killed_shard(tmp_path: Path) -> None:
+    base, public = free_ports(2)
+    data, environment = two_shard_layout(
+        tmp_path, items=2_000, clusters=10, seed=1,
+        RECSYS_SERVER__PORT=str(public), RECSYS_SERVER__SHUTDOWN_DRAIN_SECONDS="0",
+    )  # fmt: skip
     supervisor = subprocess.Popen(
         [RECSYS, "up", "--base-port", str(base), "--log-dir", str(tmp_path / "logs")],
         env=environment,
@@ -128,26 +140,12 @@ def test_up_serves_and_restarts_a_killed_shard(tmp_path: Path) -> None:
 def test_a_rolling_restart_of_two_recommend_replicas_fails_no_call(tmp_path: Path) -> None:
     import threading
 
-    data = clustered_embeddings(500, 8, clusters=5, seed=2)
-    build_shard_snapshots(
-        ItemEmbeddings(data.item_ids, data.vectors, "e1"),
-        IndexSpec(dimension=8, index_type=IndexType.FLAT),
-        num_shards=2, index_version="v1",
-        snapshots=SnapshotManager(LocalSnapshotStore(tmp_path / "snapshots")),
-    )  # fmt: skip
     base, public = free_ports(2, recommend_replicas=2)
-    environment = {
-        **os.environ,
-        "RECSYS_SERVER__PORT": str(public),
-        "RECSYS_SERVER__SHUTDOWN_DRAIN_SECONDS": "0.5",
-        "RECSYS_INDEX__NUM_SHARDS": "2",
-        "RECSYS_INDEX__SPEC__DIMENSION": "8",
-        "RECSYS_INDEX__SNAPSHOT_DIR": str(tmp_path / "snapshots"),
-        "RECSYS_RANK__MODEL_REPOSITORY": str(ROOT / "triton_models"),
-        "RECSYS_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}",
-        "RECSYS_LOGGING__ACCESS_LOG": "false",
-        "RECSYS_METRICS__ENABLED": "true",
-    }
+    _, environment = two_shard_layout(
+        tmp_path, items=500, clusters=5, seed=2,
+        RECSYS_SERVER__PORT=str(public), RECSYS_SERVER__SHUTDOWN_DRAIN_SECONDS="0.5",
+        RECSYS_METRICS__ENABLED="true",
+    )  # fmt: skip
     # Migrated once up front: two replicas starting together would both migrate the file.
     subprocess.run([RECSYS, "db", "upgrade"], env=environment, check=True, capture_output=True)
     command = [RECSYS, "up", "--base-port", str(base), "--log-dir", str(tmp_path / "logs")]

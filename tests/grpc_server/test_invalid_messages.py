@@ -17,7 +17,6 @@ from google.protobuf import timestamp_pb2, wrappers_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-from recsys import services
 from recsys.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from recsys.grpc_server.app import GrpcApplication
 from recsys.grpc_server.decoding import InvalidRequest, safe_deserializer
@@ -31,8 +30,8 @@ from recsys.v1 import (
     recommend_service_pb2,
     retrieve_service_pb2,
 )
-from tests.conftest import StartApp, make_settings
-from tests.support.world import DIMENSION, NUM_SHARDS, build_world
+from tests.conftest import StartApp
+from tests.support.world import build_world, start_shard_of_world
 
 DETAILS_KEY = "grpc-status-details-bin"
 RECOMMEND = "/recsys.v1.RecommendService/Recommend"
@@ -63,20 +62,7 @@ async def world(tmp_path: Path) -> AsyncIterator[GrpcApplication]:
 
 async def shard_app(tmp_path: Path) -> GrpcApplication:
     """`recsys serve shard` for shard 0 of the world's snapshots (built by build_world)."""
-    settings = make_settings(
-        tmp_path,
-        index={
-            "num_shards": NUM_SHARDS,
-            "shard_id": 0,
-            "snapshot_dir": str(tmp_path / "snapshots"),
-            "spec": {"dimension": DIMENSION},
-            "snapshot_poll_seconds": 0,
-        },
-        logging={"access_log": True},
-    )
-    app = await services.build_application(settings, ["shard"])
-    await app.start()
-    return app
+    return await start_shard_of_world(tmp_path, access_log=True)
 
 
 def event(index: int, **changes: Any) -> interaction_event_pb2.InteractionEvent:

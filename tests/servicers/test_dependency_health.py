@@ -6,23 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy import text
 
 from recsys.grpc_server.app import GrpcApplication
-from recsys.metadata.database import create_migration_engine
-from recsys.settings import DatabaseSettings
-from tests.support.services import require_postgres, require_redis
-from tests.support.tcp_proxy import TcpProxy
-from tests.support.world import build_world
+from tests.support.world import SharedStores, world_on_shared_stores
 
 pytestmark = pytest.mark.integration
 
@@ -31,45 +23,19 @@ REDIS_DEPENDENCIES = ("dependency.feature_store", "dependency.recommendation_cac
 OTHER_DEPENDENCIES = ("dependency.metadata", "dependency.index_shards")
 
 
-@dataclass
-class Deployment:
-    app: GrpcApplication
-    proxy: TcpProxy
-
-
 @pytest.fixture
-async def deployment(tmp_path: Path) -> AsyncIterator[Deployment]:
-    require_redis()
-    postgres = require_postgres()
-    proxy = TcpProxy("127.0.0.1", 6379)
-    port = await proxy.start()
-    namespace = f"test-{uuid.uuid4().hex[:12]}"
-    database = DatabaseSettings(url=postgres, schema_name=f"test_{uuid.uuid4().hex[:12]}")
-    app = await build_world(
+async def deployment(tmp_path: Path) -> AsyncIterator[SharedStores]:
+    async with world_on_shared_stores(
         tmp_path,
-        redis={"url": f"redis://127.0.0.1:{port}/0", "namespace": namespace,
-               "socket_timeout_ms": 500, "connect_timeout_ms": 200},
+        through_proxy=True,
+        redis={"socket_timeout_ms": 500, "connect_timeout_ms": 200},
         features={"store": "redis"},
         recommend={"cache": "redis"},
         rate_limit={"limiter": "redis"},
-        database={"url": postgres, "schema_name": database.schema_name},
         health={"dependency_interval_seconds": INTERVAL, "dependency_timeout_seconds": 1.0,
                 "dependency_failures_before_down": 2},
-    )  # fmt: skip
-    try:
-        yield Deployment(app, proxy)
-    finally:
-        await app.shutdown()
-        await proxy.stop()
-        direct = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
-        keys = [key async for key in direct.scan_iter(match=f"{namespace}:*")]
-        if keys:
-            await direct.delete(*keys)
-        await direct.aclose()
-        engine = create_migration_engine(database.model_copy(update={"schema_name": ""}))
-        with engine.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA IF EXISTS "{database.schema_name}" CASCADE'))
-        engine.dispose()
+    ) as stores:  # fmt: skip
+        yield stores
 
 
 async def statuses(channel: grpc.aio.Channel, names: tuple[str, ...]) -> dict[str, str]:
@@ -104,7 +70,7 @@ def gauge(app: GrpcApplication, dependency: str) -> float | None:
 
 
 async def test_cutting_redis_flips_its_dependencies_not_liveness_nor_readiness(
-    deployment: Deployment,
+    deployment: SharedStores,
 ) -> None:
     app, proxy = deployment.app, deployment.proxy
     always = {"liveness": "SERVING", "readiness": "SERVING", "": "SERVING"}

@@ -5,25 +5,21 @@ tombstone for "a" alone."""
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from sqlalchemy import text
 
 from recsys.adapters.redis.connection import user_tag
 from recsys.domain.interactions import Interaction, InteractionKind
 from recsys.grpc_server.app import GrpcApplication
-from recsys.metadata.database import create_migration_engine
 from recsys.ports.features import UserEmbedding
 from recsys.ports.metadata import UserProfile
-from recsys.settings import DatabaseSettings
 from recsys_client import AsyncRecsysClient, ClientOptions
-from tests.support.services import require_postgres, require_redis
-from tests.support.world import build_world, catalogue
+from tests.support.services import require_redis
+from tests.support.world import catalogue, world_on_shared_stores
 
 pytestmark = pytest.mark.integration
 
@@ -39,31 +35,18 @@ class Deployment:
 
 @pytest.fixture
 async def deployment(tmp_path: Path) -> AsyncIterator[Deployment]:
-    url = require_redis()
-    postgres = require_postgres()
-    namespace = f"test-{uuid.uuid4().hex[:12]}"
-    database = DatabaseSettings(url=postgres, schema_name=f"test_{uuid.uuid4().hex[:12]}")
-    app = await build_world(
+    async with world_on_shared_stores(
         tmp_path,
-        redis={"url": url, "namespace": namespace, "socket_timeout_ms": 2000},
+        redis={"socket_timeout_ms": 2000},
         features={"store": "redis"},
         recommend={"cache": "redis", "feature_timeout_ms": 2000, "cache_timeout_ms": 2000},
         rate_limit={"limiter": "redis"},
-        database={"url": postgres, "schema_name": database.schema_name},
-    )
-    direct = aioredis.Redis.from_url(url)
-    try:
-        yield Deployment(app, direct, namespace)
-    finally:
-        await app.shutdown()
-        keys = [key async for key in direct.scan_iter(match=f"{namespace}:*")]
-        if keys:
-            await direct.delete(*keys)
-        await direct.aclose()
-        engine = create_migration_engine(database.model_copy(update={"schema_name": ""}))
-        with engine.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA IF EXISTS "{database.schema_name}" CASCADE'))
-        engine.dispose()
+    ) as stores:
+        direct = aioredis.Redis.from_url(require_redis())
+        try:
+            yield Deployment(stores.app, direct, stores.namespace)
+        finally:
+            await direct.aclose()
 
 
 async def keys_of(deployment: Deployment, user_id: str) -> set[bytes]:

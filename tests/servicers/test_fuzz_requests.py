@@ -23,7 +23,6 @@ import pytest
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
-from recsys import services
 from recsys.grpc_server.app import GrpcApplication
 from recsys.v1 import common_pb2
 from recsys.v1 import index_shard_service_pb2 as shard_pb2
@@ -32,8 +31,13 @@ from recsys.v1 import interaction_event_pb2 as event_pb2
 from recsys.v1 import rank_service_pb2 as rank_pb2
 from recsys.v1 import recommend_service_pb2 as recommend_pb2
 from recsys.v1 import retrieve_service_pb2 as retrieve_pb2
-from tests.conftest import make_settings
-from tests.support.world import CATEGORIES, DIMENSION, ITEMS, NUM_SHARDS, build_world
+from tests.support.world import (
+    CATEGORIES,
+    DIMENSION,
+    ITEMS,
+    build_world,
+    start_shard_of_world,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -360,19 +364,7 @@ async def world(tmp_path: Path) -> AsyncIterator[GrpcApplication]:
 @pytest.fixture
 async def shard(world: GrpcApplication, tmp_path: Path) -> AsyncIterator[GrpcApplication]:
     """`recsys serve shard` for shard 0 of the world's snapshots."""
-    settings = make_settings(
-        tmp_path,
-        index={
-            "num_shards": NUM_SHARDS,
-            "shard_id": 0,
-            "snapshot_dir": str(tmp_path / "snapshots"),
-            "spec": {"dimension": DIMENSION},
-            "snapshot_poll_seconds": 0,
-        },
-        logging={"access_log": False},
-    )
-    app = await services.build_application(settings, ["shard"])
-    await app.start()
+    app = await start_shard_of_world(tmp_path, access_log=False)
     yield app
     await app.shutdown()
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -23,58 +21,31 @@ from sqlalchemy import text
 from recsys.adapters.redis.connection import user_tag
 from recsys.grpc_server.app import GrpcApplication
 from recsys.metadata.database import create_migration_engine
-from recsys.settings import DatabaseSettings
 from recsys.v1 import common_pb2, recommend_service_pb2
 from recsys_client import AsyncRecsysClient, ClientOptions, RecsysClientError
-from tests.support.services import require_postgres, require_redis
-from tests.support.tcp_proxy import TcpProxy
-from tests.support.world import build_world
+from tests.support.world import SharedStores, world_on_shared_stores
 
 pytestmark = pytest.mark.integration
 
 
-@dataclass
-class Deployment:
-    app: GrpcApplication
-    proxy: TcpProxy
-    namespace: str
-    database: DatabaseSettings
+# The app, the Redis namespace, the PostgreSQL schema and the proxy in front of Redis.
+Deployment = SharedStores
 
 
 @pytest.fixture
 async def deployment(tmp_path: Path) -> AsyncIterator[Deployment]:
-    require_redis()
-    postgres = require_postgres()
-    proxy = TcpProxy("127.0.0.1", 6379)
-    port = await proxy.start()
-    namespace = f"test-{uuid.uuid4().hex[:12]}"
-    database = DatabaseSettings(url=postgres, schema_name=f"test_{uuid.uuid4().hex[:12]}")
-    app = await build_world(
+    async with world_on_shared_stores(
         tmp_path,
-        redis={"url": f"redis://127.0.0.1:{port}/0", "namespace": namespace,
-               "socket_timeout_ms": 2000, "connect_timeout_ms": 200},
+        through_proxy=True,
+        redis={"socket_timeout_ms": 2000, "connect_timeout_ms": 200},
         features={"store": "redis", "item_cache_ttl_seconds": 0},
         recommend={"cache": "redis", "feature_timeout_ms": 50, "cache_timeout_ms": 50},
         rate_limit={"limiter": "redis", "requests_per_window": 100},
-        database={"url": postgres, "schema_name": database.schema_name},
         # These tests break Redis and PostgreSQL, not the server: 50 concurrent callers must
         # all reach the pipeline (load shedding has its own test, test_overload).
         server={"admission_enabled": False},
-    )  # fmt: skip
-    try:
-        yield Deployment(app, proxy, namespace, database)
-    finally:
-        await app.shutdown()
-        await proxy.stop()
-        direct = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
-        keys = [key async for key in direct.scan_iter(match=f"{namespace}:*")]
-        if keys:
-            await direct.delete(*keys)
-        await direct.aclose()
-        engine = create_migration_engine(database.model_copy(update={"schema_name": ""}))
-        with engine.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA IF EXISTS "{database.schema_name}" CASCADE'))
-        engine.dispose()
+    ) as stores:
+        yield stores
 
 
 def client_for(app: GrpcApplication) -> AsyncRecsysClient:

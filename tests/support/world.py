@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis.asyncio as aioredis
+from sqlalchemy import text
 
 from recsys import services
 from recsys.adapters.snapshots.local import LocalSnapshotStore
@@ -16,9 +22,13 @@ from recsys.index.builder import build_shard_snapshots
 from recsys.index.embeddings_file import ItemEmbeddings
 from recsys.index.snapshots import SnapshotManager
 from recsys.index.spec import IndexSpec, IndexType
+from recsys.metadata.database import create_migration_engine
 from recsys.ports.features import ItemFeatures, UserEmbedding
 from recsys.ports.metadata import ItemMetadata, UserProfile
+from recsys.settings import DatabaseSettings
 from tests.conftest import make_settings
+from tests.support.services import require_postgres, require_redis
+from tests.support.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 DIMENSION = 8
@@ -105,4 +115,72 @@ async def build_world(tmp_path: Path, **overrides: Any) -> GrpcApplication:
     await metadata.record_interactions(
         [Interaction(f"a{i}", "alice", i, InteractionKind.CLICK, 1.0, now) for i in (10, 11, 12)]
     )
+    return app
+
+
+@dataclass
+class SharedStores:
+    """A world on the shared Redis (through a TCP proxy that can cut or slow it, when asked
+    for) and a PostgreSQL schema of its own, both cleaned up afterwards."""
+
+    app: GrpcApplication
+    namespace: str
+    database: DatabaseSettings
+    proxy: TcpProxy | None
+
+
+@asynccontextmanager
+async def world_on_shared_stores(
+    tmp_path: Path,
+    *,
+    through_proxy: bool = False,
+    redis: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> AsyncIterator[SharedStores]:
+    redis_url = require_redis()
+    postgres = require_postgres()
+    proxy = TcpProxy("127.0.0.1", 6379) if through_proxy else None
+    url = redis_url if proxy is None else f"redis://127.0.0.1:{await proxy.start()}/0"
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    database = DatabaseSettings(url=postgres, schema_name=f"test_{uuid.uuid4().hex[:12]}")
+    try:
+        app = await build_world(
+            tmp_path,
+            redis={"url": url, "namespace": namespace, **(redis or {})},
+            database={"url": postgres, "schema_name": database.schema_name},
+            **overrides,
+        )
+        try:
+            yield SharedStores(app, namespace, database, proxy)
+        finally:
+            await app.shutdown()
+    finally:
+        if proxy is not None:
+            await proxy.stop()
+        direct = aioredis.Redis.from_url(redis_url)
+        keys = [key async for key in direct.scan_iter(match=f"{namespace}:*")]
+        if keys:
+            await direct.delete(*keys)
+        await direct.aclose()
+        engine = create_migration_engine(database.model_copy(update={"schema_name": ""}))
+        with engine.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA IF EXISTS "{database.schema_name}" CASCADE'))
+        engine.dispose()
+
+
+async def start_shard_of_world(tmp_path: Path, *, access_log: bool) -> GrpcApplication:
+    """`recsys serve shard` for shard 0 of the snapshots `build_world(tmp_path)` built."""
+    settings = make_settings(
+        tmp_path,
+        index={
+            "num_shards": NUM_SHARDS,
+            "shard_id": 0,
+            "snapshot_dir": str(tmp_path / "snapshots"),
+            "spec": {"dimension": DIMENSION},
+            "snapshot_poll_seconds": 0,
+        },
+        logging={"access_log": access_log},
+    )
+    app = await services.build_application(settings, ["shard"])
+    await app.start()
     return app
