@@ -270,6 +270,98 @@ class IngestSettings(_Section):
     in_memory_capacity: int = Field(default=100_000, ge=1)
 
 
+class KafkaSettings(_Section):
+    """The Kafka cluster of the write path (recsys.events): topics, the idempotent producer
+    (acks=all) and the admin client. Empty bootstrap_servers: no Kafka (embedded mode)."""
+
+    # "host:port,host:port"; required by the `kafka` event sink and `recsys serve consume`.
+    bootstrap_servers: str = ""
+    client_id: str = Field(default="recsys", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    # Interaction events (InteractionEvent, keyed by user id).
+    interactions_topic: str = Field(
+        default="recsys.interactions.v1", pattern=r"^[A-Za-z0-9._-]{1,249}$"
+    )
+    # Deletion events (UserDeletionEvent, keyed by user id): erasure reaching consumers.
+    deletions_topic: str = Field(
+        default="recsys.user-deletions.v1", pattern=r"^[A-Za-z0-9._-]{1,249}$"
+    )
+    # Events no consumer could process (undecodable, invalid, or failing every retry).
+    dead_letter_topic: str = Field(
+        default="recsys.interactions.dlq.v1", pattern=r"^[A-Za-z0-9._-]{1,249}$"
+    )
+    # Used when topics are created (create_topics); existing topics are left as they are.
+    partitions: int = Field(default=12, ge=1, le=10_000)
+    replication_factor: int = Field(default=3, ge=1, le=32)
+    # Create missing topics at startup (needs the CreateTopics ACL); off where topics are
+    # provisioned by the platform team.
+    create_topics: bool = True
+    # How long the producer keeps trying one event (message.timeout.ms); a call's own deadline
+    # caps what it waits for.
+    delivery_timeout_ms: int = Field(default=5_000, ge=100, le=300_000)
+    # Producer batching: how long an event may wait for others to share its request.
+    linger_ms: int = Field(default=5, ge=0, le=1_000)
+    # Broker probe (readiness: the seed's describeCluster) and admin calls.
+    request_timeout_ms: int = Field(default=2_000, ge=100, le=60_000)
+
+
+class ConsumerSettings(_Section):
+    """`recsys serve consume`: the consumer group applying interaction and deletion events."""
+
+    group_id: str = Field(default="recsys-interactions", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    # Events fetched and applied together (one SQL insert, one Redis round trip per store).
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+    # How long one poll waits for the first event of a batch.
+    poll_timeout_ms: int = Field(default=200, ge=1, le=10_000)
+    # A member silent this long leaves the group and its partitions move (a SIGKILLed worker's
+    # partitions wait this long). The broker must allow it.
+    session_timeout_ms: int = Field(default=45_000, ge=1_000, le=3_600_000)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100, le=60_000)
+    # An event whose effects fail (not an outage) is tried this many times, then dead-lettered.
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    retry_backoff_ms: int = Field(default=100, ge=0, le=60_000)
+    # While a store the effects need is down, the batch is retried (never dead-lettered) with
+    # backoff up to this bound; the partition waits and lag grows.
+    outage_backoff_max_ms: int = Field(default=5_000, ge=10, le=300_000)
+    # How often consumer lag per partition is exported.
+    lag_interval_seconds: float = Field(default=5.0, gt=0, le=3_600)
+    # Embedded mode: how often the in-process consumer drains the in-memory sink.
+    embedded_drain_interval_ms: int = Field(default=100, ge=1, le=60_000)
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> ConsumerSettings:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError(
+                "consumer.heartbeat_interval_ms must be at most a third of session_timeout_ms"
+            )
+        return self
+
+
+class RealtimeSettings(_Section):
+    """Real-time features the consumers maintain (seed Simulation 1 and trending)."""
+
+    # Adapter short name of the ItemCounters store: "in_memory" (embedded) or "redis".
+    counters: str = "in_memory"
+    # A user's recent interactions: a sliding window by event time (seed: 30 minutes), at most
+    # recent_keep distinct items.
+    recent_window_seconds: int = Field(default=1_800, ge=1, le=7 * 86_400)
+    recent_keep: int = Field(default=100, ge=1, le=10_000)
+    # Item counters decay exponentially by event time with these half-lives.
+    popularity_half_life_hours: float = Field(default=168.0, gt=0)
+    trending_half_life_minutes: float = Field(default=60.0, gt=0)
+    # How long an event id is remembered by the counters (redelivery within it is ignored).
+    event_marker_ttl_seconds: int = Field(default=7 * 86_400, ge=60)
+
+
+class PrecomputeSettings(_Section):
+    """`recsys precompute`: pre-computed answers (`precomputed:{user}:{surface}`) by activity
+    tier (seed Journey 2 and "Cost Optimization"). Owned by the precompute job."""
+
+
+class MigrationSettings(_Section):
+    """`recsys migrate-embeddings`: backfilling user embeddings of a new version (seed
+    Simulation 6). Owned by the migration job."""
+
+
 class IndexSettings(_Section):
     """Index shards: what they hold and where their snapshots live."""
 
@@ -525,6 +617,11 @@ class RecsysSettings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     recommend: RecommendSettings = RecommendSettings()
     ingest: IngestSettings = IngestSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    consumer: ConsumerSettings = ConsumerSettings()
+    realtime: RealtimeSettings = RealtimeSettings()
+    precompute: PrecomputeSettings = PrecomputeSettings()
+    migration: MigrationSettings = MigrationSettings()
     index: IndexSettings = IndexSettings()
     retrieve: RetrieveSettings = RetrieveSettings()
     rank: RankSettings = RankSettings()

@@ -70,6 +70,12 @@ class RecommendationCache(abc.ABC):
     ) -> None: ...
 
     @abc.abstractmethod
+    async def invalidate_responses(self, user_id: str) -> int:
+        """Removes the user's cached answers (RESPONSES, every surface) but keeps pre-computed
+        ones, which are re-checked at serve time; returns how many went. Called when a new
+        interaction makes a cached answer stale (an item to exclude now)."""
+
+    @abc.abstractmethod
     async def delete_user(self, user_id: str) -> int:
         """Removes every cached and pre-computed entry of the user; returns how many."""
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from recsys.domain.interactions import Interaction
+
 
 @dataclass(frozen=True, slots=True)
 class UserEmbedding:
@@ -100,11 +102,16 @@ class FeatureStore(abc.ABC):
     ) -> None: ...
 
     @abc.abstractmethod
-    async def record_recent_interactions(
-        self, user_id: str, item_ids: Sequence[int], *, ttl_seconds: int = 1800, keep: int = 100
+    async def record_events(
+        self, events: Sequence[Interaction], *, now: dt.datetime | None = None
     ) -> None:
-        """Prepends items to the user's recent interactions (newest first, at most `keep`);
-        the list expires `ttl_seconds` after its last update."""
+        """Adds the events' items to their users' recent interactions: a sliding window by event
+        time (the adapter's `recent_window_seconds`, seed: 30 minutes) of at most
+        `recent_keep` distinct items, each at its latest event time. Events older than the
+        window (relative to `now`, default the wall clock) change nothing, skips are ignored,
+        and applying an event again leaves the same state (idempotent by construction: a
+        redelivered event needs no guard). Reads (`get_user_features`) return the items
+        still inside the window at read time, newest first, ties by item id."""
 
     @abc.abstractmethod
     async def get_item_features(self, item_ids: Sequence[int]) -> ItemFeatureBatch:
@@ -119,6 +126,12 @@ class FeatureStore(abc.ABC):
 
     @abc.abstractmethod
     async def put_default_user_embedding(self, embedding: UserEmbedding) -> None: ...
+
+    @abc.abstractmethod
+    async def embedding_version_counts(self) -> dict[str, int]:
+        """How many users hold an embedding of each version (seed Simulation 6: users move to
+        a new version as `recsys migrate-embeddings` backfills them). Kept up to date by every
+        `put_user_embedding` and `delete_user`, so reading it costs one round trip."""
 
     @abc.abstractmethod
     async def delete_user(self, user_id: str) -> int:
