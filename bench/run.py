@@ -11,7 +11,7 @@ import sys
 
 from bench.common import render_docs, write_result
 
-BENCHMARKS = ["grpc_round_trip", "retrieval", "rank", "recommend"]
+BENCHMARKS = ["grpc_round_trip", "retrieval", "rank", "recommend", "events"]
 
 
 def main() -> int:

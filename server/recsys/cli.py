@@ -14,7 +14,9 @@ from recsys.cli_common import ConfigOption, settings_or_exit
 from recsys.cli_data import data_app
 from recsys.cli_db import db_app
 from recsys.cli_index import index_app
+from recsys.cli_migrate import migrate_embeddings
 from recsys.cli_model import model_app
+from recsys.cli_precompute import precompute
 from recsys.cli_release import release_app
 from recsys.cli_train import demo, evaluate, train
 from recsys.deploy.supervisor import DEFAULT_BASE_PORT
@@ -40,6 +42,8 @@ app.add_typer(release_app, name="release")
 app.command("train")(train)
 app.command("eval")(evaluate)
 app.command("demo")(demo)
+app.command("precompute")(precompute)
+app.command("migrate-embeddings")(migrate_embeddings)
 
 
 @app.command()
@@ -119,8 +123,8 @@ def up(
     base_port: Annotated[
         int,
         typer.Option(
-            help="Shard s listens on base+s, retrieve on base+100, rank on +101, metrics on "
-            "+200 and up."
+            help="Shard s listens on base+s, retrieve on base+100, rank on +101, the local "
+            "Kafka broker on +102, consume on +103, metrics on +200 and up."
         ),
     ] = DEFAULT_BASE_PORT,
     log_dir: Annotated[Path, typer.Option(help="One log file per process.")] = Path("var/logs"),
@@ -144,8 +148,11 @@ def up(
     ] = Path("var/tls"),
 ) -> None:
     """Run the distributed layout locally: a process per shard and per service, restarted
-    when one dies, until SIGTERM or Ctrl-C. Recommend listens on server.port."""
-    from recsys.deploy.supervisor import Supervisor, plan
+    when one dies, until SIGTERM or Ctrl-C. Recommend listens on server.port. With shared
+    stores (Redis), the write path too: a Kafka broker (kafka.bootstrap_servers, or a local
+    one) and the consumer process."""
+    from recsys.deploy.supervisor import BrokerStartError, Supervisor, plan, write_path
+    from recsys.events.broker import BrokerNotFound
 
     settings = settings_or_exit(config, {})
     configure_logging(settings.logging.level, settings.logging.format)
@@ -173,14 +180,40 @@ def up(
     except ValueError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from None
+    except BrokerNotFound as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from None
+    _prepare_sqlite(settings)
     for child in children:
         typer.echo(f"{child.name:<10} {child.address:<22} log {child.log}")
+    typer.echo(write_path(settings, base_port).describe())
     if certificates is not None:
         client = certificates.client(EXTERNAL_CALLER)
         typer.echo(
             f"mutual TLS: CA {certificates.ca}, client certificate {client.cert}, key {client.key}"
         )
-    Supervisor(children).run()
+    try:
+        Supervisor(children).run()
+    except BrokerStartError as error:
+        typer.echo(f"error: the local Kafka broker did not start: {error}", err=True)
+        raise typer.Exit(code=1) from None
+
+
+def _prepare_sqlite(settings: Any) -> None:
+    """Embedded SQLite metadata migrated once, before the processes that open it (recommend
+    replicas, consume) start together and would each migrate the file at once."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from recsys.metadata.database import describe_error, is_sqlite
+    from recsys.metadata.migrate import prepare_schema
+
+    if not is_sqlite(settings.database.url):
+        return  # a server database is upgraded on purpose (`recsys db upgrade`)
+    try:
+        prepare_schema(settings.database)
+    except SQLAlchemyError as error:
+        typer.echo(f"recsys: {describe_error(error)}", err=True)
+        raise typer.Exit(code=1) from error
 
 
 @config_app.command("show")

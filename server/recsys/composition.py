@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 
 from recsys.observability.dependencies import DependencyMonitor
+from recsys.observability.events import ConsumerMetrics
 from recsys.observability.metrics import (
     BreakerMetrics,
     DatabasePoolCollector,
@@ -36,6 +37,7 @@ from recsys.observability.metrics import (
     new_registry,
 )
 from recsys.ports.cache import RESPONSES, RecommendationCache
+from recsys.ports.counters import ItemCounters
 from recsys.ports.events import EventSink
 from recsys.ports.features import FeatureStore
 from recsys.ports.metadata import MetadataRepository
@@ -45,10 +47,12 @@ from recsys.registry import create_adapter
 from recsys.settings import RecsysSettings
 
 if TYPE_CHECKING:
+    from recsys.domain.ingestion import InteractionEffects
     from recsys.domain.ranking import RankingChain
     from recsys.domain.recommend.pipeline import RecommendPipeline
     from recsys.domain.retrieval import Retriever
     from recsys.domain.scoring import CandidateScorer
+    from recsys.events.consumer import EventConsumer
     from recsys.index.host import ShardHost
     from recsys.index.snapshots import SnapshotManager
     from recsys.release import ReleaseManifest
@@ -104,6 +108,7 @@ class Components:
         self.ranking_chain: RankingChain | None = None
         self.candidate_scorer: CandidateScorer | None = None
         self.recommend_pipeline: RecommendPipeline | None = None
+        self.consumer: EventConsumer | None = None
 
     def run_in_background(self, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Starts the coroutine once the server is ready; cancels it at shutdown."""
@@ -144,6 +149,15 @@ class Components:
             # Before the hooks of the services that read the store.
             self.startup_hooks.append(functools.partial(self._preload, store))
         self.dependencies.register("feature_store", store.get_default_user_embedding)
+        from recsys.observability.metrics import UserEmbeddingVersionsCollector
+
+        # Counted after the preload above (a hook registered before this one).
+        versions = UserEmbeddingVersionsCollector(
+            store.embedding_version_counts,
+            interval_seconds=self.settings.migration.metric_interval_seconds,
+        )
+        self.registry.register(versions)
+        self.run_in_background(versions.run)
         return store
 
     async def _preload(self, store: FeatureStore) -> None:
@@ -197,9 +211,33 @@ class Components:
     def event_sink(self) -> EventSink:
         sink = self.adapter("event_sink", self.settings.ingest.event_sink)
         assert isinstance(sink, EventSink)
-        # An event sink on a broker (Kafka) registers its cheap read here, as above:
-        # self.dependencies.register("event_sink", ...).
+        if type(sink).ping is not EventSink.ping:
+            # A sink on a broker: its probe, and its topics created before serving.
+            self.dependencies.register("kafka", sink.ping)
+            self.startup_hooks.append(sink.prepare)
         return sink
+
+    @functools.cached_property
+    def item_counters(self) -> ItemCounters:
+        counters = self.adapter("item_counters", self.settings.realtime.counters)
+        assert isinstance(counters, ItemCounters)
+        return counters
+
+    @functools.cached_property
+    def event_effects(self) -> InteractionEffects:
+        """What consumed events change: SQL rows, real-time features, counters, caches."""
+        from recsys.domain.ingestion import InteractionEffects
+
+        return InteractionEffects(
+            metadata=self.metadata,
+            features=self.feature_store,
+            counters=self.item_counters,
+            cache=self.recommendation_cache,
+        )
+
+    @functools.cached_property
+    def consumer_metrics(self) -> ConsumerMetrics:
+        return ConsumerMetrics(self.registry)
 
     @functools.cached_property
     def breaker_metrics(self) -> BreakerMetrics:

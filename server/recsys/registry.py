@@ -16,6 +16,7 @@ from recsys.settings import RecsysSettings
 ADAPTERS: dict[str, dict[str, str]] = {
     "event_sink": {
         "in_memory": "recsys.adapters.events.in_memory:InMemoryEventSink",
+        "kafka": "recsys.adapters.events.kafka:KafkaEventSink",
     },
     "feature_store": {
         "in_memory": "recsys.adapters.features.in_memory:InMemoryFeatureStore",
@@ -24,6 +25,10 @@ ADAPTERS: dict[str, dict[str, str]] = {
     "recommendation_cache": {
         "in_memory": "recsys.adapters.cache.in_memory:InMemoryRecommendationCache",
         "redis": "recsys.adapters.cache.redis:RedisRecommendationCache",
+    },
+    "item_counters": {
+        "in_memory": "recsys.adapters.counters.in_memory:InMemoryItemCounters",
+        "redis": "recsys.adapters.redis.counters:RedisItemCounters",
     },
     "metadata": {
         "sql": "recsys.adapters.sql.metadata:SqlMetadataRepository",

@@ -26,6 +26,8 @@ SERVICES: dict[str, str] = {
     "retrieve": "recsys.servicers.retrieve:build",
     "shard": "recsys.servicers.index_shard:build",
     "rank": "recsys.servicers.rank:build",
+    # The event consumer worker (no recsys API: health and metrics only).
+    "consume": "recsys.events.service:build",
 }
 
 # The embedded mode hosts these in one process, wired in-process (Retrieve over in-process

@@ -354,12 +354,79 @@ class RealtimeSettings(_Section):
 
 class PrecomputeSettings(_Section):
     """`recsys precompute`: pre-computed answers (`precomputed:{user}:{surface}`) by activity
-    tier (seed Journey 2 and "Cost Optimization"). Owned by the precompute job."""
+    tier (seed Journey 2 and "Cost Optimization"). Owned by the precompute job.
+
+    Users with interactions in the last `activity_window_days` are ranked by how many, most
+    active first; each tier takes the users ranked below the previous tier's `top_share` and
+    within its own (cumulative shares of those active users, rounded up). Everyone else, the
+    inactive included, is the "on demand" tier: not pre-computed, served live."""
+
+    class Tier(_Section):
+        name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+        # Cumulative: this tier ends at this share of the active users, by activity rank.
+        top_share: float = Field(gt=0, le=1)
+        # How long its answers live; at least the interval it is run at (cron), or users fall
+        # back to the live path between runs.
+        ttl_seconds: int = Field(ge=1)
+
+    # Seed Journey 2: the top 10% hourly, 1 h TTL; "Cost Optimization": daily, then weekly.
+    tiers: tuple[Tier, ...] = (
+        Tier(name="hourly", top_share=0.10, ttl_seconds=3_600),
+        Tier(name="daily", top_share=0.30, ttl_seconds=86_400),
+        Tier(name="weekly", top_share=0.60, ttl_seconds=7 * 86_400),
+    )
+    activity_window_days: int = Field(default=30, ge=1, le=3_650)
+    surfaces: tuple[str, ...] = ("homepage",)
+    # Users computed at once (each a Recommend run without the caches).
+    concurrency: int = Field(default=8, ge=1, le=1_024)
+    # Past it no user is started (those in flight finish); the rest are reported not reached.
+    budget_seconds: float = Field(default=3_000.0, gt=0)
+    # The job's floor for every budget of the serving path (recommend.*_timeout_ms,
+    # rank.timeout_ms and feature_timeout_ms, retrieve.shard_timeout_ms,
+    # redis.socket_timeout_ms): nobody waits on the job, and an answer degraded by a read cut
+    # at a serving budget is not written.
+    read_timeout_ms: int = Field(default=2_000, ge=1, le=60_000)
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers_in_order(cls, tiers: tuple[Tier, ...]) -> tuple[Tier, ...]:
+        names = [tier.name for tier in tiers]
+        if len(set(names)) != len(names):
+            raise ValueError("tier names must be unique")
+        if "on_demand" in names:
+            raise ValueError("on_demand names the users no tier takes; it is not configured")
+        shares = [tier.top_share for tier in tiers]
+        if shares != sorted(set(shares)):
+            raise ValueError("tiers go from most to least active: top_share must increase")
+        return tiers
+
+    @field_validator("surfaces")
+    @classmethod
+    def _surfaces_are_names(cls, surfaces: tuple[str, ...]) -> tuple[str, ...]:
+        for surface in surfaces:
+            if not SURFACE_PATTERN.fullmatch(surface):
+                raise ValueError(f"surface {surface!r} must match {SURFACE_PATTERN.pattern}")
+        if len(set(surfaces)) != len(surfaces):
+            raise ValueError("surfaces must be unique")
+        return surfaces
 
 
 class MigrationSettings(_Section):
     """`recsys migrate-embeddings`: backfilling user embeddings of a new version (seed
     Simulation 6). Owned by the migration job."""
+
+    # Users written per second (a token bucket): the feature store keeps serving meanwhile.
+    rate_per_second: float = Field(default=500.0, gt=0, le=1_000_000)
+    # Users whose stored versions are read together, checked for tombstones together and
+    # written together.
+    batch_size: int = Field(default=200, ge=1, le=100_000)
+    # Feature store calls (version reads, writes) in flight at once (a Redis pool has a bound).
+    concurrency: int = Field(default=16, ge=1, le=1_024)
+    # How often a progress line goes to stderr.
+    progress_interval_seconds: float = Field(default=5.0, gt=0, le=3_600)
+    # How often a serving process re-reads the users per embedding version it exports
+    # (`recsys_user_embeddings`): the scrape shows the last count, never waits on the store.
+    metric_interval_seconds: float = Field(default=15.0, gt=0, le=3_600)
 
 
 class IndexSettings(_Section):

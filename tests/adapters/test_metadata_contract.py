@@ -97,6 +97,40 @@ async def test_interactions_are_idempotent_on_event_id(repository: MetadataRepos
     assert await repository.consumed_item_ids("u2") == set()
 
 
+async def test_user_activity_ranks_users_by_recent_interactions(
+    repository: MetadataRepository,
+) -> None:
+    at = dt.datetime(2026, 11, 29, 10, 30, tzinfo=dt.UTC)
+
+    def events(user: str, count: int, when: dt.datetime = at) -> list[Interaction]:
+        return [
+            Interaction(f"{user}-{when:%d}-{index}", user, index, InteractionKind.VIEW, 0.0,
+                        when, "homepage")
+            for index in range(count)
+        ]  # fmt: skip
+
+    old = at - dt.timedelta(days=40)
+    await repository.upsert_users([UserProfile("gone", 30), UserProfile("b", 20)])
+    await repository.record_interactions(
+        events("a", 2) + events("b", 3) + events("c", 2) + events("gone", 9)
+        + events("old", 5, old) + events("a", 4, old) + events("tombstoned", 8)
+    )  # fmt: skip
+    await repository.erase_user("gone")
+    # Erased before any profile existed: only a tombstone says so.
+    await repository.erase_user("tombstoned")
+    await repository.record_interactions(events("tombstoned", 8, at + dt.timedelta(hours=1)))
+    since = at - dt.timedelta(days=30)
+    assert await repository.user_activity(since) == [("b", 3), ("a", 2), ("c", 2)]
+    # The bound is inclusive, and an aware time in another zone means the same instant.
+    assert await repository.user_activity(at.astimezone(dt.timezone(dt.timedelta(hours=2)))) == [
+        ("b", 3),
+        ("a", 2),
+        ("c", 2),
+    ]
+    assert await repository.user_activity(at + dt.timedelta(seconds=1)) == []
+    assert await repository.user_activity(old) == [("a", 6), ("old", 5), ("b", 3), ("c", 2)]
+
+
 async def test_erasure_leaves_only_a_deleted_marker(repository: MetadataRepository) -> None:
     await repository.upsert_users([UserProfile("u1", 30, "US", ("Horror",), ("Action",), (1,))])
     await repository.upsert_users([UserProfile("u2", 40, "US")])

@@ -145,6 +145,27 @@ async def test_delete_user_leaves_a_user_whose_id_extends_it_alone(
     assert await cache.delete_user("a:b") == 4
 
 
+async def test_invalidate_responses_drops_every_surfaces_answer_but_keeps_precomputed(
+    cache: RecommendationCache,
+) -> None:
+    # "search" is not a configured surface: its answer goes all the same.
+    for kind in KINDS:
+        for surface in ("homepage", "search"):
+            await cache.put(kind, "u1", surface, answer(1), ttl_seconds=60)
+    await cache.put(RESPONSES, "u1:x", "homepage", answer(2), ttl_seconds=60)
+
+    assert await cache.invalidate_responses(["u1"]) == 2
+    for surface in ("homepage", "search"):
+        assert await cache.get(RESPONSES, "u1", surface) is None
+        assert await cache.get(PRECOMPUTED, "u1", surface) == answer(1)
+    assert await cache.get(RESPONSES, "u1:x", "homepage") == answer(2)
+    assert await cache.invalidate_responses(["u1"]) == 0
+    assert await cache.invalidate_responses(["nobody", "u1"]) == 0
+    # Erasure still finds the pre-computed answer under the surface that is not configured.
+    assert await cache.delete_user("u1") == 2
+    assert await cache.get(PRECOMPUTED, "u1", "search") is None
+
+
 async def test_an_unknown_kind_is_refused(cache: RecommendationCache) -> None:
     with pytest.raises(ValueError, match="unknown cache kind 'responses'"):
         await cache.put("responses", "u1", "homepage", answer(1), ttl_seconds=60)

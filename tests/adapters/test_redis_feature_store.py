@@ -123,3 +123,62 @@ async def test_redis_down_is_unavailable_and_fails_fast() -> None:
         await store.get_item_features([1, 2])
     assert time.monotonic() - started < 1.0  # no multi-second reconnect backoff
     await store.close()
+
+
+def test_the_recent_window_comes_from_the_settings() -> None:
+    from recsys.settings import load_settings
+
+    settings = load_settings(realtime={"recent_window_seconds": 120, "recent_keep": 7})
+    store = RedisFeatureStore.from_settings(settings)
+    assert (store.recent_window_seconds, store.recent_keep) == (120, 7)
+
+
+async def test_recent_items_are_a_sorted_set_of_event_times_that_expires_with_the_window() -> None:
+    import datetime as dt
+
+    from recsys.domain.interactions import Interaction, InteractionKind
+
+    url = require_redis()
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    client = aioredis.Redis.from_url(url)
+    store = RedisFeatureStore(client, namespace=namespace, recent_window_seconds=120)
+    moment = dt.datetime(2026, 12, 1, 12, 0, 0, 250_000, tzinfo=dt.UTC)
+    try:
+        await store.record_events(
+            [Interaction("e1", "u1", 42, InteractionKind.CLICK, 0.0, moment)],
+            now=moment + dt.timedelta(seconds=1),
+        )
+        key = store.keys.user_recent("u1")
+        assert await client.type(key) == b"zset"
+        assert await client.zrange(key, 0, -1, withscores=True) == [(b"42", 1_796_126_400_250.0)]
+        assert 110 < await client.ttl(key) <= 120
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{namespace}:*")]
+        if keys:
+            await client.delete(*keys)
+        await store.close()
+
+
+async def test_a_recent_list_of_the_earlier_layout_reads_as_empty_and_is_replaced() -> None:
+    import datetime as dt
+
+    from recsys.domain.interactions import Interaction, InteractionKind
+
+    url = require_redis()
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    client = aioredis.Redis.from_url(url)
+    store = RedisFeatureStore(client, namespace=namespace)
+    key = store.keys.user_recent("u1")
+    try:
+        await client.lpush(key, 5, 6)
+        await client.hset(store.keys.user_features("u1"), "preferences", '{"Drama": 1.0}')
+        features = await store.get_user_features("u1")
+        assert (dict(features.preferences), features.recent_item_ids) == ({"Drama": 1.0}, ())
+        now = dt.datetime.now(dt.UTC)
+        await store.record_events([Interaction("e1", "u1", 7, InteractionKind.VIEW, 0.0, now)])
+        assert (await store.get_user_features("u1")).recent_item_ids == (7,)
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{namespace}:*")]
+        if keys:
+            await client.delete(*keys)
+        await store.close()

@@ -20,6 +20,7 @@ from recsys.adapters.rate_limit.redis import RedisRateLimiter
 from recsys.adapters.redis.connection import user_tag
 from recsys.adapters.redis.features import RedisFeatureStore
 from recsys.domain.erasure import hashed_subject
+from recsys.domain.interactions import Interaction, InteractionKind
 from recsys.ports.cache import KINDS, PRECOMPUTED, RESPONSES, CachedItem, CachedRecommendations
 from recsys.ports.features import UserEmbedding
 from tests.support.services import require_redis
@@ -29,6 +30,8 @@ pytestmark = pytest.mark.integration
 SURFACES = ("homepage", "cart", "email")
 VICTIM = "user77"
 NEIGHBOUR = "user77:homepage"  # the id that the old prefix scan of "user77" also matched
+# Keys of no user that the per-user adapters keep: the count of users per embedding version.
+SHARED_KEYS = ("embedding_versions",)
 
 
 @dataclass
@@ -39,8 +42,13 @@ class Stores:
     cache: RedisRecommendationCache
     limiter: RedisRateLimiter
 
-    async def keys(self) -> set[bytes]:
+    async def all_keys(self) -> set[bytes]:
         return {key async for key in self.client.scan_iter(match=f"{self.namespace}:*")}
+
+    async def keys(self) -> set[bytes]:
+        """The per-user keys: all but the shared ones."""
+        shared = {f"{self.namespace}:{name}".encode() for name in SHARED_KEYS}
+        return await self.all_keys() - shared
 
     async def erase(self, user_id: str) -> int:
         return (
@@ -69,7 +77,7 @@ async def stores() -> AsyncIterator[Stores]:
     try:
         yield made
     finally:
-        keys = await made.keys()
+        keys = await made.all_keys()
         if keys:
             await client.delete(*keys)
         for adapter in (made.features, made.cache, made.limiter):
@@ -85,7 +93,20 @@ async def fill(stores: Stores, user_id: str) -> None:
         user_id, UserEmbedding(vector, "e1", dt.datetime(2026, 12, 1, tzinfo=dt.UTC))
     )
     await stores.features.put_user_preferences(user_id, {"Drama": 1.0})
-    await stores.features.record_recent_interactions(user_id, [1, 2])
+    now = dt.datetime.now(dt.UTC)
+    await stores.features.record_events(
+        [
+            Interaction(
+                f"{user_id}-{item}",
+                user_id,
+                item,
+                InteractionKind.VIEW,
+                0.0,
+                now - dt.timedelta(seconds=3 - item),  # item 2 is the newest
+            )
+            for item in (1, 2)
+        ]
+    )
     value = CachedRecommendations(items=(CachedItem(1, 0.5),), model_version="m")
     for kind in KINDS:
         for surface in ("cart", "search"):
@@ -102,6 +123,7 @@ def test_the_user_tag_is_the_audit_subject_as_a_hash_tag() -> None:
 async def test_a_users_keys_carry_its_tag_not_its_id_and_share_one_slot(stores: Stores) -> None:
     await fill(stores, VICTIM)
     keys = await stores.keys()
+    assert await stores.all_keys() - keys == {f"{stores.namespace}:embedding_versions".encode()}
     tag = user_tag(VICTIM).encode()
     # features, recent, 2 kinds x 2 surfaces, the surface set, the counter
     assert len(keys) == 8
@@ -137,6 +159,7 @@ async def test_erasure_deletes_exactly_the_users_keys_and_counts_only_them(
     assert await stores.erase(VICTIM) == 7
     assert await stores.keys() == before - victims
     assert await stores.erase(VICTIM) == 0  # idempotent
+    assert await stores.features.embedding_version_counts() == {"e1": 2}
     neighbour = await stores.features.get_user_features(NEIGHBOUR)
     assert neighbour.embedding is not None
     assert neighbour.recent_item_ids == (2, 1)

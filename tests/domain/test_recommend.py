@@ -297,18 +297,131 @@ async def test_cache_outage_is_counted_and_the_answer_computed() -> None:
     assert ("cache_store", "unavailable") in world.observer.failures
 
 
-async def test_precomputed_results_are_reranked_refiltered_and_not_stored() -> None:
+def precomputed(*item_ids: int, **fields: object) -> CachedRecommendations:
+    """A stored answer in the given order, scores descending, as `recsys precompute` writes."""
+    items = tuple(
+        CachedItem(item, 1.0 - rank / 100, "stale-category", "similar_to_liked")
+        for rank, item in enumerate(item_ids)
+    )
+    values: dict[str, object] = {
+        "model_version": "m0",
+        "index_version": "idx0",
+        "explanation": "Picked for you",
+        "ranking_backend": "model",
+        **fields,
+    }
+    return CachedRecommendations(items, **values)  # type: ignore[arg-type]
+
+
+async def test_precomputed_hit_keeps_its_order_and_excludes_what_was_consumed_since() -> None:
+    world = World()
+    world.features = Features(UserFeatures(embedding(), {}, (9,)))  # recent, not yet in SQL
+    world.metadata.consumed = {3}
+    world.cache.entries[("precomputed", "u1")] = precomputed(5, 3, 9, 1, 7, 2, 8, 4, 6, 10)
+    request = RecommendQuery("u1", "homepage", 5, RequestContext(), excluded_item_ids=(7,))
+    answer = await world.pipeline().recommend(request)
+    assert [item.item_id for item in answer.items] == [5, 1, 2, 8, 4]
+    # Stored scores and reasons; categories from today's metadata.
+    assert [item.score for item in answer.items] == pytest.approx([1.0, 0.97, 0.95, 0.94, 0.93])
+    assert {item.reason for item in answer.items} == {Reason.SIMILAR_TO_LIKED}
+    assert answer.items[0].category == "news"
+    assert (answer.model_version, answer.index_version) == ("m0", "idx0")
+    assert answer.ranking_backend is Backend.MODEL
+    assert answer.degradation.flags() == [Flag.SERVED_FROM_PRECOMPUTED]
+    # Not re-ranked, no retrieval, nothing cached.
+    assert world.scorer.calls == 0
+    assert world.personalized.requests == []
+    assert world.cache.stored == []
+    assert "hit:precomputed" in world.observer.events
+
+
+async def test_precomputed_hit_is_refiltered_for_the_current_profile_and_country() -> None:
+    world = World()
+    items = world.metadata.items
+    items[1] = ItemMetadata(1, "comedy", adult=True)
+    items[2] = ItemMetadata(2, "news", available_regions=("DE",))
+    world.metadata.profile = UserProfile("u1", age=15, country="DE", blocked_categories=("drama",))
+    world.cache.entries[("precomputed", "u1")] = precomputed(*range(1, 15))
+    answer = await world.pipeline().recommend(query(limit=4, country="FR"))
+    assert answer.degradation.served_from_precomputed
+    # 1: adult, for a minor; 2: not available in FR; 3, 6, 9, 12: a blocked category.
+    assert [item.item_id for item in answer.items] == [4, 5, 7, 8]
+    at_home = await world.pipeline().recommend(query(limit=4, country="DE"))
+    assert [item.item_id for item in at_home.items] == [2, 4, 5, 7]
+
+
+async def test_precomputed_hit_is_diversified_as_the_live_path() -> None:
+    world = World()
+    world.config = RecommendConfig(diversity_max_per_category=1, diversity_window=3)
+    # 3, 6 and 9 are drama: one of them in the first three.
+    world.cache.entries[("precomputed", "u1")] = precomputed(3, 6, 9, 1, 2)
+    answer = await world.pipeline().recommend(query())
+    assert [item.item_id for item in answer.items] == [3, 1, 2, 6, 9]
+    assert answer.degradation.served_from_precomputed
+
+
+async def test_precomputed_metadata_is_read_for_a_prefix_then_the_rest_if_needed() -> None:
+    world = World()
+    world.metadata.items.update({i: ItemMetadata(i, CATEGORIES[i % 3]) for i in range(41, 81)})
+    world.cache.entries[("precomputed", "u1")] = precomputed(*range(1, 81))
+    # Twice the diversity window (20) for a request of 5: 40 items.
+    first = await world.pipeline().recommend(query())
+    assert [item.item_id for item in first.items] == [1, 2, 3, 4, 5]
+    assert [read for read in world.metadata.reads if read.startswith("items")] == ["items:40"]
+    # 38 of those consumed since: two survive, and the other 40 are read.
+    world.metadata.reads.clear()
+    world.metadata.consumed = set(range(1, 39))
+    second = await world.pipeline().recommend(query())
+    assert second.degradation.served_from_precomputed
+    assert [item.item_id for item in second.items] == [39, 40, 41, 42, 43]
+    assert [read for read in world.metadata.reads if read.startswith("items")] == [
+        "items:40",
+        "items:40",
+    ]
+
+
+async def test_the_live_path_answers_when_a_precomputed_entry_cannot_serve() -> None:
     world = World()
     world.metadata.consumed = {3}
-    world.cache.entries[("precomputed", "u1")] = CachedRecommendations(
-        tuple(CachedItem(i, 1.0, reason="") for i in (1, 2, 3)), model_version="m0"
-    )
+    world.cache.entries[("precomputed", "u1")] = precomputed(1, 2, 3)
+    # Two items left of three: fewer than the five asked for.
+    short = await world.pipeline().recommend(query())
+    assert not short.degradation.served_from_precomputed
+    assert [item.item_id for item in short.items] == [30, 29, 28, 27, 26]
+    assert short.model_version == "m1"
+    assert world.scorer.calls == 1
+    # A category request needs a list of its own.
+    by_category = await world.pipeline().recommend(query(limit=2, category="news"))
+    assert not by_category.degradation.served_from_precomputed
+    # An erased user has no pre-computed answer whatever is still stored.
+    world.metadata.profile = UserProfile("u1", deleted=True)
+    erased = await world.pipeline().recommend(query(limit=2))
+    assert not erased.degradation.served_from_precomputed
+
+
+async def test_precomputed_items_without_metadata_are_never_served_unchecked() -> None:
+    world = World()
+    world.metadata.failing_item_reads = (1,)
+    world.cache.entries[("precomputed", "u1")] = precomputed(*range(1, 11))
     answer = await world.pipeline().recommend(query())
-    assert [item.item_id for item in answer.items] == [2, 1]
-    assert answer.degradation.served_from_precomputed
-    assert {item.reason for item in answer.items} == {Reason.PERSONALIZED}
+    # The live path answered (its own metadata read succeeded), unflagged by the failed check.
+    assert not answer.degradation.served_from_precomputed
+    assert answer.degradation.kinds() == []
+    assert ("item_metadata", "unavailable") in world.observer.failures
+
+
+async def test_compute_skips_the_rate_limit_and_both_caches() -> None:
+    world = World()
+    world.limiter.allowed = False
+    world.cache.entries[("recommendations", "u1")] = precomputed(1)
+    world.cache.entries[("precomputed", "u1")] = precomputed(*range(1, 11))
+    answer = await world.pipeline().compute(query(limit=1))
+    # Every item that survives selection (up to MAX_LIMIT), not the request's limit.
+    assert [item.item_id for item in answer.items] == list(range(30, 0, -1))
+    assert answer.degradation.flags() == []
     assert world.cache.stored == []
-    assert world.personalized.requests == []
+    with pytest.raises(ResourceExhausted):
+        await world.pipeline().recommend(query())
 
 
 async def test_slow_features_use_the_default_embedding_flagged_and_uncached() -> None:

@@ -82,21 +82,39 @@ async def test_stale_embedding_version_falls_back_to_popularity(world: GrpcAppli
     assert not response.cold_start
 
 
-async def test_precomputed_results_are_served_and_refiltered(world: GrpcApplication) -> None:
+async def test_precomputed_results_are_served_in_their_order_and_refiltered(
+    world: GrpcApplication,
+) -> None:
     cache = world.components.recommendation_cache
+    # 3, 13 and 23 are Horror (blocked for alice); 10 she consumed; 7 is adult (she is 30).
     precomputed = CachedRecommendations(
-        items=tuple(CachedItem(item, 1.0 - item / 100) for item in (3, 5, 7, 13, 23, 10)),
-        model_version="ranker:1",
-        index_version="v1",
+        items=tuple(
+            CachedItem(item, 1.0 - rank / 100, "", "trending")
+            for rank, item in enumerate((3, 7, 5, 13, 23, 10))
+        ),
+        model_version="ranker:0",
+        index_version="v0",
+        explanation="Picked for you",
+        ranking_backend="model",
     )
     await cache.put("precomputed", "alice", "homepage", precomputed, 3600)
     async with client_for(world) as client:
-        response = await client.recommend("alice", surface="homepage", limit=10)
+        response = await client.recommend("alice", surface="homepage", limit=2)
+        # Fewer items survive than asked for: the live path answers.
+        longer = await client.recommend("alice", surface="homepage", limit=3)
     assert response.degradation.served_from_precomputed
-    ids = {item.item_id for item in response.items}
-    assert 10 not in ids  # consumed
-    assert 3 not in ids  # Horror, blocked for alice
-    assert 7 in ids or 5 in ids
+    assert [(item.item_id, item.category) for item in response.items] == [
+        (7, "Drama"),
+        (5, "Action"),
+    ]
+    assert [item.score for item in response.items] == pytest.approx([0.99, 0.98])
+    assert response.items[0].reason_text == "Trending now"
+    # As computed, not re-ranked: the stored versions.
+    assert (response.model_version, response.index_version) == ("ranker:0", "v0")
+    assert response.ranking_backend == common_pb2.RANKING_BACKEND_MODEL
+    assert not longer.degradation.served_from_precomputed
+    assert len(longer.items) == 3
+    assert longer.model_version == "ranker:1"
 
 
 async def test_rate_limit_is_resource_exhausted_with_retry_info(world: GrpcApplication) -> None:

@@ -120,12 +120,27 @@ class GrpcApplication:
         self._resources = resources or contextlib.AsyncExitStack()
         self._server: grpc.aio.Server | None = None
         self._shutdown_started = False
+        self._startup_done = False
         self._terminated = asyncio.Event()
         if components is not None:
             components.dependencies.add_listener(self._publish_dependency)
 
     async def _publish_dependency(self, state: DependencyState) -> None:
         await self.health.set(DEPENDENCY_PREFIX + state.name, SERVING if state.up else NOT_SERVING)
+        components = self.components
+        if (
+            components is not None
+            and state.name in components.dependencies.readiness_gates
+            and self._startup_done
+            and not self._shutdown_started
+        ):
+            await self._set_ready(components.dependencies.gated_ready())
+
+    async def _set_ready(self, ready: bool) -> None:
+        status = SERVING if ready else NOT_SERVING
+        for name in (OVERALL, READINESS, *self.service_names):
+            await self.health.set(name, status)
+        self.metrics.ready.set(1 if ready else 0)
 
     @property
     def service_names(self) -> list[str]:
@@ -216,9 +231,11 @@ class GrpcApplication:
             await self.health.set(name, NOT_SERVING)
         for hook in self._startup_hooks:
             await hook()
-        for name in (OVERALL, READINESS, *self.service_names):
-            await self.health.set(name, SERVING)
-        self.metrics.ready.set(1)
+        self._startup_done = True
+        # A dependency that gates readiness (the broker of ingest and consume processes) makes
+        # the process ready once its probe answers.
+        components = self.components
+        await self._set_ready(components is None or components.dependencies.gated_ready())
         logger.info(
             "grpc server listening",
             extra={"address": f"{settings.host}:{port}", "services": self.service_names},

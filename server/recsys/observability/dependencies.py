@@ -9,9 +9,11 @@ the gRPC health names `dependency.<name>` (`GrpcApplication`), the gauge
 `recsys_dependency_up{dependency}` (`DependencyMetrics`), and a log line here (WARNING with
 the last error when it goes down, INFO when it recovers).
 
-None of this changes liveness or readiness: a process answers degraded when a dependency is
-down, by design. A new dependency (an event sink on Kafka, say) is one `register` call beside
-the adapter, with a probe that reads something cheap.
+None of this changes liveness, and readiness only for a dependency registered with
+`gates_readiness`: a process answers degraded when a dependency is down, by design, except
+where it has nothing to answer without it (the ingest and consume processes and their broker:
+the seed's describeCluster check). A new dependency is one `register` call beside the adapter,
+with a probe that reads something cheap.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class DependencyMonitor:
         self.failures_before_down = failures_before_down
         self._clock = clock
         self._probes: dict[str, Probe] = {}
+        self.readiness_gates: set[str] = set()
         self._states: dict[str, DependencyState] = {}
         self._listeners: list[DependencyListener] = []
 
@@ -68,9 +71,17 @@ class DependencyMonitor:
         """The last known state of each dependency checked at least once."""
         return dict(self._states)
 
-    def register(self, name: str, probe: Probe) -> None:
-        """Adds a dependency; a second registration of a name is ignored (shared adapters)."""
+    def register(self, name: str, probe: Probe, *, gates_readiness: bool = False) -> None:
+        """Adds a dependency; a second registration of a name keeps the first probe (shared
+        adapters) but may make it gate readiness: the process is ready only while every
+        dependency that gates readiness is up."""
         self._probes.setdefault(name, probe)
+        if gates_readiness:
+            self.readiness_gates.add(name)
+
+    def gated_ready(self) -> bool:
+        """Whether every dependency that gates readiness is up (unchecked counts as down)."""
+        return all(name in self._states and self._states[name].up for name in self.readiness_gates)
 
     def add_listener(self, listener: DependencyListener) -> None:
         self._listeners.append(listener)

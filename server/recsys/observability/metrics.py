@@ -10,9 +10,10 @@ so a rate reads 0 before the first error instead of returning nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -498,3 +499,43 @@ class VersionsCollector(Collector):
                 [str(host.shard_id), current.index_version, current.embedding_version], 1
             )
         yield index
+
+
+class UserEmbeddingVersionsCollector(Collector):
+    """`recsys_user_embeddings{embedding_version}`: users holding an embedding of each version
+    (seed Simulation 6: they move to the new one as `recsys migrate-embeddings` backfills
+    them). `run` counts in the background every `interval_seconds`; a scrape (on the metrics
+    endpoint's thread) exports the last count and never waits on the feature store."""
+
+    def __init__(
+        self, counts: Callable[[], Awaitable[Mapping[str, int]]], *, interval_seconds: float
+    ) -> None:
+        self.counts = counts
+        self.interval_seconds = interval_seconds
+        # Replaced whole, never changed in place: a scrape reads one consistent count.
+        self.latest: dict[str, int] = {}
+
+    async def refresh(self) -> None:
+        counts = await self.counts()
+        # A version the store no longer counts (its last user migrated) reads 0 rather than
+        # vanishing, so "the old version reached 0" can be graphed and alerted on.
+        self.latest = {**dict.fromkeys(self.latest, 0), **counts}
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:
+                # The store is down or slow: keep exporting the last count, try again later.
+                logger.warning("cannot count user embeddings per version", exc_info=True)
+            await asyncio.sleep(self.interval_seconds)
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "recsys_user_embeddings",
+            "Users holding an embedding of each version in the feature store.",
+            labels=["embedding_version"],
+        )
+        for version, users in sorted(self.latest.items()):
+            family.add_metric([version], users)
+        yield family

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import abc
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 RESPONSES = "recommendations"
@@ -70,10 +71,11 @@ class RecommendationCache(abc.ABC):
     ) -> None: ...
 
     @abc.abstractmethod
-    async def invalidate_responses(self, user_id: str) -> int:
-        """Removes the user's cached answers (RESPONSES, every surface) but keeps pre-computed
-        ones, which are re-checked at serve time; returns how many went. Called when a new
-        interaction makes a cached answer stale (an item to exclude now)."""
+    async def invalidate_responses(self, user_ids: Sequence[str]) -> int:
+        """Removes the users' cached answers (RESPONSES, every surface) but keeps pre-computed
+        ones, which are re-checked at serve time; returns how many went. Called when new
+        interactions make cached answers stale (an item to exclude now): a consumer's batch
+        holds hundreds of users, so they go together (two round trips in Redis)."""
 
     @abc.abstractmethod
     async def delete_user(self, user_id: str) -> int:

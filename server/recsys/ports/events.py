@@ -23,6 +23,15 @@ class EventSink(abc.ABC):
     async def publish_user_deletion(self, user_id: str, deletion_event_id: str) -> None:
         """Tells downstream stores (warehouse, caches of other regions) to erase a user."""
 
+    async def ping(self) -> None:
+        """A cheap read of the broker behind the sink; raises when it cannot answer (the
+        readiness probe of processes that write events). Nothing to check in process."""
+        return None
+
+    async def prepare(self) -> None:
+        """Runs once at startup (creates the topics where allowed)."""
+        return None
+
     async def close(self) -> None:
         """Flushes and releases resources; the sink is unusable afterwards."""
         return None

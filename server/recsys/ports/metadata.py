@@ -68,6 +68,12 @@ class MetadataRepository(abc.ABC):
         """Items the user has interacted with (for excluding them from recommendations)."""
 
     @abc.abstractmethod
+    async def user_activity(self, since: dt.datetime) -> list[tuple[str, int]]:
+        """Users with their interaction counts since `since` (event time), most active first,
+        ties by user id ascending; erased users are left out (`recsys precompute` ranks users
+        into activity tiers by it)."""
+
+    @abc.abstractmethod
     async def erase_user(self, user_id: str) -> ErasureResult:
         """Deletes the user's interactions, replaces the profile by a deleted marker and records
         a tombstone (the user's hash, never the id), all in one transaction."""

@@ -1,38 +1,32 @@
-"""IngestService: validates interaction batches and hands them to the event sink."""
+"""IngestService: validates interaction batches and hands them to the event sink.
+
+The answer means the events are durably handed over (with Kafka: acknowledged by the broker,
+acks=all); their effects (SQL rows, real-time features, counters, cache invalidation) are the
+consumers' (`recsys serve consume`; in the embedded mode an in-process consumer draining the
+in-memory sink)."""
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
-import logging
-from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import grpc
 
-from recsys.domain.interactions import Interaction, InteractionKind, validate_interactions
-from recsys.errors import RecsysError
+from recsys.domain.interactions import validate_interactions
 from recsys.grpc_server.app import ServiceBinding
 from recsys.ports.events import EventSink
-from recsys.ports.features import FeatureStore
 from recsys.servicers.convert import interaction_from_proto
 from recsys.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 
 if TYPE_CHECKING:
     from recsys.composition import Components
 
-logger = logging.getLogger(__name__)
-
 SERVICE_NAME = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 
 
 class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
-    def __init__(
-        self, sink: EventSink, *, max_batch_size: int, features: FeatureStore | None = None
-    ) -> None:
+    def __init__(self, sink: EventSink, *, max_batch_size: int) -> None:
         self._sink = sink
         self._max_batch_size = max_batch_size
-        self._features = features
 
     async def RecordInteractions(  # noqa: N802 - the generated servicer's method name
         self,
@@ -44,41 +38,30 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             for index, event in enumerate(request.events)
         ]
         validate_interactions(interactions, max_batch_size=self._max_batch_size)
+        # Raises Unavailable when the sink cannot take every event within the deadline.
         await self._sink.publish(interactions)
-        if self._features is not None:
-            await self._update_recent(interactions)
         return ingest_service_pb2.RecordInteractionsResponse(accepted_count=len(interactions))
-
-    async def _update_recent(self, interactions: list[Interaction]) -> None:
-        """Realtime user features: the items each user touched, newest first (seed: the last
-        30 minutes). Best effort: the events are already safe in the sink."""
-        features = self._features
-        assert features is not None
-        by_user: dict[str, list[Interaction]] = defaultdict(list)
-        for event in interactions:
-            if event.kind is not InteractionKind.SKIP:
-                by_user[event.user_id].append(event)
-        try:
-            async with asyncio.timeout(0.5):
-                await asyncio.gather(
-                    *(
-                        features.record_recent_interactions(
-                            user, [e.item_id for e in sorted(events, key=_event_time)]
-                        )
-                        for user, events in by_user.items()
-                    )
-                )
-        except (TimeoutError, RecsysError) as error:
-            logger.warning("recent interactions not updated", extra={"error": str(error)})
 
 
 async def build(components: Components) -> list[ServiceBinding]:
+    from recsys.adapters.events.in_memory import InMemoryEventSink
+
     # The process's one event sink: Recommend's erasure reaches what this service buffered.
-    servicer = IngestServicer(
-        components.event_sink,
-        max_batch_size=components.settings.ingest.max_batch_size,
-        features=components.feature_store,
-    )
+    sink = components.event_sink
+    if isinstance(sink, InMemoryEventSink):
+        from recsys.events.in_process import InProcessConsumer
+
+        consumer = InProcessConsumer(
+            sink,
+            components.event_effects,
+            interval_seconds=components.settings.consumer.embedded_drain_interval_ms / 1000,
+            metrics=components.consumer_metrics,
+        )
+        components.run_in_background(consumer.run)
+    else:
+        # Nothing to take events with while the broker is away: not ready.
+        components.dependencies.register("kafka", sink.ping, gates_readiness=True)
+    servicer = IngestServicer(sink, max_batch_size=components.settings.ingest.max_batch_size)
     return [
         ServiceBinding(
             SERVICE_NAME,
@@ -87,7 +70,3 @@ async def build(components: Components) -> list[ServiceBinding]:
             ),
         )
     ]
-
-
-def _event_time(event: Interaction) -> dt.datetime:
-    return event.event_time or dt.datetime.min.replace(tzinfo=dt.UTC)

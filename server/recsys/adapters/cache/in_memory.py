@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from recsys.ports.cache import CachedRecommendations, RecommendationCache, check_entry
+from recsys.ports.cache import RESPONSES, CachedRecommendations, RecommendationCache, check_entry
 from recsys.settings import RecsysSettings
 
 
@@ -50,6 +50,13 @@ class InMemoryRecommendationCache(RecommendationCache):
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+
+    async def invalidate_responses(self, user_ids: Sequence[str]) -> int:
+        users = set(user_ids)
+        keys = [key for key in self._entries if key[0] == RESPONSES and key[1] in users]
+        for key in keys:
+            del self._entries[key]
+        return len(keys)
 
     async def delete_user(self, user_id: str) -> int:
         keys = [key for key in self._entries if key[1] == user_id]

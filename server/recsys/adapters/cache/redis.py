@@ -4,11 +4,19 @@ the configured surfaces' and those of the user's surface set, never a pattern.""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import redis.asyncio as aioredis
 from redis.typing import EncodableT
 
 from recsys.adapters.redis.connection import Keys, create_client, translate
-from recsys.ports.cache import KINDS, CachedRecommendations, RecommendationCache, check_entry
+from recsys.ports.cache import (
+    KINDS,
+    RESPONSES,
+    CachedRecommendations,
+    RecommendationCache,
+    check_entry,
+)
 from recsys.settings import RecsysSettings
 
 # KEYS[1] = the entry, KEYS[2] = the user's surface set (one slot: both carry the user's hash
@@ -63,17 +71,48 @@ class RedisRecommendationCache(RecommendationCache):
         args: list[EncodableT] = [value.to_bytes(), ttl_seconds, surface]
         await translate(lambda: self._put(keys=keys, args=args), "a cache write")
 
+    async def _surfaces(self, surfaces_key: str) -> set[str]:
+        """The configured surfaces and those of the user's surface set."""
+        return self._with_configured(await self.client.smembers(surfaces_key))
+
+    def _with_configured(self, recorded: Iterable[object]) -> set[str]:
+        return set(self.surfaces) | {
+            surface.decode() if isinstance(surface, bytes) else str(surface) for surface in recorded
+        }
+
+    async def invalidate_responses(self, user_ids: Sequence[str]) -> int:
+        """Deletes the users' RESPONSES entries under the configured surfaces and those of
+        their surface sets, in two round trips. The sets stay: erasure still needs them to
+        find pre-computed entries."""
+        users = sorted(set(user_ids))
+        if not users:
+            return 0
+
+        async def invalidate() -> int:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for user_id in users:
+                    pipe.smembers(self.keys.cached_surfaces(user_id))
+                recorded = await pipe.execute()
+            async with self.client.pipeline(transaction=False) as pipe:
+                # One DEL per user: in Redis Cluster each user's keys share one slot.
+                for user_id, members in zip(users, recorded, strict=True):
+                    pipe.delete(
+                        *[
+                            self.keys.cached(RESPONSES, user_id, surface)
+                            for surface in sorted(self._with_configured(members))
+                        ]
+                    )
+                return sum(int(count) for count in await pipe.execute())
+
+        return await translate(invalidate, "a cache invalidation")
+
     async def delete_user(self, user_id: str) -> int:
         """Deletes the entries of every kind under the configured surfaces and under those of
         the user's surface set; returns how many entries went (the set itself is not counted)."""
         surfaces_key = self.keys.cached_surfaces(user_id)
 
         async def erase() -> int:
-            recorded = await self.client.smembers(surfaces_key)
-            surfaces = set(self.surfaces) | {
-                surface.decode() if isinstance(surface, bytes) else str(surface)
-                for surface in recorded
-            }
+            surfaces = await self._surfaces(surfaces_key)
             keys = [
                 self.keys.cached(kind, user_id, surface)
                 for kind in KINDS

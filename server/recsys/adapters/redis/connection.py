@@ -71,6 +71,18 @@ class Keys:
     def default_user_features(self) -> str:
         return f"{self.namespace}:default_user_features"
 
+    def embedding_versions(self) -> str:
+        """Hash: embedding version -> how many users hold an embedding of it."""
+        return f"{self.namespace}:embedding_versions"
+
+    def item_counter(self, counter: str) -> str:
+        """Sorted set: item id -> the counter in log space (`recsys.domain.popularity`)."""
+        return f"{self.namespace}:item_counters:{counter}"
+
+    def event_marker(self, event_id: str) -> str:
+        """Set while an event id is remembered as counted (the item counters' guard)."""
+        return f"{self.namespace}:counted:{event_id}"
+
 
 async def translate(call: Callable[[], Awaitable[T]], what: str) -> T:
     """Runs a Redis call; connection problems become Unavailable, timeouts DeadlineExceeded."""

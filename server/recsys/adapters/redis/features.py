@@ -1,7 +1,10 @@
 """FeatureStore on Redis: one hash per user and per item, vectors as little-endian float32
 bytes, every read one round trip (a pipeline), and an in-process read-through cache for item
 features with a TTL and a bound on entries. A user's keys carry the user's hash tag
-(`user_tag`), so erasure deletes exactly that user's keys, in one slot."""
+(`user_tag`), so erasure deletes exactly that user's keys, in one slot.
+
+A user's recent interactions are a sorted set (member: item id, score: latest event time in
+Unix milliseconds); the embedding versions are counted in one hash (`embedding_versions`)."""
 
 from __future__ import annotations
 
@@ -9,15 +12,19 @@ import collections
 import datetime as dt
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
 from redis.typing import EncodableT, FieldT
 
+from recsys.adapters.features.in_memory import recent_by_user, wall_clock
 from recsys.adapters.redis.connection import Keys, create_client, translate
+from recsys.domain.interactions import Interaction
+from recsys.domain.popularity import unix_milliseconds
 from recsys.ports.features import (
     FeatureStore,
     ItemFeatureBatch,
@@ -29,6 +36,84 @@ from recsys.ports.features import (
 from recsys.settings import RecsysSettings
 
 VECTOR_DTYPE = np.dtype("<f4")
+
+# KEYS = users' recent sets; ARGV[1] = cutoff (ms, oldest time kept), ARGV[2] = keep,
+# ARGV[3] = window (s), then per key: the number of its events n and n pairs (time ms, item).
+# ZADD GT keeps each item's latest time; out-of-window items go, then beyond `keep` the oldest
+# go, and of a tie at that cut the largest ids (reads order ties by id ascending, so the kept
+# items are the first `keep` a read would list). Ids are compared as decimal strings (length,
+# then text): Lua numbers are doubles, exact only to 2^53. Every kept time is at most now, so
+# the key may expire a window after its last write. A list there is the layout before sorted
+# sets (at most 30 minutes old when deployed): it goes. In Redis Cluster the keys of different
+# users span slots: the caller would group a batch by slot (we run a single Redis).
+RECORD_RECENT_SCRIPT = """
+local cutoff = ARGV[1]
+local keep = tonumber(ARGV[2])
+local position = 4
+local function larger_id(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+for _, key in ipairs(KEYS) do
+  if redis.call('TYPE', key).ok == 'list' then
+    redis.call('DEL', key)
+  end
+  local count = tonumber(ARGV[position])
+  for event = 1, count do
+    local offset = position + 2 * event - 1
+    redis.call('ZADD', key, 'GT', ARGV[offset], ARGV[offset + 1])
+  end
+  position = position + 1 + 2 * count
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. cutoff)
+  local excess = redis.call('ZCARD', key) - keep
+  if excess > 0 then
+    local oldest = redis.call('ZRANGE', key, 0, excess - 1, 'WITHSCORES')
+    local boundary = oldest[#oldest]
+    excess = excess - redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. boundary)
+    local ties = redis.call('ZRANGEBYSCORE', key, boundary, boundary)
+    table.sort(ties, larger_id)
+    for drop = 1, excess do
+      redis.call('ZREM', key, ties[drop])
+    end
+  end
+  redis.call('EXPIRE', key, ARGV[3])
+end
+return #KEYS
+"""
+
+# KEYS[1] = the user's hash, KEYS[2] = the version counts; ARGV = vector bytes, version,
+# generated_at. Moves the user's count from the old version to the new one with the write, so
+# the counts never drift (and a retried call leaves them the same). In Redis Cluster the two
+# keys are in different slots and the counts would have to be kept per slot (we run a single
+# Redis).
+PUT_EMBEDDING_SCRIPT = """
+local old = redis.call('HGET', KEYS[1], 'embedding_version')
+if old then
+  if redis.call('HINCRBY', KEYS[2], old, -1) <= 0 then
+    redis.call('HDEL', KEYS[2], old)
+  end
+end
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+redis.call('HSET', KEYS[1], 'embedding', ARGV[1], 'embedding_version', ARGV[2],
+  'generated_at', ARGV[3])
+return 1
+"""
+
+# KEYS[1] = the user's hash, KEYS[2] = the version counts, KEYS[3..] = the user's other keys.
+# Returns how many of the user's keys went (same slot caveat as above).
+DELETE_USER_SCRIPT = """
+local old = redis.call('HGET', KEYS[1], 'embedding_version')
+if old then
+  if redis.call('HINCRBY', KEYS[2], old, -1) <= 0 then
+    redis.call('HDEL', KEYS[2], old)
+  end
+end
+local deleted = redis.call('DEL', KEYS[1])
+for index = 3, #KEYS do
+  deleted = deleted + redis.call('DEL', KEYS[index])
+end
+return deleted
+"""
 
 
 def encode_vector(vector: npt.NDArray[np.float32]) -> bytes:
@@ -86,12 +171,22 @@ class RedisFeatureStore(FeatureStore):
         item_cache_ttl_seconds: float = 60.0,
         item_cache_max_items: int = 100_000,
         item_cache_miss_ttl_seconds: float = 1.0,
+        recent_window_seconds: int = 1800,
+        recent_keep: int = 100,
+        clock: Callable[[], dt.datetime] = wall_clock,
     ) -> None:
         self.client = client
         self.keys = Keys(namespace)
         self.item_cache = ItemCache(
             item_cache_ttl_seconds, item_cache_max_items, item_cache_miss_ttl_seconds
         )
+        self.recent_window_seconds = recent_window_seconds
+        self.recent_keep = recent_keep
+        # Reads cut the recent window at this clock's time (tests move it).
+        self.clock = clock
+        self._record_recent = client.register_script(RECORD_RECENT_SCRIPT)
+        self._put_embedding = client.register_script(PUT_EMBEDDING_SCRIPT)
+        self._delete_user = client.register_script(DELETE_USER_SCRIPT)
 
     @classmethod
     def from_settings(cls, settings: RecsysSettings) -> RedisFeatureStore:
@@ -101,28 +196,60 @@ class RedisFeatureStore(FeatureStore):
             item_cache_ttl_seconds=settings.features.item_cache_ttl_seconds,
             item_cache_max_items=settings.features.item_cache_max_items,
             item_cache_miss_ttl_seconds=settings.features.item_cache_miss_ttl_seconds,
+            recent_window_seconds=settings.realtime.recent_window_seconds,
+            recent_keep=settings.realtime.recent_keep,
         )
 
     async def get_user_embedding(self, user_id: str) -> UserEmbedding | None:
         return await self._read_embedding(self.keys.user_features(user_id))
 
     async def put_user_embedding(self, user_id: str, embedding: UserEmbedding) -> None:
-        await self._write_embedding(self.keys.user_features(user_id), embedding)
+        keys = [self.keys.user_features(user_id), self.keys.embedding_versions()]
+        args: list[EncodableT] = [
+            encode_vector(embedding.vector),
+            embedding.embedding_version,
+            embedding.generated_at.isoformat(),
+        ]
+        await translate(lambda: self._put_embedding(keys=keys, args=args), "a user write")
+
+    async def embedding_version_counts(self) -> dict[str, int]:
+        counts = cast(
+            dict[bytes, bytes],
+            await translate(
+                lambda: self.client.hgetall(self.keys.embedding_versions()), "a version read"
+            ),
+        )
+        return {version.decode(): int(count) for version, count in counts.items()}
 
     async def get_user_features(self, user_id: str) -> UserFeatures:
+        cutoff = self._cutoff_milliseconds(self.clock())
+
         async def read() -> list[object]:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.hgetall(self.keys.user_features(user_id))
-                pipe.lrange(self.keys.user_recent(user_id), 0, -1)
-                return list(await pipe.execute())
+                pipe.zrangebyscore(self.keys.user_recent(user_id), cutoff, "+inf", withscores=True)
+                results = list(await pipe.execute(raise_on_error=False))
+            if isinstance(results[0], Exception):
+                raise results[0]
+            if isinstance(results[1], redis_errors.ResponseError):
+                if "WRONGTYPE" not in str(results[1]):
+                    raise results[1]
+                # The list layout before sorted sets (expires within 30 minutes of the
+                # deployment, or the next write replaces it): no recent items until then.
+                results[1] = []
+            return results
 
         fields, recent = await translate(read, "a user read")
         fields = cast(dict[bytes, bytes], fields)
         preferences_raw = fields.get(b"preferences") if fields else None
+        # Newest first, ties by id: the set orders ties by member text ("10" before "9").
+        newest_first = sorted(
+            (-float(score), int(item)) for item, score in cast(list[tuple[bytes, float]], recent)
+        )
         return UserFeatures(
             _embedding_from(fields),
             json.loads(preferences_raw) if preferences_raw else {},
-            tuple(int(item) for item in cast(list[bytes], recent)),
+            tuple(item for _, item in newest_first),
         )
 
     async def put_user_preferences(self, user_id: str, preferences: Mapping[str, float]) -> None:
@@ -132,21 +259,30 @@ class RedisFeatureStore(FeatureStore):
             "a user write",
         )
 
-    async def record_recent_interactions(
-        self, user_id: str, item_ids: Sequence[int], *, ttl_seconds: int = 1800, keep: int = 100
+    async def record_events(
+        self, events: Sequence[Interaction], *, now: dt.datetime | None = None
     ) -> None:
-        if not item_ids:
+        moment = self.clock() if now is None else now
+        per_user = recent_by_user(events, moment, self.recent_window_seconds)
+        if not per_user:
             return
-        key = self.keys.user_recent(user_id)
+        keys: list[str] = []
+        args: list[EncodableT] = [
+            self._cutoff_milliseconds(moment),
+            self.recent_keep,
+            self.recent_window_seconds,
+        ]
+        for user_id, latest in per_user.items():
+            keys.append(self.keys.user_recent(user_id))
+            args.append(len(latest))
+            for item_id, milliseconds in latest.items():
+                args.extend((milliseconds, item_id))
+        await translate(
+            lambda: self._record_recent(keys=keys, args=args), "a recent-interactions write"
+        )
 
-        async def write() -> None:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.lpush(key, *[int(item) for item in item_ids])
-                pipe.ltrim(key, 0, keep - 1)
-                pipe.expire(key, ttl_seconds)
-                await pipe.execute()
-
-        await translate(write, "a recent-interactions write")
+    def _cutoff_milliseconds(self, now: dt.datetime) -> int:
+        return unix_milliseconds(now) - self.recent_window_seconds * 1000
 
     async def get_default_user_embedding(self) -> UserEmbedding | None:
         return await self._read_embedding(self.keys.default_user_features())
@@ -212,10 +348,14 @@ class RedisFeatureStore(FeatureStore):
             self.item_cache.drop(int(item_id))
 
     async def delete_user(self, user_id: str) -> int:
-        # Exact keys of this user only, in one slot (the user's hash tag): one DEL.
-        keys = [self.keys.user_features(user_id), self.keys.user_recent(user_id)]
-        deleted: int = await translate(lambda: self.client.delete(*keys), "a user delete")
-        return deleted
+        # Exact keys of this user only (the user's hash tag), and the version count with them.
+        keys = [
+            self.keys.user_features(user_id),
+            self.keys.embedding_versions(),
+            self.keys.user_recent(user_id),
+        ]
+        deleted = await translate(lambda: self._delete_user(keys=keys), "a user delete")
+        return int(deleted)
 
     async def close(self) -> None:
         await self.client.aclose()

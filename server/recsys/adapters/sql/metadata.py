@@ -226,8 +226,10 @@ class SqlMetadataRepository(MetadataRepository):
                 return int((await connection.execute(statement, rows)).rowcount)
             # PostgreSQL: RETURNING lists only the rows actually inserted (a batched insert's
             # rowcount is -1).
-            returning = statement.values(rows).returning(interactions.c.event_id)
-            return len((await connection.execute(returning)).fetchall())
+            # "insertmanyvalues": batched VALUES with one compiled statement (a 500-row
+            # `.values(rows)` compiled 4,000 parameters on every call).
+            returning = statement.returning(interactions.c.event_id)
+            return len((await connection.execute(returning, rows)).fetchall())
 
         result: int = await self._run(work, write=True)
         return result
@@ -245,6 +247,25 @@ class SqlMetadataRepository(MetadataRepository):
 
         result: set[int] = await self._run(work)
         return result
+
+    async def user_activity(self, since: dt.datetime) -> list[tuple[str, int]]:
+        count = func.count().label("event_count")
+        # Deleted markers are left out here; tombstones (hashed ids, no profile needed) below.
+        query = (
+            select(interactions.c.user_id, count)
+            .select_from(interactions.outerjoin(users, users.c.user_id == interactions.c.user_id))
+            .where(interactions.c.event_time >= since.astimezone(dt.UTC))
+            .where(users.c.deleted_at.is_(None))
+            .group_by(interactions.c.user_id)
+            .order_by(desc(count), interactions.c.user_id)
+        )
+
+        async def work(connection: Any) -> list[tuple[str, int]]:
+            return [(row.user_id, int(row.event_count)) for row in await connection.execute(query)]
+
+        activity: list[tuple[str, int]] = await self._run(work)
+        erased = await self.erased_user_ids(user for user, _ in activity)
+        return [entry for entry in activity if entry[0] not in erased]
 
     async def erase_user(self, user_id: str) -> ErasureResult:
         async def work(connection: Any) -> ErasureResult:

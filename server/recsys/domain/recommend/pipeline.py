@@ -1,8 +1,11 @@
 """The Recommend pipeline's orchestrator (seed Journeys 1 and 2, Simulations 1, 2 and 6).
 
-rate limit -> response cache -> pre-computed results -> user features (timeout -> defaults)
--> cold start or retrieval (version mismatch or outage -> popularity) -> ranking (breaker ->
-fallbacks) -> selection (exclusions, privacy filters, diversity) -> top N -> cache -> answer.
+rate limit -> response cache -> profile, history, user features (timeout -> defaults) and
+pre-computed results, read together -> a pre-computed answer re-checked (exclusions, privacy
+filters, diversity; not re-ranked) or: cold start or retrieval (version mismatch or outage ->
+popularity) -> ranking (breaker -> fallbacks) -> selection (exclusions, privacy filters,
+diversity) -> top N -> cache -> answer. `compute` is the same run without the rate limit and
+either cache, for `recsys precompute`.
 
 Every dependency read goes through the `Guard` (one budget and degradation policy); candidate
 sources are `CandidateSource`s composed here; selection and cold-start scoring are pure
@@ -139,9 +142,15 @@ class RecommendPipeline:
             self.observer.cache_hit("single_flight")
         return answer
 
-    async def _recommend(self, query: RecommendQuery) -> Recommendation:
+    async def compute(self, query: RecommendQuery) -> Recommendation:
+        """A fresh answer for an offline job (`recsys precompute`): no rate limit, the response
+        cache neither read nor written, no pre-computed entry read; up to MAX_LIMIT items
+        whatever `limit` asks. Degradations are flagged as for a request."""
+        return await self._recommend(query, fresh=True)
+
+    async def _recommend(self, query: RecommendQuery, *, fresh: bool = False) -> Recommendation:
         trace = Trace()
-        cacheable = query.context.category is None and not query.excluded_item_ids
+        cacheable = not fresh and query.context.category is None and not query.excluded_item_ids
         if cacheable:
             cached = await self._cached(RESPONSES, query, trace)
             # The regional filter depends on the request's country: an answer filtered for
@@ -149,29 +158,24 @@ class RecommendPipeline:
             if cached is not None and cached.extra.get(COUNTRY, "") == query.context.country:
                 self.observer.cache_hit("response_cache")
                 return _from_cache(cached, Degradation(served_from_cache=True))
-        profile, consumed = await self._profile_and_history(query.user_id, trace)
+        # A pre-computed list is the user's general one: a category request needs its own.
+        precomputable = not fresh and query.context.category is None
+        profile, consumed, user, precomputed = await self._user_reads(
+            query, trace, precomputed=precomputable
+        )
         if profile is not None and profile.deleted:
             # An erased user: nothing personal remains; serve what anyone would see.
-            profile = None
-        precomputed = await self._cached(PRECOMPUTED, query, trace) if cacheable else None
-        if precomputed is not None:
-            self.observer.cache_hit("precomputed")
-            trace.raise_flag(Flag.SERVED_FROM_PRECOMPUTED)
-            pool = CandidatePool(
-                tuple(item.item_id for item in precomputed.items),
-                tuple(item.score for item in precomputed.items),
-                tuple(Reason.parse(item.reason) for item in precomputed.items),
-                precomputed.index_version,
-            )
-            answer = await self._rank_and_select(query, pool, profile, consumed, trace)
-            return dataclasses.replace(
-                answer, model_version=answer.model_version or precomputed.model_version
-            )
-        user = await self._user_features(query.user_id, trace)
+            profile, precomputed = None, None
         if user is not None:
             consumed = consumed | set(user.recent_item_ids)  # realtime: the last 30 minutes
-            if user.embedding is None and not consumed:
-                return await self._cold_start(query, profile, consumed, trace)
+        if precomputed is not None:
+            stored, metadata = precomputed
+            served = await self._from_precomputed(query, stored, metadata, profile, consumed, trace)
+            if served is not None:
+                self.observer.cache_hit("precomputed")
+                return served
+        if user is not None and user.embedding is None and not consumed:
+            return await self._cold_start(query, profile, consumed, trace)
         embedding = user.embedding if user is not None else None
         if embedding is None and self.default_embedding is not None:
             embedding = self.default_embedding
@@ -183,6 +187,83 @@ class RecommendPipeline:
         if cacheable and answer.items and not answer.degradation.kinds():
             await self._store(query, answer, trace)
         return answer
+
+    async def _precomputed(
+        self, query: RecommendQuery, trace: Trace
+    ) -> tuple[CachedRecommendations, dict[int, ItemMetadata] | None] | None:
+        """The pre-computed entry and its items' metadata, read while the profile and history
+        are: a hit then costs one round of reads, not two."""
+        stored = await self._cached(PRECOMPUTED, query, trace)
+        if stored is None:
+            return None
+        if len(stored.items) < query.limit:
+            return stored, None  # cannot serve this request whatever is excluded
+        # Metadata for a prefix first (reading 100 items' rows costs ~4 ms of CPU, the most of
+        # a hit): twice what the request and the diversity window need; the rest only if too
+        # few of those survive. The live path reads again and flags what fails for itself.
+        size = 2 * max(query.limit, self.config.diversity_window)
+        item_ids = [item.item_id for item in stored.items[:size]]
+        return stored, await self._item_metadata(item_ids, Trace())
+
+    async def _from_precomputed(
+        self,
+        query: RecommendQuery,
+        stored: CachedRecommendations,
+        metadata: dict[int, ItemMetadata] | None,
+        profile: UserProfile | None,
+        consumed: set[int],
+        trace: Trace,
+    ) -> Recommendation | None:
+        """The stored answer in its stored order and scores (not re-ranked: the seed's ~5 ms
+        budget has no room for the ranker), re-checked for what may have changed since it was
+        computed: exclusions (history, recent interactions, the request's), the privacy filters
+        on the current profile and this request's country, then diversity. None when fewer
+        items than the request's limit survive, or item metadata could not be read: the live
+        path answers instead."""
+        if metadata is None:
+            return None
+        excluded = frozenset(consumed | set(query.excluded_item_ids))
+        kept = [item for item in stored.items if item.item_id not in excluded]
+        pool = CandidatePool(
+            tuple(item.item_id for item in kept),
+            tuple(item.score for item in kept),
+            tuple(Reason.parse(item.reason) for item in kept),
+            stored.index_version,
+        )
+        # Items beyond the prefix read have no metadata yet: the filters drop them.
+        items = select(
+            pool,
+            query=query,
+            profile=profile,
+            excluded=excluded,
+            metadata=metadata,
+            config=self.config,
+        )
+        unread = [item.item_id for item in kept if item.item_id not in metadata]
+        if len(items) < query.limit and unread:
+            rest = await self._item_metadata(unread, Trace())
+            if rest is None:
+                return None
+            items = select(
+                pool,
+                query=query,
+                profile=profile,
+                excluded=excluded,
+                metadata={**metadata, **rest},
+                config=self.config,
+            )
+        if len(items) < query.limit:
+            return None
+        trace.raise_flag(Flag.SERVED_FROM_PRECOMPUTED)
+        return Recommendation(
+            items=items,
+            model_version=stored.model_version,
+            index_version=stored.index_version,
+            cold_start=stored.cold_start,
+            explanation=stored.explanation,
+            ranking_backend=_backend(stored.ranking_backend),
+            degradation=trace.degradation(),
+        )
 
     # ------------------------------------------------------------------ stages
 
@@ -223,19 +304,7 @@ class RecommendPipeline:
         )
 
     async def _store(self, query: RecommendQuery, answer: Recommendation, trace: Trace) -> None:
-        value = CachedRecommendations(
-            items=tuple(
-                CachedItem(item.item_id, item.score, item.category, item.reason.value,
-                           item.reason_text)
-                for item in answer.items
-            ),
-            model_version=answer.model_version,
-            index_version=answer.index_version,
-            cold_start=answer.cold_start,
-            explanation=answer.explanation,
-            ranking_backend=answer.ranking_backend.value if answer.ranking_backend else "",
-            extra={COUNTRY: query.context.country},
-        )  # fmt: skip
+        value = to_cached(answer, {COUNTRY: query.context.country})
         await self.guard.read(
             "cache_store",
             functools.partial(
@@ -251,15 +320,23 @@ class RecommendPipeline:
             budget_seconds=self.config.cache_timeout_seconds,
         )
 
-    async def _profile_and_history(
-        self, user_id: str, trace: Trace
-    ) -> tuple[UserProfile | None, set[int]]:
-        """Read apart, so a slow table costs only its own part. Without the profile the filters
-        treat the user as of unknown age (no adult items); without the history only the
-        recent interactions of the feature store are excluded. Either is flagged."""
+    async def _user_reads(
+        self, query: RecommendQuery, trace: Trace, *, precomputed: bool
+    ) -> tuple[
+        UserProfile | None,
+        set[int],
+        UserFeatures | None,
+        tuple[CachedRecommendations, dict[int, ItemMetadata] | None] | None,
+    ]:
+        """Profile, history, user features and (when asked) the pre-computed entry with its
+        items' metadata, read together, each apart, so a slow table costs only its own part.
+        Without the profile the filters treat the user as of unknown age (no adult items);
+        without the history only the recent interactions of the feature store are excluded.
+        Either is flagged."""
         budget = self.config.metadata_timeout_seconds
         no_history: set[int] = set()
-        profile, consumed = await asyncio.gather(
+        user_id = query.user_id
+        reads = asyncio.gather(
             self.guard.read(
                 "profile",
                 functools.partial(self.metadata.get_user, user_id),
@@ -276,8 +353,15 @@ class RecommendPipeline:
                 budget_seconds=budget,
                 flag=Flag.METADATA_UNAVAILABLE,
             ),
+            self._user_features(user_id, trace),
         )
-        return profile, consumed
+        if not precomputed:
+            profile, consumed, user = await reads
+            return profile, consumed, user, None
+        (profile, consumed, user), stored = await asyncio.gather(
+            reads, self._precomputed(query, trace)
+        )
+        return profile, consumed, user, stored
 
     async def _user_features(self, user_id: str, trace: Trace) -> UserFeatures | None:
         """The user's features, or None (and `default_features`, when a default embedding
@@ -481,6 +565,23 @@ class RecommendPipeline:
             if len(items) >= MAX_LIMIT or size >= len(pool):
                 return items
             size = min(len(pool), size * 2)
+
+
+def to_cached(answer: Recommendation, extra: dict[str, str]) -> CachedRecommendations:
+    """An answer as the caches hold it (the response cache, `recsys precompute`)."""
+    return CachedRecommendations(
+        items=tuple(
+            CachedItem(item.item_id, item.score, item.category, item.reason.value,
+                       item.reason_text)
+            for item in answer.items
+        ),
+        model_version=answer.model_version,
+        index_version=answer.index_version,
+        cold_start=answer.cold_start,
+        explanation=answer.explanation,
+        ranking_backend=answer.ranking_backend.value if answer.ranking_backend else "",
+        extra=extra,
+    )  # fmt: skip
 
 
 def _from_cache(cached: CachedRecommendations, degradation: Degradation) -> Recommendation:
