@@ -322,6 +322,10 @@ class ConsumerSettings(_Section):
     # While a store the effects need is down, the batch is retried (never dead-lettered) with
     # backoff up to this bound; the partition waits and lag grows.
     outage_backoff_max_ms: int = Field(default=5_000, ge=10, le=300_000)
+    max_poll_interval_ms: int = Field(default=300_000, ge=10_000, le=86_400_000)
+    # Socket timeout of the consume process's Redis calls: a 500-event script takes longer
+    # than a serving read (redis.socket_timeout_ms, 50 ms), and a timed-out batch is retried.
+    store_timeout_ms: int = Field(default=2_000, ge=1, le=60_000)
     # How often consumer lag per partition is exported.
     lag_interval_seconds: float = Field(default=5.0, gt=0, le=3_600)
     # Embedded mode: how often the in-process consumer drains the in-memory sink.

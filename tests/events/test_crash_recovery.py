@@ -222,30 +222,38 @@ def test_kills_and_rebalances_lose_and_duplicate_nothing(
         daemon=True,
     )
     member = Member(config, tmp_path / "member-0.log")
+    members = [member]
     producer.start()
     stored = 0
-    for kill in range(KILLS):
-        # Each member makes progress, then dies without committing what it stored last.
-        stored = wait_for_progress(settings, stored + 1_000, within=90)
-        member.kill()
-        member = Member(config, tmp_path / f"member-{kill + 1}.log")
-        if kill == 1:
-            # A second member joins (rebalance), works a while, then leaves (rebalance).
-            second = Member(config, tmp_path / "second.log")
-            stored = wait_for_progress(settings, stored + 1_000, within=90)
-            second.stop()
-    assert stored < EVENTS - HELD_BACK
-    release.set()
-    producer.join(120)
-    assert produced.is_set()
     try:
+        for kill in range(KILLS):
+            # Each member makes progress, then dies without committing what it stored last.
+            stored = wait_for_progress(settings, stored + 1_000, within=90)
+            member.kill()
+            member = Member(config, tmp_path / f"member-{kill + 1}.log")
+            members.append(member)
+            if kill == 1:
+                # A second member joins (rebalance), works a while, then leaves (rebalance).
+                second = Member(config, tmp_path / "second.log")
+                members.append(second)
+                stored = wait_for_progress(settings, stored + 1_000, within=90)
+                second.stop()
+        assert stored < EVENTS - HELD_BACK
+        release.set()
+        producer.join(120)
+        assert produced.is_set()
         wait_for_progress(settings, EVENTS, within=180)
         deadline = time.monotonic() + 30
         while (lag := member.total_lag()) != 0:
             assert time.monotonic() < deadline, f"lag stayed {lag}"
             time.sleep(0.2)
-    finally:
         member.stop()
+    finally:
+        release.set()
+        for each in members:
+            if each.process.poll() is None:
+                each.process.kill()
+                each.process.wait(10)
     assert stored_rows(settings) == (EVENTS, EVENTS)
     asyncio.run(check_counters(settings, started))
 

@@ -3,6 +3,8 @@ process, SQLite metadata): the seed's journeys, caches, filters, degradations an
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -194,11 +196,14 @@ async def test_invalid_requests_name_the_fields(
     assert [violation.field for violation in caught.value.field_violations] == fields
 
 
-async def test_ingested_interactions_are_excluded_at_once(world: GrpcApplication) -> None:
+async def test_ingested_interactions_are_excluded_once_consumed(world: GrpcApplication) -> None:
+    """Embedded mode: the in-process consumer applies what IngestService recorded within its
+    drain interval (100 ms); the next answer excludes the clicked items."""
     from google.protobuf import timestamp_pb2
 
     from recsys.v1 import interaction_event_pb2
 
+    now = int(time.time())
     async with client_for(world) as client:
         before = await client.recommend("kid", surface="item_page", limit=5)
         clicked = [item.item_id for item in before.items[:3]]
@@ -209,11 +214,16 @@ async def test_ingested_interactions_are_excluded_at_once(world: GrpcApplication
                     user_id="kid",
                     item_id=item,
                     type=interaction_event_pb2.INTERACTION_TYPE_CLICK,
-                    event_time=timestamp_pb2.Timestamp(seconds=1_800_000_000 + index),
+                    event_time=timestamp_pb2.Timestamp(seconds=now - 60 + index),
                 )
                 for index, item in enumerate(clicked)
             ]
         )
+        features = world.components.feature_store
+        deadline = time.monotonic() + 5
+        while set((await features.get_user_features("kid")).recent_item_ids) != set(clicked):
+            assert time.monotonic() < deadline, "the in-process consumer did not apply the events"
+            await asyncio.sleep(0.02)
         after = await client.recommend("kid", surface="cart", limit=5)
     assert not set(clicked) & {item.item_id for item in after.items}
 
@@ -244,12 +254,24 @@ async def test_erasure_reaches_the_interactions_ingest_buffered(world: GrpcAppli
             user_id=user,
             item_id=item,
             type=interaction_event_pb2.INTERACTION_TYPE_CLICK,
-            event_time=timestamp_pb2.Timestamp(seconds=1_800_000_000 + item),
+            event_time=timestamp_pb2.Timestamp(seconds=int(time.time()) - 60 + item),
         )
 
+    from recsys.adapters.events.in_memory import InMemoryEventSink
+
+    components = world.components
+    assert components is not None
+    assert isinstance(components.event_sink, InMemoryEventSink)
     async with client_for(world) as client:
         await client.record_interactions([click("alice", 1), click("bob", 2), click("alice", 3)])
         await client.delete_user_data("alice")
-    assert world.components is not None
-    buffered = await world.components.event_sink.drain()
-    assert [(event.user_id, event.item_id) for event in buffered] == [("bob", 2)]
+    # Whether the in-process consumer applied alice's events before the erasure (which then
+    # removed them) or after (the tombstone drops them), nothing of hers remains.
+    deadline = time.monotonic() + 5
+    while 2 not in (await components.feature_store.get_user_features("bob")).recent_item_ids:
+        assert time.monotonic() < deadline, "bob's event was not applied"
+        await asyncio.sleep(0.02)
+    assert components.event_sink.pending() == 0
+    assert (await components.metadata.count_rows_for_user("alice"))["interactions"] == 0
+    assert not (await components.feature_store.get_user_features("alice")).recent_item_ids
+    assert 2 in await components.metadata.consumed_item_ids("bob")

@@ -6,7 +6,7 @@ Every effect is idempotent, so at-least-once delivery is harmless: the SQL row i
 event id, the recent-interactions window keeps each item at its latest event time, the item
 counters remember event ids, and invalidating a cached answer twice is invalidating it. Effects
 run in the order that makes a crash at any point safe: the durable row first, then the derived
-state, then the cache. An event of an erased user changes nothing (tombstones)."""
+state and the cache invalidation together. An event of an erased user changes nothing (tombstones)."""
 
 from __future__ import annotations
 
@@ -56,11 +56,19 @@ class InteractionEffects:
         if not kept:
             return AppliedEvents(0, len(events))
         new = await self.metadata.record_interactions(kept)
+        # The row is durable: a Recommend computed from here on excludes the item through the
+        # history, so the cached answers (which may hold it) go while the derived state is
+        # written.
+        users = sorted({event.user_id for event in kept})
         await asyncio.gather(
-            self.features.record_events(kept, now=self.clock()), self.counters.record(kept)
+            self.features.record_events(kept, now=self.clock()),
+            self.counters.record(kept),
+            self.cache.invalidate_responses(users),
         )
-        # The user's cached answer may hold the item just consumed.
-        await self.cache.invalidate_responses(sorted({event.user_id for event in kept}))
+        # An erasure that committed while this batch was being applied (after the check above)
+        # would miss what the batch just wrote: erase those users again.
+        for user_id in sorted(await self.metadata.erased_user_ids(users)):
+            await self.erase(user_id)
         return AppliedEvents(new, len(events) - len(kept))
 
     async def erase(self, user_id: str) -> None:

@@ -66,6 +66,9 @@ def consumer_config(settings: RecsysSettings) -> dict[str, Any]:
         "auto.offset.reset": "earliest",
         "session.timeout.ms": consumer.session_timeout_ms,
         "heartbeat.interval.ms": consumer.heartbeat_interval_ms,
+        # A batch retried through a store outage longer than this leaves the group; its
+        # partitions move and its stored offsets say where the next owner starts.
+        "max.poll.interval.ms": consumer.max_poll_interval_ms,
         "socket.connection.setup.timeout.ms": kafka.request_timeout_ms,
         "logger": CLIENT_LOGGER,
     }
@@ -300,6 +303,8 @@ class EventConsumer:
                 return await effect()
             except (Unavailable, DeadlineExceeded) as outage:
                 self.metrics.retries.labels("outage").inc()
+                # Lag keeps growing (and alerting) while the batch waits.
+                await self._export_lag()
                 logger.warning(
                     "a store the events need is down; retrying the batch",
                     extra={"error": str(outage), "retry_in_seconds": delay},

@@ -37,6 +37,9 @@ class InProcessConsumer:
     async def run(self) -> None:
         while True:
             await self.drain_once()
+            if self.metrics is not None:
+                # The embedded mode's lag: events recorded and not applied yet.
+                self.metrics.lag.labels(TOPIC, "0").set(self.sink.pending() + len(self._pending))
             await asyncio.sleep(self.interval_seconds)
 
     async def drain_once(self) -> int:

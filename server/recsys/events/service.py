@@ -18,6 +18,17 @@ async def build(components: Components) -> list[ServiceBinding]:
     from recsys.events.producer import EventProducer
 
     settings = components.settings
+    redis = settings.redis
+    if redis.socket_timeout_ms < settings.consumer.store_timeout_ms:
+        # Before any adapter exists (built on first use): batches need more than a serving
+        # read's timeout. The consume process serves no reads.
+        components.settings = settings = settings.model_copy(
+            update={
+                "redis": redis.model_copy(
+                    update={"socket_timeout_ms": settings.consumer.store_timeout_ms}
+                )
+            }
+        )
     if not settings.kafka.bootstrap_servers:
         raise ConfigurationError(
             "`consume` needs kafka.bootstrap_servers (RECSYS_KAFKA__BOOTSTRAP_SERVERS)"

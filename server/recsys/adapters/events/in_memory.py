@@ -40,6 +40,10 @@ class InMemoryEventSink(EventSink):
             self._events.extend(kept)
             self.deletions.append((user_id, deletion_event_id))
 
+    def pending(self) -> int:
+        """Events buffered and not drained yet."""
+        return len(self._events)
+
     async def drain(self) -> list[Interaction]:
         """Removes and returns every buffered event, oldest first."""
         async with self._lock:
