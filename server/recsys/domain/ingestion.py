@@ -6,7 +6,8 @@ Every effect is idempotent, so at-least-once delivery is harmless: the SQL row i
 event id, the recent-interactions window keeps each item at its latest event time, the item
 counters remember event ids, and invalidating a cached answer twice is invalidating it. Effects
 run in the order that makes a crash at any point safe: the durable row first, then the derived
-state and the cache invalidation together. An event of an erased user changes nothing (tombstones)."""
+state and the cache invalidation together. An event of an erased user changes nothing
+(tombstones)."""
 
 from __future__ import annotations
 
