@@ -14,7 +14,8 @@ import pytest
 from recsys.domain.policies import diversity_cap
 from recsys.grpc_server.app import GrpcApplication
 from recsys.ports.cache import CachedItem, CachedRecommendations
-from recsys.v1 import common_pb2
+from recsys.ports.counters import Counter as CounterKind
+from recsys.v1 import common_pb2, recommend_service_pb2
 from recsys_client import AsyncRecsysClient, ClientOptions, RecsysClientError
 from tests.support.world import build_world, catalogue
 
@@ -74,6 +75,46 @@ async def test_journey_cold_start(world: GrpcApplication) -> None:
     categories = Counter(items[item.item_id].category for item in response.items)
     assert categories["Comedy"] >= 3  # the onboarding category leads
     assert max(categories.values()) <= diversity_cap(categories.values())
+
+
+async def test_cold_start_trending_follows_the_consumed_events(world: GrpcApplication) -> None:
+    """Trending for a new user comes from the item counters the consumer keeps: items many
+    users clicked just now, however unpopular the catalogue says they are."""
+    from google.protobuf import timestamp_pb2
+
+    from recsys.v1 import interaction_event_pb2
+
+    _, items = catalogue()
+    # Unpopular in the catalogue, not adult, available everywhere.
+    rising = sorted(
+        (item for item in items if not item.adult and not item.available_regions),
+        key=lambda item: (item.popularity, item.item_id),
+    )[:3]
+    now = int(time.time())
+    events = [
+        interaction_event_pb2.InteractionEvent(
+            event_id=f"rise-{item.item_id}-{user}", user_id=f"fan-{user}", item_id=item.item_id,
+            type=interaction_event_pb2.INTERACTION_TYPE_PURCHASE,
+            event_time=timestamp_pb2.Timestamp(seconds=now - 10),
+        )
+        for item in rising
+        for user in range(5)
+    ]  # fmt: skip
+    async with client_for(world) as client:
+        before = await client.recommend("newcomer", surface="homepage", limit=20)
+        assert before.cold_start
+        assert not {item.item_id for item in rising} & {item.item_id for item in before.items}
+        await client.record_interactions(events)
+        counters = world.components.item_counters
+        deadline = time.monotonic() + 5
+        while len(await counters.top(CounterKind.TRENDING, 10)) < len(rising):
+            assert time.monotonic() < deadline, "the events were not consumed"
+            await asyncio.sleep(0.02)
+        after = await client.recommend("newcomer2", surface="homepage", limit=20)
+    assert after.cold_start
+    trending_reason = recommend_service_pb2.RECOMMENDATION_REASON_TRENDING
+    trending = {item.item_id for item in after.items if item.reason == trending_reason}
+    assert trending == {item.item_id for item in rising}
 
 
 async def test_stale_embedding_version_falls_back_to_popularity(world: GrpcApplication) -> None:

@@ -12,6 +12,7 @@ import grpc
 
 from recsys.adapters.candidates.popularity import (
     PopularInCategoryCandidates,
+    RisingCandidates,
     TrendingCandidates,
 )
 from recsys.adapters.candidates.retrieval import RetrievalCandidates
@@ -192,7 +193,11 @@ async def build(components: Components) -> list[ServiceBinding]:
         # Reasons go to the first source that found an item: the user's own choices first.
         cold_start=(
             PopularInCategoryCandidates(metadata, count=per_source),
-            TrendingCandidates(metadata, count=per_source),
+            RisingCandidates(
+                components.item_counters,
+                TrendingCandidates(metadata, count=per_source),
+                count=per_source,
+            ),
             SimilarToLikedCandidates(
                 features, search, per_item=config.cold_start_similar_per_liked_item
             ),

@@ -7,6 +7,7 @@ import asyncio
 
 from recsys.domain.recommend.values import CandidatePool, Reason
 from recsys.ports.candidates import CandidateRequest
+from recsys.ports.counters import Counter, ItemCounters
 from recsys.ports.metadata import MetadataRepository
 
 
@@ -23,6 +24,27 @@ class TrendingCandidates:
         category = request.query.context.category
         ids = await self.metadata.popular_items(category=category, limit=self.count)
         return CandidatePool.ranked(ids, Reason.TRENDING)
+
+
+class RisingCandidates:
+    """What is trending right now: the items the event consumers' trending counters rank
+    highest (a short half-life, `realtime.trending_half_life_minutes`). The metadata store's
+    popularity stands in when the counters hold nothing yet (no events consumed) or the request
+    names a category (the counters are not kept per category)."""
+
+    name = "trending"
+
+    def __init__(self, counters: ItemCounters, fallback: TrendingCandidates, *, count: int) -> None:
+        self.counters = counters
+        self.fallback = fallback
+        self.count = count
+
+    async def candidates(self, request: CandidateRequest) -> CandidatePool:
+        if request.query.context.category is None:
+            ids = await self.counters.top(Counter.TRENDING, self.count)
+            if ids:
+                return CandidatePool.ranked(ids, Reason.TRENDING)
+        return await self.fallback.candidates(request)
 
 
 class PopularInCategoryCandidates:
