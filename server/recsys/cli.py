@@ -102,12 +102,13 @@ def serve(
 
     from recsys.metadata.database import describe_error
 
-    async def run() -> None:
+    async def run() -> str | None:
         application = await services.build_application(settings, names)
         await application.run_until_signal()
+        return application.components.fatal_error if application.components else None
 
     try:
-        asyncio.run(run())
+        fatal_error = asyncio.run(run())
     except ConfigurationError as error:
         logger.error("cannot start: %s", error.message)
         raise typer.Exit(code=2) from error
@@ -115,6 +116,9 @@ def serve(
         # The metadata schema check at startup; one line, not the statement.
         logger.error("cannot start: %s", describe_error(error))
         raise typer.Exit(code=1) from error
+    if fatal_error is not None:
+        # Restart me: what this process exists for stopped (its supervisor restarts it).
+        raise typer.Exit(code=1)
 
 
 @app.command("up")

@@ -109,6 +109,10 @@ class Components:
         self.candidate_scorer: CandidateScorer | None = None
         self.recommend_pipeline: RecommendPipeline | None = None
         self.consumer: EventConsumer | None = None
+        # Set by `fail`: a background worker the process exists for died; the server stops
+        # and the process exits non-zero, so its supervisor (recsys up, Kubernetes) restarts it.
+        self.fatal_error: str | None = None
+        self.stop_requested = asyncio.Event()
 
     def run_in_background(self, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Starts the coroutine once the server is ready; cancels it at shutdown."""
@@ -124,6 +128,12 @@ class Components:
             self.resources.push_async_callback(stop)
 
         self.startup_hooks.append(start)
+
+    def fail(self, message: str) -> None:
+        """Asks the process to stop because something it cannot serve without has died."""
+        if self.fatal_error is None:
+            self.fatal_error = message
+        self.stop_requested.set()
 
     def monitor_dependencies(self) -> None:
         """Starts the dependency probes after the startup hooks registered so far (call it once

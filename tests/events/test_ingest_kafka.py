@@ -122,3 +122,75 @@ async def test_a_broker_outage_is_unavailable_within_the_deadline_and_not_ready(
     await wait_for_readiness(ingest, "NOT_SERVING", within=5)
     broker.start()
     await wait_for_readiness(ingest, "SERVING", within=10)
+
+
+async def service_status(app: GrpcApplication, name: str) -> str:
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        response = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=name), timeout=2
+        )
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+async def test_a_broker_outage_takes_ingest_out_not_the_recommend_beside_it(
+    tmp_path: Path, broker: Broker
+) -> None:
+    from tests.support.world import build_world
+
+    app = await build_world(
+        tmp_path,
+        ingest={"event_sink": "kafka"},
+        health={"dependency_interval_seconds": 0.2, "dependency_failures_before_down": 1},
+        **kafka_settings(broker),
+    )
+    ingest, recommend = "recsys.v1.IngestService", "recsys.v1.RecommendService"
+    try:
+        await wait_for_readiness(app, "SERVING", within=5)
+        broker.stop()
+        started = time.monotonic()
+        while await service_status(app, ingest) != "NOT_SERVING":
+            assert time.monotonic() - started < 5, "IngestService stayed SERVING"
+            await asyncio.sleep(0.05)
+        assert await service_status(app, recommend) == "SERVING"
+        assert await readiness(app) == "SERVING"
+        broker.start()
+        started = time.monotonic()
+        while await service_status(app, ingest) != "SERVING":
+            assert time.monotonic() - started < 10, "IngestService stayed NOT_SERVING"
+            await asyncio.sleep(0.05)
+    finally:
+        await app.shutdown()
+
+
+async def test_an_ingest_process_starts_while_the_broker_is_away(
+    tmp_path: Path, broker: Broker
+) -> None:
+    broker.stop()
+    settings = make_settings(
+        tmp_path,
+        ingest={"event_sink": "kafka"},
+        health={"dependency_interval_seconds": 0.2, "dependency_failures_before_down": 1},
+        **kafka_settings(broker),
+    )
+    app = await services.build_application(settings, ["ingest"])
+    await app.start()
+    try:
+        await wait_for_readiness(app, "NOT_SERVING", within=5)
+        broker.start()
+        await wait_for_readiness(app, "SERVING", within=10)
+        async with grpc.aio.insecure_channel(app.address) as channel:
+            stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+            # The topics are created in the background once the broker answers.
+            deadline = time.monotonic() + 15
+            accepted, codes = 0, []
+            while not accepted and time.monotonic() < deadline:
+                try:
+                    accepted = (
+                        await stub.RecordInteractions(request("ann"), timeout=3)
+                    ).accepted_count
+                except grpc.aio.AioRpcError as error:
+                    codes.append(error.code())
+        assert accepted == 1, codes
+        assert set(codes) <= {grpc.StatusCode.UNAVAILABLE}
+    finally:
+        await app.shutdown()

@@ -4,6 +4,7 @@ describeCluster), on confluent-kafka's AdminClient, off the event loop."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from typing import Any
 
@@ -84,10 +85,25 @@ class KafkaAdmin:
 
         try:
             created = await asyncio.to_thread(create)
-        except KafkaException as error:
+        except (KafkaException, TimeoutError, concurrent.futures.TimeoutError) as error:
             raise Unavailable(
                 f"cannot create the event topics: {error}", reason="EVENT_BROKER_UNAVAILABLE"
             ) from error
         if created:
             logger.info("kafka topics created", extra={"topics": created})
         return created
+
+    async def ensure_topics_eventually(self, retry_seconds: float = 5.0) -> None:
+        """`ensure_topics` until it succeeds: a process started while the broker is away starts
+        anyway (not ready: readiness follows the broker) and creates the topics once it is
+        back."""
+        while True:
+            try:
+                await self.ensure_topics()
+                return
+            except Unavailable as error:
+                logger.warning(
+                    "kafka topics not checked yet; retrying",
+                    extra={"error": str(error), "retry_in_seconds": retry_seconds},
+                )
+            await asyncio.sleep(retry_seconds)

@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from recsys.domain.ingestion import InteractionEffects
 from recsys.domain.interactions import Interaction
-from recsys.errors import DeadlineExceeded, RecsysError, Unavailable
+from recsys.errors import DeadlineExceeded, Unavailable
 from recsys.events.codec import PoisonEvent, decode_deletion, decode_interaction
 from recsys.events.producer import CLIENT_LOGGER, EventProducer
 from recsys.observability.events import ConsumerMetrics
@@ -49,6 +49,11 @@ TOPIC_HEADER = "recsys-source-topic"
 PARTITION_HEADER = "recsys-source-partition"
 OFFSET_HEADER = "recsys-source-offset"
 ATTEMPTS_HEADER = "recsys-attempts"
+
+
+# Refusals a store answers to one command (a script error, a key of the wrong type): not an
+# outage, so they go the poison way (bounded retries, then the dead-letter topic).
+EVENT_FAILURE_REASONS = frozenset({"REDIS_COMMAND_FAILED"})
 
 
 def consumer_config(settings: RecsysSettings) -> dict[str, Any]:
@@ -144,10 +149,14 @@ class EventConsumer:
         )
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # The group moved on without us (session timed out): nothing may be committed.
+        # The group moved on without us (session timed out): nothing may be committed, and
+        # the partitions' lag is their new owner's to report.
         self.metrics.rebalances.labels("lost").inc()
         for partition in partitions:
             self._positions.pop((partition.topic, partition.partition), None)
+            with contextlib.suppress(KeyError):
+                self.metrics.lag.remove(partition.topic, str(partition.partition))
+        self.metrics.assigned.set(max(0, len(consumer.assignment()) - len(partitions)))
         logger.warning(
             "partitions lost",
             extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]},
@@ -171,9 +180,15 @@ class EventConsumer:
         settings = self.settings.consumer
         try:
             while True:
-                messages = await self._call(
-                    consumer.consume, settings.batch_size, settings.poll_timeout_ms / 1000
-                )
+                try:
+                    messages = await self._call(
+                        consumer.consume, settings.batch_size, settings.poll_timeout_ms / 1000
+                    )
+                except KafkaException as error:
+                    # The client recovers from broker trouble by itself; poll again.
+                    logger.warning("consume failed", extra={"error": str(error)})
+                    await self._sleep(settings.poll_timeout_ms / 1000)
+                    continue
                 if messages:
                     await self._process(messages)
                 await self._export_lag()
@@ -302,6 +317,10 @@ class EventConsumer:
             try:
                 return await effect()
             except (Unavailable, DeadlineExceeded) as outage:
+                if outage.reason in EVENT_FAILURE_REASONS:
+                    # The store answered and refused this command: retrying the batch
+                    # forever would stall the partition; the event's turn (and its dead letter).
+                    raise _EventFailure(str(outage)) from outage
                 self.metrics.retries.labels("outage").inc()
                 # Lag keeps growing (and alerting) while the batch waits.
                 await self._export_lag()
@@ -311,7 +330,7 @@ class EventConsumer:
                 )
                 await self._sleep(delay)
                 delay = min(cap, delay * 2)
-            except (RecsysError, ValueError, TypeError, KeyError, ArithmeticError) as error:
+            except Exception as error:
                 raise _EventFailure(f"{type(error).__name__}: {error}") from error
 
     async def _dead_letter(self, failed: list[tuple[Message, str, int]]) -> None:
@@ -331,7 +350,7 @@ class EventConsumer:
                 functools.partial(
                     self.dead_letters.send,
                     kafka.dead_letter_topic,
-                    [(key if isinstance(key, bytes) else b"", value or b"")],
+                    [(_as_bytes(key), value)],
                     timeout_seconds=kafka.delivery_timeout_ms / 1000,
                     headers=headers,
                 )
@@ -377,16 +396,27 @@ class EventConsumer:
 
         def measure() -> list[tuple[str, int, int]]:
             lags = []
-            for partition in consumer.assignment():
+            assigned = consumer.assignment()
+            unknown = [p for p in assigned if (p.topic, p.partition) not in self._positions]
+            if unknown:
+                # Nothing stored yet: where the group resumes (its commit) or, without one,
+                # where fetching starts (auto.offset.reset), else the log start.
+                for partition, committed in zip(
+                    unknown, consumer.committed(unknown, timeout=1.0), strict=True
+                ):
+                    offset = committed.offset
+                    if offset < 0:
+                        offset = consumer.position([partition])[0].offset
+                    if offset < 0:
+                        offset = consumer.get_watermark_offsets(partition, cached=True)[0]
+                    if offset >= 0:
+                        self._positions[(partition.topic, partition.partition)] = offset
+            for partition in assigned:
                 key = (partition.topic, partition.partition)
                 _, high = consumer.get_watermark_offsets(partition, cached=True)
-                if high < 0:
-                    continue
                 position = self._positions.get(key)
-                if position is None:
-                    committed = consumer.committed([partition], timeout=1.0)[0].offset
-                    position = committed if committed >= 0 else 0
-                    self._positions[key] = position
+                if high < 0 or position is None:
+                    continue
                 lags.append((partition.topic, partition.partition, max(0, high - position)))
             return lags
 
@@ -397,6 +427,12 @@ class EventConsumer:
             return
         for topic, partition, lag in lags:
             self.metrics.lag.labels(topic, str(partition)).set(lag)
+
+
+def _as_bytes(key: object) -> bytes | None:
+    if key is None or isinstance(key, bytes):
+        return key
+    return str(key).encode()
 
 
 class _EventFailure(Exception):

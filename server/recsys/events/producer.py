@@ -62,7 +62,7 @@ class EventProducer:
     async def send(
         self,
         topic: str,
-        messages: Sequence[tuple[bytes, bytes]],
+        messages: Sequence[tuple[bytes | None, bytes | None]],
         *,
         timeout_seconds: float,
         headers: Headers | None = None,

@@ -3,6 +3,7 @@ only gRPC health (readiness follows the broker: the seed's describeCluster) and 
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from recsys.errors import ConfigurationError
@@ -10,6 +11,9 @@ from recsys.grpc_server.app import ServiceBinding
 
 if TYPE_CHECKING:
     from recsys.composition import Components
+
+
+logger = logging.getLogger(__name__)
 
 
 async def build(components: Components) -> list[ServiceBinding]:
@@ -34,13 +38,7 @@ async def build(components: Components) -> list[ServiceBinding]:
             "`consume` needs kafka.bootstrap_servers (RECSYS_KAFKA__BOOTSTRAP_SERVERS)"
         )
     admin = KafkaAdmin(settings.kafka)
-    components.dependencies.register("kafka", admin.describe_cluster, gates_readiness=True)
-    if settings.kafka.create_topics:
-
-        async def create_topics() -> None:
-            await admin.ensure_topics()
-
-        components.startup_hooks.append(create_topics)
+    components.dependencies.register("kafka", admin.describe_cluster, gates=())
     # Dead letters go through their own idempotent producer.
     dead_letters = EventProducer(settings.kafka)
     components.resources.push_async_callback(dead_letters.close)
@@ -51,5 +49,20 @@ async def build(components: Components) -> list[ServiceBinding]:
         metrics=components.consumer_metrics,
     )
     components.consumer = consumer
-    components.run_in_background(consumer.run)
+
+    async def run() -> None:
+        if settings.kafka.create_topics:
+            # Before subscribing (a topic created later is seen only at the next metadata
+            # refresh), in the background: a broker away at startup must not keep the process
+            # from starting; it is not ready until the broker answers.
+            await admin.ensure_topics_eventually()
+        try:
+            await consumer.run()
+        except Exception as error:
+            # Nothing else consumes in this process: stop it (exit 1) so that its supervisor
+            # restarts it, rather than stay up and ready with no consumer.
+            logger.critical("the event consumer died", exc_info=True)
+            components.fail(f"the event consumer died: {type(error).__name__}: {error}")
+
+    components.run_in_background(run)
     return []

@@ -134,12 +134,21 @@ class GrpcApplication:
             and self._startup_done
             and not self._shutdown_started
         ):
-            await self._set_ready(components.dependencies.gated_ready())
+            await self._publish_readiness()
 
-    async def _set_ready(self, ready: bool) -> None:
-        status = SERVING if ready else NOT_SERVING
-        for name in (OVERALL, READINESS, *self.service_names):
-            await self.health.set(name, status)
+    async def _publish_readiness(self) -> None:
+        """Each service is ready unless a dependency gating it (or the whole process) is down;
+        the process is ready while one of its services is (a broker outage takes IngestService
+        out, not the RecommendService beside it)."""
+        process_up, services_down = True, set[str]()
+        if self.components is not None:
+            process_up, services_down = self.components.dependencies.gated_state()
+        services = {name: process_up and name not in services_down for name in self.service_names}
+        ready = process_up and (not services or any(services.values()))
+        for name, up in services.items():
+            await self.health.set(name, SERVING if up else NOT_SERVING)
+        for name in (OVERALL, READINESS):
+            await self.health.set(name, SERVING if ready else NOT_SERVING)
         self.metrics.ready.set(1 if ready else 0)
 
     @property
@@ -234,8 +243,7 @@ class GrpcApplication:
         self._startup_done = True
         # A dependency that gates readiness (the broker of ingest and consume processes) makes
         # the process ready once its probe answers.
-        components = self.components
-        await self._set_ready(components is None or components.dependencies.gated_ready())
+        await self._publish_readiness()
         logger.info(
             "grpc server listening",
             extra={"address": f"{settings.host}:{port}", "services": self.service_names},
@@ -292,8 +300,18 @@ class GrpcApplication:
             port = await self.start()
             if on_started is not None and not await on_started(port):
                 stop_requested.set()
-            await stop_requested.wait()
-            logger.info("stop signal received")
+            waits = [asyncio.ensure_future(stop_requested.wait())]
+            if self.components is not None:
+                waits.append(asyncio.ensure_future(self.components.stop_requested.wait()))
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+            if self.components is not None and self.components.fatal_error is not None:
+                logger.error("stopping: %s", self.components.fatal_error)
+            else:
+                logger.info("stop signal received")
         finally:
             for signal_number in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signal_number)

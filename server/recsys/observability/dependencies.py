@@ -9,8 +9,8 @@ the gRPC health names `dependency.<name>` (`GrpcApplication`), the gauge
 `recsys_dependency_up{dependency}` (`DependencyMetrics`), and a log line here (WARNING with
 the last error when it goes down, INFO when it recovers).
 
-None of this changes liveness, and readiness only for a dependency registered with
-`gates_readiness`: a process answers degraded when a dependency is down, by design, except
+None of this changes liveness, and readiness only for a dependency registered with `gates`:
+a process answers degraded when a dependency is down, by design, except
 where it has nothing to answer without it (the ingest and consume processes and their broker:
 the seed's describeCluster check). A new dependency is one `register` call beside the adapter,
 with a probe that reads something cheap.
@@ -58,7 +58,9 @@ class DependencyMonitor:
         self.failures_before_down = failures_before_down
         self._clock = clock
         self._probes: dict[str, Probe] = {}
-        self.readiness_gates: set[str] = set()
+        # Dependency -> the service names it gates; _process_gates: those gating everything.
+        self.readiness_gates: dict[str, tuple[str, ...]] = {}
+        self._process_gates: set[str] = set()
         self._states: dict[str, DependencyState] = {}
         self._listeners: list[DependencyListener] = []
 
@@ -71,17 +73,35 @@ class DependencyMonitor:
         """The last known state of each dependency checked at least once."""
         return dict(self._states)
 
-    def register(self, name: str, probe: Probe, *, gates_readiness: bool = False) -> None:
+    def register(self, name: str, probe: Probe, *, gates: tuple[str, ...] | None = None) -> None:
         """Adds a dependency; a second registration of a name keeps the first probe (shared
-        adapters) but may make it gate readiness: the process is ready only while every
-        dependency that gates readiness is up."""
+        adapters) but may add what it gates. `gates`: None, readiness does not follow it; the
+        gRPC service names it gates (NOT_SERVING while it is down), or () for the whole process
+        (a process with nothing to do without it)."""
         self._probes.setdefault(name, probe)
-        if gates_readiness:
-            self.readiness_gates.add(name)
+        if gates is None:
+            return
+        known = self.readiness_gates.get(name, ())
+        self.readiness_gates[name] = tuple(dict.fromkeys((*known, *gates)))
+        if not gates:
+            self._process_gates.add(name)
 
-    def gated_ready(self) -> bool:
-        """Whether every dependency that gates readiness is up (unchecked counts as down)."""
-        return all(name in self._states and self._states[name].up for name in self.readiness_gates)
+    def gated_state(self) -> tuple[bool, set[str]]:
+        """(whether no dependency gating the whole process is down, the service names gated
+        by one that is down). A dependency not checked yet counts as down."""
+
+        def down(name: str) -> bool:
+            state = self._states.get(name)
+            return state is None or not state.up
+
+        process_up = not any(down(name) for name in self._process_gates)
+        services_down = {
+            service
+            for name, services in self.readiness_gates.items()
+            if down(name)
+            for service in services
+        }
+        return process_up, services_down
 
     def add_listener(self, listener: DependencyListener) -> None:
         self._listeners.append(listener)

@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 # Event age at apply time: from event time (producer's clock) to the effects being stored.
 FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-OUTCOMES = ("applied", "duplicate", "erased_user", "dead_lettered", "deletion")
+OUTCOMES = ("applied", "duplicate", "erased_user", "dead_lettered", "deletion", "dropped")
 
 
 class ConsumerMetrics:
@@ -22,7 +22,8 @@ class ConsumerMetrics:
         self.events = Counter(
             "recsys_consumer_events",
             "Events the consumer finished with, by outcome: applied, duplicate (a redelivery "
-            "already applied), erased_user (dropped), dead_lettered, deletion.",
+            "already applied), erased_user (dropped), dead_lettered, deletion, dropped "
+            "(embedded mode: failed, no dead-letter topic).",
             ("topic", "outcome"),
             registry=registry,
         )

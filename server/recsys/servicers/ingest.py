@@ -59,8 +59,9 @@ async def build(components: Components) -> list[ServiceBinding]:
         )
         components.run_in_background(consumer.run)
     else:
-        # Nothing to take events with while the broker is away: not ready.
-        components.dependencies.register("kafka", sink.ping, gates_readiness=True)
+        # Nothing to take events with while the broker is away: IngestService is not ready
+        # (a RecommendService in the same process still is).
+        components.dependencies.register("kafka", sink.ping, gates=(SERVICE_NAME,))
     servicer = IngestServicer(sink, max_batch_size=components.settings.ingest.max_batch_size)
     return [
         ServiceBinding(

@@ -4,6 +4,8 @@ time."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Sequence
 
@@ -31,6 +33,7 @@ class KafkaEventSink(EventSink):
         self.settings = settings
         self.producer = EventProducer(settings)
         self.admin = KafkaAdmin(settings)
+        self._topics: asyncio.Task[None] | None = None
         # Cap of one call; the request's remaining time caps it further.
         self._cap_seconds = settings.delivery_timeout_ms / 1000
 
@@ -59,8 +62,14 @@ class KafkaEventSink(EventSink):
         await self.admin.describe_cluster()
 
     async def prepare(self) -> None:
-        if self.settings.create_topics:
-            await self.admin.ensure_topics()
+        """Creates missing topics in the background (a broker that is away at startup must
+        not keep the process from starting)."""
+        if self.settings.create_topics and self._topics is None:
+            self._topics = asyncio.create_task(self.admin.ensure_topics_eventually())
 
     async def close(self) -> None:
+        if self._topics is not None:
+            self._topics.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._topics
         await self.producer.close()

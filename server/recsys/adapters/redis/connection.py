@@ -84,6 +84,12 @@ class Keys:
         return f"{self.namespace}:counted:{event_id}"
 
 
+# Error prefixes of a server that cannot take commands now (not the command's fault).
+TRANSIENT_REFUSALS = frozenset(
+    {"OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS"}
+)
+
+
 async def translate(call: Callable[[], Awaitable[T]], what: str) -> T:
     """Runs a Redis call; connection problems become Unavailable, timeouts DeadlineExceeded."""
     try:
@@ -93,6 +99,15 @@ async def translate(call: Callable[[], Awaitable[T]], what: str) -> T:
     except (redis_errors.ConnectionError, OSError) as error:
         raise Unavailable(
             f"redis unreachable during {what}: {error}", reason="REDIS_DOWN"
+        ) from error
+    except redis_errors.ResponseError as error:
+        # Redis answered and refused the command: a script error or a key of the wrong type is
+        # the command's fault (REDIS_COMMAND_FAILED); a server busy, loading, out of memory or
+        # read-only is an outage like any other. The serving path degrades on both.
+        transient = str(error).split(" ", 1)[0] in TRANSIENT_REFUSALS
+        raise Unavailable(
+            f"redis refused {what}: {error}",
+            reason="REDIS_ERROR" if transient else "REDIS_COMMAND_FAILED",
         ) from error
     except redis_errors.RedisError as error:
         raise Unavailable(f"redis failed during {what}: {error}", reason="REDIS_ERROR") from error
