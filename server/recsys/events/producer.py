@@ -92,6 +92,8 @@ class EventProducer:
                     reason="EVENT_QUEUE_FULL",
                 ) from error
             except KafkaException as error:
+                if error.args[0].fatal():
+                    self._replace_client()
                 raise Unavailable(
                     f"the event producer refused an event: {error.args[0]}",
                     reason="EVENT_BROKER_UNAVAILABLE",
@@ -113,12 +115,21 @@ class EventProducer:
                 reason="EVENT_BROKER_UNAVAILABLE",
             ) from error
         failed = [error for error in errors if error is not None]
+        if any(error.fatal() for error in failed):
+            self._replace_client()
         if failed:
             raise Unavailable(
                 f"the event broker did not take {len(failed)} of {len(futures)} events: "
                 f"{failed[0].str()}",
                 reason="EVENT_BROKER_UNAVAILABLE",
             )
+
+    def _replace_client(self) -> None:
+        """An idempotent producer's fatal error (a broker that forgot its producer id, say)
+        fails every later call: start a new client; the failed calls' callers retry."""
+        logger.error("event producer hit a fatal error; replacing its client")
+        old, self._producer = self._producer, Producer(producer_config(self.settings))
+        old.purge()
 
     async def send_interactions(
         self, events: Sequence[Interaction], *, timeout_seconds: float
