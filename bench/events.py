@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -581,6 +582,7 @@ def run() -> dict[str, Any]:
         broker.terminate()
         broker.wait(10)
         asyncio.run(_cleanup(namespace, database))
+        shutil.rmtree(folder, ignore_errors=True)
     return summarize(produce_seconds, bare, our, fresh, pre)
 
 

@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import os
 import statistics
+import shutil
 import tempfile
 import time
 import urllib.request
@@ -416,7 +417,8 @@ def run() -> dict[str, Any]:
         )
     finally:
         server.stop()
-    asyncio.run(_cleanup(namespace))
+        asyncio.run(_cleanup(namespace))
+        shutil.rmtree(folder, ignore_errors=True)
     in_process_pre = in_process["precomputed"]
     rows = [
         {"setup": "raw redis-py GET of a cached answer (the cache-hit limit)", **raw},
