@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
-import statistics
 import shutil
+import statistics
 import tempfile
 import time
 import urllib.request
