@@ -169,6 +169,10 @@ class ServerSettings(_Section):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=300)
     reflection: bool = True
     tls: TlsSettings = TlsSettings()
+    # A second, plaintext port serving grpc.health.v1 alone (nothing else is reachable there),
+    # on `host`: kubelet's native gRPC probes speak plaintext only, so with TLS or mutual TLS
+    # on `port` the probes use this one. None: no health port; 0: any free port (tests).
+    health_port: int | None = Field(default=None, ge=0, le=65535)
 
     @model_validator(mode="after")
     def _default_deadline_within_the_cap(self) -> ServerSettings:

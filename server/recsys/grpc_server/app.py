@@ -115,6 +115,9 @@ class GrpcApplication:
         self.metrics = GrpcServerMetrics(self.registry)
         self.health = HealthServicer()
         self.port: int | None = None
+        # The plaintext health-only port (`server.health_port`), once bound.
+        self.health_port: int | None = None
+        self._health_server: grpc.aio.Server | None = None
         self.metrics_endpoint: MetricsEndpoint | None = None
         self._generic_handlers = tuple(generic_handlers)
         self._resources = resources or contextlib.AsyncExitStack()
@@ -230,6 +233,8 @@ class GrpcApplication:
         await server.start()
         self._server = server
         self.port = port
+        if settings.health_port is not None:
+            await self._start_health_port(settings.host, settings.health_port)
         if self.settings.metrics.enabled:
             self.metrics_endpoint = start_metrics_endpoint(
                 self.registry, self.settings.metrics.host, self.settings.metrics.port
@@ -249,6 +254,26 @@ class GrpcApplication:
             extra={"address": f"{settings.host}:{port}", "services": self.service_names},
         )
         return port
+
+    async def _start_health_port(self, host: str, port: int) -> None:
+        """The plaintext health-only server (settings `server.health_port`): the same health
+        statuses as the service port, and no other service, no reflection, no credentials."""
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        server.add_generic_rpc_handlers([list_handler(self.health)])
+        address = f"{host}:{port}"
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError as error:
+            raise ConfigurationError(
+                f"cannot listen on {address} (health port): {error}"
+            ) from error
+        if bound == 0:
+            raise ConfigurationError(f"cannot listen on {address} (health port)")
+        await server.start()
+        self._health_server = server
+        self.health_port = bound
+        logger.info("grpc health port listening", extra={"address": f"{host}:{bound}"})
 
     async def shutdown(self) -> None:
         """Graceful stop; safe to call more than once."""
@@ -275,6 +300,8 @@ class GrpcApplication:
             self.health.close_watches()
             if self._server is not None:
                 await self._server.stop(settings.shutdown_grace_seconds)
+            if self._health_server is not None:
+                await self._health_server.stop(0)
             await self.health.set(LIVENESS, NOT_SERVING)
             if self.metrics_endpoint is not None:
                 # Blocks up to the HTTP server's 0.5 s poll interval: keep it off the loop.
