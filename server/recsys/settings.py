@@ -222,6 +222,10 @@ class RecommendSettings(_Section):
     # Empty: any well-formed category is accepted (the catalogue decides what matches).
     categories: tuple[str, ...] = ()
     max_excluded_items: int = Field(default=1_000, ge=0, le=100_000)
+    # The country the regional availability filter assumes when neither the request's context
+    # nor the user's profile names one: a regional deployment's main market (seed "Regional
+    # Deployment"). Empty: none, so items available only in some regions are left out.
+    default_country: str = Field(default="", pattern=r"^([A-Z]{2})?$")
     # Adapter short names: "in_memory" (embedded) or "redis" / "sql".
     cache: str = "in_memory"
     metadata: str = "sql"

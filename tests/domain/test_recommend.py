@@ -725,3 +725,18 @@ async def test_a_cached_answer_serves_only_the_country_it_was_filtered_for() -> 
     other = await world.pipeline().recommend(query(country="DE"))
     assert not other.degradation.served_from_cache  # filtered for the US, not for here
     assert world.cache.stored[-1].extra == {"country": "DE"}
+
+
+async def test_the_deployment_country_applies_when_request_and_profile_name_none() -> None:
+    world = World()
+    world.metadata.items[2] = ItemMetadata(2, "news", available_regions=("DE",))
+    world.metadata.profile = UserProfile("u1", age=30)
+    world.cache.entries[("precomputed", "u1")] = precomputed(*range(1, 15))
+    nowhere = await world.pipeline().recommend(query(limit=3))
+    assert [item.item_id for item in nowhere.items] == [1, 3, 4]
+    world.config = RecommendConfig(default_country="DE")
+    in_germany = await world.pipeline().recommend(query(limit=3))
+    assert [item.item_id for item in in_germany.items] == [1, 2, 3]
+    # The request's own country still wins.
+    abroad = await world.pipeline().recommend(query(limit=3, country="FR"))
+    assert [item.item_id for item in abroad.items] == [1, 3, 4]

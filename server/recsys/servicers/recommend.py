@@ -150,6 +150,7 @@ def recommend_config(settings: RecsysSettings) -> RecommendConfig:
         rate_limit_enabled=recommend.rate_limit_enabled,
         rate_limit_timeout_seconds=settings.rate_limit.timeout_ms / 1000,
         rate_limit_fail_open=settings.rate_limit.fail_open,
+        default_country=recommend.default_country,
     )
 
 

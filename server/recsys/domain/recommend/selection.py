@@ -32,7 +32,11 @@ def select(
     category = query.context.category
     if category is not None:
         ids = [item for item in ids if item in metadata and metadata[item].category == category]
-    ids = privacy_filter(ids, metadata, profile, query.context.country)
+    # The request's country, else the profile's, else the deployment's (a regional one).
+    country = (
+        query.context.country or (profile.country if profile else None) or (config.default_country)
+    )
+    ids = privacy_filter(ids, metadata, profile, country)
     categories = {item: metadata[item].category for item in ids}
     if config.diversity_enabled:
         ids = diversify(

@@ -168,6 +168,9 @@ class RecommendConfig:
     rate_limit_enabled: bool = True
     rate_limit_timeout_seconds: float = 0.1
     rate_limit_fail_open: bool = True
+    # The country the regional availability filter assumes when neither the request nor the
+    # profile names one ("": none, so region-limited items are left out).
+    default_country: str = ""
     # Filtering reads item metadata for a prefix of the ranked pool first, then twice as much.
     selection_prefix: int = 300
     # Kept back from the request's deadline so a degraded answer still goes out in time.
