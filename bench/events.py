@@ -43,6 +43,7 @@ from bench import processes
 from bench.common import latency_summary
 from recsys import services
 from recsys.adapters.redis.features import RedisFeatureStore
+from recsys.deploy.ports import free_port
 from recsys.domain.interactions import Interaction, InteractionKind
 from recsys.events.admin import KafkaAdmin
 from recsys.events.broker import start_broker
@@ -75,14 +76,6 @@ KINDS = [
     InteractionKind.LIKE,
     InteractionKind.PURCHASE,
 ]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def sections(

@@ -10,15 +10,13 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import grpc
 import pytest
 from confluent_kafka import Consumer, Producer
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys import services
 from recsys.domain.interactions import Interaction, InteractionKind
@@ -34,7 +32,8 @@ from recsys.grpc_server.app import GrpcApplication
 from recsys.ports.cache import RESPONSES
 from recsys.v1 import interaction_event_pb2
 from recsys_client import AsyncRecsysClient, ClientOptions
-from tests.support.kafka import Broker, kafka_settings, running_broker
+from tests.support.health import wait_for_health
+from tests.support.kafka import Broker, kafka_settings
 from tests.support.world import SharedStores, world_on_shared_stores
 
 pytestmark = pytest.mark.integration
@@ -51,12 +50,6 @@ class Platform:
     @property
     def app(self) -> GrpcApplication:
         return self.stores.app
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    with running_broker(tmp_path) as broker:
-        yield broker
 
 
 @pytest.fixture
@@ -213,20 +206,10 @@ async def test_a_deletion_event_erases_what_the_consumer_owns(platform: Platform
     assert await components.metadata.erased_user_ids([user]) == {user}
 
 
-async def readiness(app: GrpcApplication) -> str:
-    async with grpc.aio.insecure_channel(app.address) as channel:
-        response = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="readiness"), timeout=2
-        )
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-
-
 async def test_consumer_readiness_follows_the_broker(platform: Platform) -> None:
-    async def status_is(expected: str) -> bool:
-        return await readiness(platform.consume) == expected
-
-    await eventually(lambda: status_is("SERVING"), within=5)
+    address = platform.consume.address
+    await wait_for_health(address, "SERVING", within=5)
     platform.broker.stop()
-    await eventually(lambda: status_is("NOT_SERVING"), within=5)
+    await wait_for_health(address, "NOT_SERVING", within=5)
     platform.broker.start()
-    await eventually(lambda: status_is("SERVING"), within=10)
+    await wait_for_health(address, "SERVING", within=10)

@@ -26,6 +26,7 @@ from confluent_kafka import Producer
 from sqlalchemy import text
 
 from recsys.adapters.redis.counters import RedisItemCounters
+from recsys.deploy.ports import free_port
 from recsys.domain.interactions import Interaction, InteractionKind
 from recsys.domain.popularity import recount
 from recsys.events.codec import encode_interaction
@@ -33,7 +34,7 @@ from recsys.metadata.database import create_migration_engine
 from recsys.metadata.migrate import upgrade
 from recsys.ports.counters import Counter
 from recsys.settings import DatabaseSettings, RecsysSettings, load_settings
-from tests.support.kafka import Broker, free_port, kafka_settings, running_broker
+from tests.support.kafka import Broker, kafka_settings
 from tests.support.services import require_postgres, require_redis
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -114,12 +115,6 @@ class Member:
         lags = [float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
                 if line.startswith("recsys_consumer_lag{")]  # fmt: skip
         return sum(lags) if lags else None
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    with running_broker(tmp_path) as broker:
-        yield broker
 
 
 @pytest.fixture

@@ -7,28 +7,22 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 from confluent_kafka import Consumer
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys import services
 from recsys.events.codec import decode_interaction
 from recsys.grpc_server.app import GrpcApplication
 from recsys.v1 import ingest_service_pb2, ingest_service_pb2_grpc, interaction_event_pb2
 from tests.conftest import make_settings
-from tests.support.kafka import Broker, kafka_settings, running_broker
+from tests.support.health import health_status, wait_for_health
+from tests.support.kafka import Broker, kafka_settings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    with running_broker(tmp_path) as broker:
-        yield broker
 
 
 @pytest.fixture
@@ -76,19 +70,11 @@ def read_topic(broker: Broker, topic: str, count: int) -> list[tuple[bytes, byte
 
 
 async def readiness(app: GrpcApplication) -> str:
-    async with grpc.aio.insecure_channel(app.address) as channel:
-        response = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="readiness"), timeout=2
-        )
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    return await health_status(app.address)
 
 
 async def wait_for_readiness(app: GrpcApplication, expected: str, within: float) -> float:
-    started = time.monotonic()
-    while (status := await readiness(app)) != expected:
-        assert time.monotonic() - started < within, f"readiness stayed {status}"
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
+    return await wait_for_health(app.address, expected, within=within)
 
 
 async def test_recorded_events_are_on_the_topic_keyed_by_user(
@@ -124,14 +110,6 @@ async def test_a_broker_outage_is_unavailable_within_the_deadline_and_not_ready(
     await wait_for_readiness(ingest, "SERVING", within=10)
 
 
-async def service_status(app: GrpcApplication, name: str) -> str:
-    async with grpc.aio.insecure_channel(app.address) as channel:
-        response = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=name), timeout=2
-        )
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-
-
 async def test_a_broker_outage_takes_ingest_out_not_the_recommend_beside_it(
     tmp_path: Path, broker: Broker
 ) -> None:
@@ -147,17 +125,11 @@ async def test_a_broker_outage_takes_ingest_out_not_the_recommend_beside_it(
     try:
         await wait_for_readiness(app, "SERVING", within=5)
         broker.stop()
-        started = time.monotonic()
-        while await service_status(app, ingest) != "NOT_SERVING":
-            assert time.monotonic() - started < 5, "IngestService stayed SERVING"
-            await asyncio.sleep(0.05)
-        assert await service_status(app, recommend) == "SERVING"
+        await wait_for_health(app.address, "NOT_SERVING", name=ingest, within=5)
+        assert await health_status(app.address, recommend) == "SERVING"
         assert await readiness(app) == "SERVING"
         broker.start()
-        started = time.monotonic()
-        while await service_status(app, ingest) != "SERVING":
-            assert time.monotonic() - started < 10, "IngestService stayed NOT_SERVING"
-            await asyncio.sleep(0.05)
+        await wait_for_health(app.address, "SERVING", name=ingest, within=10)
     finally:
         await app.shutdown()
 

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys.adapters.snapshots.local import LocalSnapshotStore
 from recsys.data.synthetic import clustered_embeddings
+from recsys.deploy.ports import free_port
 from recsys.index.builder import build_shard_snapshots
 from recsys.index.embeddings_file import ItemEmbeddings
 from recsys.index.snapshots import SnapshotManager
@@ -36,13 +37,6 @@ POLL_SECONDS = 0.05
 RECSYS = str(Path(sys.executable).with_name("recsys"))
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _build(snapshots: Path) -> None:
@@ -75,7 +69,7 @@ def _swapped_in(lines: list[str]) -> int:
 def test_liveness_answers_within_100ms_while_the_index_loads(tmp_path: Path) -> None:
     snapshots = tmp_path / "snapshots"
     _build(snapshots)
-    port = _free_port()
+    port = free_port()
     environment = {
         **os.environ,
         "RECSYS_INDEX__SNAPSHOT_DIR": str(snapshots),

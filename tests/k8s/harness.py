@@ -41,6 +41,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from recsys.deploy.ports import free_port
 from tests.k8s.test_manifests import Container, _containers, _data, _named, _pod_template
 from tests.support.certificates import CertificateAuthority, Pair
 
@@ -58,12 +59,6 @@ VARIABLE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 class HarnessError(AssertionError):
     """A manifest the harness cannot run as written (a wrong reference, port or name)."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

@@ -4,7 +4,6 @@ a free loopback port, stopped (and restartable on the same port) by the test."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from recsys.deploy.ports import free_port
 from recsys.events.broker import BrokerNotFound, broker_binary, start_broker
 
 
@@ -25,12 +25,6 @@ def require_broker() -> Path:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"{error} (CI=true: a missing service is a failure)")
         pytest.skip(str(error))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

@@ -15,14 +15,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2  # noqa: F401 - imported for its side-free types only
 
+from recsys.deploy.ports import free_port
+
 HERE = Path(__file__).resolve().parent / "mlserver_ranker"
 MLSERVER = str(Path(sys.executable).with_name("mlserver"))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

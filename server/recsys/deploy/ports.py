@@ -1,4 +1,4 @@
-"""Loopback port ranges for `recsys up` layouts started by tools and tests.
+"""Loopback ports for `recsys up` layouts, tools and tests.
 
 Ports are picked below the kernel's ephemeral range: a process of the layout that binds port 0
 (a metrics endpoint) or opens a connection gets a port from that range, and could take a port
@@ -31,6 +31,14 @@ def is_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def free_port() -> int:
+    """One free loopback port, from the kernel (bind port 0), for a process started right
+    after: tests and benchmarks. A layout of several fixed ports uses `free_port_range`."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def free_port_range(offsets: Sequence[int], *, extra: int = 0) -> tuple[int, list[int]]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import datetime as dt
 import functools
 import logging
 import time
@@ -34,7 +33,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from recsys.domain.ingestion import InteractionEffects
 from recsys.domain.interactions import Interaction
 from recsys.errors import DeadlineExceeded, Unavailable
-from recsys.events.codec import PoisonEvent, decode_deletion, decode_interaction
+from recsys.events.codec import PoisonEvent, UserDeletion, decode_deletion, decode_interaction
 from recsys.events.producer import CLIENT_LOGGER, EventProducer
 from recsys.observability.events import ConsumerMetrics
 from recsys.settings import RecsysSettings
@@ -84,7 +83,7 @@ class _Batch:
     """One fetch, split by topic, with the next offset to store per partition."""
 
     interactions: list[tuple[Message, Interaction]] = field(default_factory=list)
-    deletions: list[Message] = field(default_factory=list)
+    deletions: list[tuple[Message, UserDeletion]] = field(default_factory=list)
     poison: list[tuple[Message, str]] = field(default_factory=list)
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -137,12 +136,7 @@ class EventConsumer:
         except KafkaException as error:
             if error.args[0].code() != KafkaError._NO_OFFSET:
                 logger.warning("commit on revoke failed", extra={"error": str(error)})
-        for partition in partitions:
-            key = (partition.topic, partition.partition)
-            self._positions.pop(key, None)
-            with contextlib.suppress(KeyError):
-                self.metrics.lag.remove(partition.topic, str(partition.partition))
-        self.metrics.assigned.set(max(0, len(consumer.assignment()) - len(partitions)))
+        self._give_up(consumer, partitions)
         logger.info(
             "partitions revoked",
             extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]},
@@ -152,15 +146,19 @@ class EventConsumer:
         # The group moved on without us (session timed out): nothing may be committed, and
         # the partitions' lag is their new owner's to report.
         self.metrics.rebalances.labels("lost").inc()
+        self._give_up(consumer, partitions)
+        logger.warning(
+            "partitions lost",
+            extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]},
+        )
+
+    def _give_up(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions revoked or lost: their position and lag are their next owner's."""
         for partition in partitions:
             self._positions.pop((partition.topic, partition.partition), None)
             with contextlib.suppress(KeyError):
                 self.metrics.lag.remove(partition.topic, str(partition.partition))
         self.metrics.assigned.set(max(0, len(consumer.assignment()) - len(partitions)))
-        logger.warning(
-            "partitions lost",
-            extra={"partitions": [f"{p.topic}[{p.partition}]" for p in partitions]},
-        )
 
     # ------------------------------------------------------------------ the loop
 
@@ -239,8 +237,7 @@ class EventConsumer:
             batch.next_offsets[key] = max(batch.next_offsets.get(key, 0), offset + 1)
             try:
                 if topic == deletions_topic:
-                    decode_deletion(message.value())
-                    batch.deletions.append(message)
+                    batch.deletions.append((message, decode_deletion(message.value())))
                 else:
                     batch.interactions.append((message, decode_interaction(message.value())))
             except PoisonEvent as poison:
@@ -268,45 +265,41 @@ class EventConsumer:
         )
 
     async def _apply_one_by_one(self, items: list[tuple[Message, Interaction]]) -> None:
-        settings = self.settings.consumer
         failed: list[tuple[Message, str, int]] = []
         for message, event in items:
-            attempts = 0
-            while True:
-                attempts += 1
-                try:
-                    await self._until_stored(functools.partial(self.effects.apply, [event]))
-                    break
-                except _EventFailure as failure:
-                    self.metrics.retries.labels("event_failed").inc()
-                    if attempts >= settings.max_attempts:
-                        failed.append((message, failure.message, attempts))
-                        break
-                    await self._sleep(settings.retry_backoff_ms / 1000)
+            failure = await self._attempts(functools.partial(self.effects.apply, [event]))
+            if failure is not None:
+                failed.append((message, *failure))
         if failed:
             await self._dead_letter(failed)
 
-    async def _apply_deletions(self, messages: list[Message]) -> None:
+    async def _apply_deletions(self, deletions: list[tuple[Message, UserDeletion]]) -> None:
         topic = self.settings.kafka.deletions_topic
         failed: list[tuple[Message, str, int]] = []
-        for message in messages:
-            deletion = decode_deletion(message.value())
-            attempts = 0
-            while True:
-                attempts += 1
-                try:
-                    await self._until_stored(
-                        functools.partial(self.effects.erase, deletion.user_id)
-                    )
-                    self.metrics.events.labels(topic, "deletion").inc()
-                    break
-                except _EventFailure as failure:
-                    if attempts >= self.settings.consumer.max_attempts:
-                        failed.append((message, failure.message, attempts))
-                        break
-                    await self._sleep(self.settings.consumer.retry_backoff_ms / 1000)
+        for message, deletion in deletions:
+            failure = await self._attempts(functools.partial(self.effects.erase, deletion.user_id))
+            if failure is None:
+                self.metrics.events.labels(topic, "deletion").inc()
+            else:
+                failed.append((message, *failure))
         if failed:
             await self._dead_letter(failed)
+
+    async def _attempts(self, effect: Callable[[], Any]) -> tuple[str, int] | None:
+        """One event's effect, tried up to `consumer.max_attempts` times (outages waited out
+        each time); None once it succeeds, else the last error and the attempts made."""
+        settings = self.settings.consumer
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                await self._until_stored(effect)
+                return None
+            except _EventFailure as failure:
+                self.metrics.retries.labels("event_failed").inc()
+                if attempts >= settings.max_attempts:
+                    return failure.message, attempts
+                await self._sleep(settings.retry_backoff_ms / 1000)
 
     async def _until_stored(self, effect: Callable[[], Any]) -> Any:
         """Runs `effect` until it succeeds, retrying with backoff while a store is down;
@@ -439,7 +432,3 @@ class _EventFailure(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)

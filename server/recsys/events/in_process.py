@@ -68,13 +68,13 @@ class InProcessConsumer:
 
     async def _one_by_one(self) -> int:
         applied_count = 0
-        for event in self._pending:
+        for position, event in enumerate(self._pending):
             try:
                 self._count(await self.effects.apply([event]))
                 applied_count += 1
             except (Unavailable, DeadlineExceeded):
                 # An outage after all: keep the rest for the next round.
-                self._pending = self._pending[self._pending.index(event) :]
+                self._pending = self._pending[position:]
                 return applied_count
             except Exception as error:
                 logger.error(

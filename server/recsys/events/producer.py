@@ -6,7 +6,6 @@ acknowledged in time is reported (UNAVAILABLE), never dropped in silence."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import threading
 from collections.abc import Sequence
@@ -163,7 +162,3 @@ class EventProducer:
 def _settle(future: asyncio.Future[KafkaError | None], error: KafkaError | None) -> None:
     if not future.done():
         future.set_result(error)
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)

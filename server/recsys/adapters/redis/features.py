@@ -81,19 +81,23 @@ end
 return #KEYS
 """
 
-# KEYS[1] = the user's hash, KEYS[2] = the version counts; ARGV = vector bytes, version,
-# generated_at. Moves the user's count from the old version to the new one with the write, so
-# the counts never drift (and a retried call leaves them the same). In Redis Cluster the two
-# keys are in different slots and the counts would have to be kept per slot (we run a single
-# Redis).
-PUT_EMBEDDING_SCRIPT = """
+# Both scripts below start here: KEYS[1] = the user's hash, KEYS[2] = the version counts; the
+# user's current version (if any) is counted out.
+UNCOUNT_VERSION = """
 local old = redis.call('HGET', KEYS[1], 'embedding_version')
 if old then
   if redis.call('HINCRBY', KEYS[2], old, -1) <= 0 then
     redis.call('HDEL', KEYS[2], old)
   end
 end
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+"""
+
+# KEYS[1] = the user's hash, KEYS[2] = the version counts; ARGV = vector bytes, version,
+# generated_at. Moves the user's count from the old version to the new one with the write, so
+# the counts never drift (and a retried call leaves them the same). In Redis Cluster the two
+# keys are in different slots and the counts would have to be kept per slot (we run a single
+# Redis).
+PUT_EMBEDDING_SCRIPT = UNCOUNT_VERSION + """redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 redis.call('HSET', KEYS[1], 'embedding', ARGV[1], 'embedding_version', ARGV[2],
   'generated_at', ARGV[3])
 return 1
@@ -101,14 +105,7 @@ return 1
 
 # KEYS[1] = the user's hash, KEYS[2] = the version counts, KEYS[3..] = the user's other keys.
 # Returns how many of the user's keys went (same slot caveat as above).
-DELETE_USER_SCRIPT = """
-local old = redis.call('HGET', KEYS[1], 'embedding_version')
-if old then
-  if redis.call('HINCRBY', KEYS[2], old, -1) <= 0 then
-    redis.call('HDEL', KEYS[2], old)
-  end
-end
-local deleted = redis.call('DEL', KEYS[1])
+DELETE_USER_SCRIPT = UNCOUNT_VERSION + """local deleted = redis.call('DEL', KEYS[1])
 for index = 3, #KEYS do
   deleted = deleted + redis.call('DEL', KEYS[index])
 end
