@@ -97,20 +97,26 @@ end
 # the counts never drift (and a retried call leaves them the same). In Redis Cluster the two
 # keys are in different slots and the counts would have to be kept per slot (we run a single
 # Redis).
-PUT_EMBEDDING_SCRIPT = UNCOUNT_VERSION + """redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+PUT_EMBEDDING_SCRIPT = (
+    UNCOUNT_VERSION
+    + """redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 redis.call('HSET', KEYS[1], 'embedding', ARGV[1], 'embedding_version', ARGV[2],
   'generated_at', ARGV[3])
 return 1
 """
+)
 
 # KEYS[1] = the user's hash, KEYS[2] = the version counts, KEYS[3..] = the user's other keys.
 # Returns how many of the user's keys went (same slot caveat as above).
-DELETE_USER_SCRIPT = UNCOUNT_VERSION + """local deleted = redis.call('DEL', KEYS[1])
+DELETE_USER_SCRIPT = (
+    UNCOUNT_VERSION
+    + """local deleted = redis.call('DEL', KEYS[1])
 for index = 3, #KEYS do
   deleted = deleted + redis.call('DEL', KEYS[index])
 end
 return deleted
 """
+)
 
 
 def encode_vector(vector: npt.NDArray[np.float32]) -> bytes:
