@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from recsys.domain.retrieval import Retriever
     from recsys.domain.scoring import CandidateScorer
     from recsys.events.consumer import EventConsumer
+    from recsys.index.batcher import SearchBatcher
     from recsys.index.host import ShardHost
     from recsys.index.snapshots import SnapshotManager
     from recsys.release import ReleaseManifest
@@ -200,6 +201,13 @@ class Components:
         if pool is not None:
             self.registry.register(DatabasePoolCollector(pool))
         self.dependencies.register("metadata", metadata.ping)
+        if self.settings.metadata_cache.enabled:
+            from recsys.adapters.metadata_cache.cached import CachedMetadataRepository
+
+            # The poll stops before the inner repository (registered above) closes.
+            cached = CachedMetadataRepository(metadata, self.settings.metadata_cache)
+            self.resources.push_async_callback(cached.stop_polling)
+            return cached
         return metadata
 
     @functools.cached_property
@@ -301,6 +309,17 @@ class Components:
         self.resources.callback(executor.shutdown, wait=True, cancel_futures=True)
         return executor
 
+    @functools.cached_property
+    def search_batcher(self) -> SearchBatcher:
+        """The in-process shards' searches of one fan-out run as a few executor jobs (lanes),
+        one per core at most: fewer thread hops than one job per shard."""
+        import os
+
+        from recsys.index.batcher import SearchBatcher
+
+        lanes = min(self.settings.index.search_workers, os.cpu_count() or 1)
+        return SearchBatcher(self.search_executor, lanes=lanes)
+
     def shard_host(self, shard_id: int) -> ShardHost:
         """A shard host loading from the snapshot store; with a release, a snapshot built from
         other embeddings is refused at load."""
@@ -317,6 +336,7 @@ class Components:
             use_gpu=index.use_gpu,
             gpu_device=index.gpu_device,
             on_search=self.index_metrics.searched(shard_id),
+            batcher=self.search_batcher,
         )
         self.shard_hosts.append(host)
         return host

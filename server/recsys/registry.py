@@ -41,6 +41,7 @@ ADAPTERS: dict[str, dict[str, str]] = {
         "onnx": "recsys.adapters.rankers.onnx:OnnxRanker",
         "triton": "recsys.adapters.rankers.triton:TritonRanker",
         "rule": "recsys.adapters.rankers.rule:RuleRanker",
+        "tiered": "recsys.adapters.rankers.tiered:TieredRanker",
     },
     "snapshot_store": {
         "local": "recsys.adapters.snapshots.local:LocalSnapshotStore",

@@ -14,7 +14,7 @@ import contextvars
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -168,6 +168,9 @@ class ServerSettings(_Section):
     shutdown_drain_seconds: float = Field(default=2.0, ge=0, le=300)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=300)
     reflection: bool = True
+    # The serving process's event loop: uvloop runs grpc.aio, Redis and the pipeline's
+    # coroutines with less per-call overhead than asyncio's default loop (bench/recommend.py).
+    event_loop: Literal["asyncio", "uvloop"] = "uvloop"
     tls: TlsSettings = TlsSettings()
     # A second, plaintext port serving grpc.health.v1 alone (nothing else is reachable there),
     # on `host`: kubelet's native gRPC probes speak plaintext only, so with TLS or mutual TLS
@@ -266,6 +269,24 @@ class RecommendSettings(_Section):
             if not SURFACE_PATTERN.fullmatch(surface):
                 raise ValueError(f"surface {surface!r} must match {SURFACE_PATTERN.pattern}")
         return surfaces
+
+
+class MetadataCacheSettings(_Section):
+    """Item metadata held in the serving process (adapters/metadata_cache): the SQL read on the
+    Recommend path becomes a dictionary lookup. An item's cached metadata is at most
+    `version_poll_seconds` behind a catalogue write of another process (the catalogue version
+    is polled), and never older than `ttl_seconds` whatever happens to the poll."""
+
+    # Off by default: it buys ~13% of the full path in process, but on 2 cores the 2x-overload
+    # test (tests/grpc_server/test_overload.py) then sees refusals p95 0.6-0.9 s against its
+    # 0.5 s bound (0.2 s without it); the cause is not isolated yet (docs/recommend.md).
+    enabled: bool = False
+    # Bounded by item count (least recently used out first): ~0.4 KB per item, so the
+    # default holds the most served quarter of a 1M-item catalogue in ~100 MB.
+    max_items: int = Field(default=250_000, ge=1, le=100_000_000)
+    ttl_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    # How often the catalogue version is read; a change drops every cached item.
+    version_poll_seconds: float = Field(default=5.0, gt=0, le=3_600)
 
 
 class IngestSettings(_Section):
@@ -456,9 +477,12 @@ class IndexSettings(_Section):
     expected_embedding_version: str | None = None
     # Poll CURRENT this often and swap to a new version; 0 disables the watcher.
     snapshot_poll_seconds: float = Field(default=10.0, ge=0)
-    # FAISS OpenMP threads per process; 0 keeps FAISS's default (all cores).
+    # FAISS OpenMP threads per process; 0 keeps FAISS's default (all cores). A request searches
+    # one query, which FAISS does not split over threads, so serving wants 1: N shard processes
+    # each starting a team per core only oversubscribe the cores (`recsys up` sets cores / N).
     faiss_threads: int = Field(default=0, ge=0, le=256)
-    # Threads running FAISS calls off the event loop.
+    # Threads running FAISS calls off the event loop; in-process shards search one fan-out in
+    # min(this, cores) lanes (index.batcher), FAISS releasing the GIL so the lanes overlap.
     search_workers: int = Field(default=4, ge=1, le=256)
     use_gpu: bool = False
     gpu_device: int = Field(default=0, ge=0)
@@ -512,8 +536,15 @@ class RankSettings(_Section):
     triton_max_batch_size: int = Field(default=1024, ge=1)
     # Cap of one model call (seed: 100 ms); the caller's remaining time caps it further.
     timeout_ms: int = Field(default=100, ge=1, le=60_000)
+    # ONNX Runtime intra-op threads per session (0: one per core). 1 by default: a batch of a
+    # few thousand rows runs in well under a millisecond, where waking a thread pool costs more
+    # than it saves and concurrent requests already use the other cores.
     onnx_threads: int = Field(default=1, ge=0, le=64)
     onnx_use_gpu: bool = False
+    # A batch the in-process model is expected (from its recent runs) to score within this
+    # runs on the event loop instead of the executor, whose hand-off alone costs ~0.1 ms;
+    # 0 always uses the executor.
+    onnx_inline_max_ms: float = Field(default=0.2, ge=0, le=5)
     # Look for a newer model version this often and hot-swap it; 0 disables.
     reload_poll_seconds: float = Field(default=10.0, ge=0)
     max_candidates: int = Field(default=5_000, ge=1, le=100_000)
@@ -528,6 +559,22 @@ class RankSettings(_Section):
     # seed's 10 ms for the user alone: 1000 items not yet in the item cache take about 30 ms
     # from Redis on 2 cores; warm reads come from the in-process item cache.
     feature_timeout_ms: int = Field(default=50, ge=1)
+    # backend "tiered" (seed cost strategy, model distillation): engaged users get the full
+    # model through this backend ("triton" or "onnx"), the rest the small distilled model
+    # in process (`recsys train` writes both, same version number).
+    tiered_full_backend: Literal["triton", "onnx"] = "triton"
+    small_model_name: str = Field(default="ranker_small", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # A user whose mean user_item_dot over the candidates reaches this gets the full model
+    # (recsys.domain.rank_routing). 0.125 sends the most active ~20% of ML-100K users there,
+    # the seed's share; its scale follows the embeddings, so `BENCH_ONLY=rank_tiers` measures
+    # it again after retraining (docs/ranking.md, "Tiered ranking").
+    full_model_min_activity: float = Field(default=0.125, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _small_model_is_another_model(self) -> RankSettings:
+        if self.backend == "tiered" and self.small_model_name == self.model_name:
+            raise ValueError("rank.small_model_name must differ from rank.model_name")
+        return self
 
 
 class FeaturesSettings(_Section):
@@ -591,13 +638,45 @@ class RateLimitSettings(_Section):
     fail_open: bool = True
 
 
+REDIS_NODE_PATTERN = r"^[A-Za-z0-9_.-]+:[0-9]{1,5}$"
+
+
 class RedisSettings(_Section):
+    """Where the Redis adapters' keys live (docs/operations.md, Redis deployment)."""
+
+    # "standalone": one server at `url`; "cluster": a Redis Cluster discovered from `url`'s
+    # host and `startup_nodes` (keys sharded by hash slot, docs/recommend.md); "sentinel": the
+    # master that `sentinels` name for `master_name`, followed across failovers.
+    mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
+    # Standalone: the server. Cluster: one startup node (database 0 only). Sentinel: only the
+    # scheme, credentials and database apply (the sentinels name the master's address).
     url: str = "redis://127.0.0.1:6379/0"
+    # Cluster only: more "host:port" nodes to discover it from, in case url's node is down.
+    startup_nodes: tuple[Annotated[str, Field(pattern=REDIS_NODE_PATTERN)], ...] = ()
+    # Sentinel only: the sentinels' "host:port" addresses and the master name they watch.
+    sentinels: tuple[Annotated[str, Field(pattern=REDIS_NODE_PATTERN)], ...] = ()
+    master_name: str = ""
     # Every key is prefixed "<namespace>:" so deployments (and test runs) can share a server.
     namespace: str = Field(default="recsys", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     socket_timeout_ms: int = Field(default=50, ge=1)
     connect_timeout_ms: int = Field(default=50, ge=1)
+    # Connections per server (in cluster mode, per node).
     max_connections: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RedisSettings:
+        scheme, _, rest = self.url.partition("://")
+        if scheme not in ("redis", "rediss") or not rest:
+            raise ValueError("redis.url must be redis://host:port/db or rediss://...")
+        if self.startup_nodes and self.mode != "cluster":
+            raise ValueError("redis.startup_nodes applies to redis.mode = 'cluster' only")
+        if (self.sentinels or self.master_name) and self.mode != "sentinel":
+            raise ValueError("redis.sentinels and master_name apply to redis.mode = 'sentinel'")
+        if self.mode == "sentinel" and not (self.sentinels and self.master_name):
+            raise ValueError("redis.mode = 'sentinel' needs redis.sentinels and master_name")
+        if self.mode == "cluster" and rest.partition("?")[0].partition("/")[2] not in ("", "0"):
+            raise ValueError("a Redis Cluster has database 0 only: end redis.url with /0")
+        return self
 
 
 # What an outbound channel leads to: the platform's own services, or the model server.
@@ -695,6 +774,7 @@ class RecsysSettings(BaseSettings):
     health: HealthSettings = HealthSettings()
     logging: LoggingSettings = LoggingSettings()
     recommend: RecommendSettings = RecommendSettings()
+    metadata_cache: MetadataCacheSettings = MetadataCacheSettings()
     ingest: IngestSettings = IngestSettings()
     kafka: KafkaSettings = KafkaSettings()
     consumer: ConsumerSettings = ConsumerSettings()

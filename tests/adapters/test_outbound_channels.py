@@ -76,8 +76,9 @@ class RecordingDependency(
     ) -> rank_service_pb2.RankResponse:
         self._record("Rank", context)
         response = rank_service_pb2.RankResponse(model_version="ranker:1")
-        for candidate in request.candidates:
-            response.items.add(item_id=candidate.item_id, score=candidate.candidate_score * 2)
+        # GrpcScorer sends and asks for packed columns.
+        response.item_ids.extend(request.candidate_item_ids)
+        response.scores.extend(score * 2 for score in request.candidate_scores)
         return response
 
     async def Search(  # noqa: N802

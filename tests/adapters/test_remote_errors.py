@@ -66,8 +66,9 @@ class ScriptedDependency(
     ) -> rank_service_pb2.RankResponse:
         await self._fail_if_scripted(context)
         response = rank_service_pb2.RankResponse(model_version="ranker:1")
-        for candidate in request.candidates:
-            response.items.add(item_id=candidate.item_id, score=candidate.candidate_score)
+        # GrpcScorer sends and asks for packed columns.
+        response.item_ids.extend(request.candidate_item_ids)
+        response.scores.extend(score for score in request.candidate_scores)
         return response
 
     async def Search(  # noqa: N802

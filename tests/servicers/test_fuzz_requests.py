@@ -183,14 +183,26 @@ def delete_user_data(values: Values) -> Message:
 
 
 def rank(values: Values) -> Message:
-    return rank_pb2.RankRequest(
-        user_id=values.user(),
-        candidates=[
+    item_ids = values.item_ids(values.count(30, 6_000))
+    request = rank_pb2.RankRequest(user_id=values.user(), context=values.context())
+    if values.chance(0.5):
+        request.candidates.extend(
             rank_pb2.RankCandidate(item_id=item_id, candidate_score=values.score())
-            for item_id in values.item_ids(values.count(30, 6_000))
-        ],
-        context=values.context(),
-    )
+            for item_id in item_ids
+        )
+    if values.chance(0.5) or not values.sane():  # columns; sometimes beside the sub-messages
+        scores = [values.score() for _ in item_ids]
+        if not values.sane():
+            del scores[values.rng.randrange(len(scores) + 1) :]  # lengths that may not match
+        request.candidate_item_ids.extend(item_ids)
+        request.candidate_scores.extend(scores)
+    request.response_layout = layout(values)  # type: ignore[assignment]
+    return request
+
+
+def layout(values: Values) -> int:
+    """A response layout: a known one, or a number a newer client might send."""
+    return values.rng.choice([0, 1]) if values.sane() else values.integer(32)
 
 
 def record_interactions(values: Values) -> Message:
@@ -218,6 +230,7 @@ def retrieve(values: Values) -> Message:
         k=rng.choice([0, 10, 1000]) if values.sane() else values.integer(32),
         excluded_item_ids=[values.item_id() for _ in range(values.count(5, 12_000))],
         require_all_shards=values.chance(0.3),
+        response_layout=layout(values),  # type: ignore[arg-type]
     )
     if values.chance(0.3):
         request.search_parameters.nprobe = (

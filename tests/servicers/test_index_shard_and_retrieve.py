@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from recsys import services
+from recsys.adapters.remote import GrpcCandidateSource
 from recsys.adapters.snapshots.local import LocalSnapshotStore
 from recsys.data.synthetic import clustered_embeddings
+from recsys.domain.retrieval import RetrievalQuery
 from recsys.grpc_server.app import GrpcApplication
 from recsys.index.builder import build_shard_snapshots
 from recsys.index.embeddings_file import ItemEmbeddings
@@ -20,8 +22,11 @@ from recsys.index.shard_index import INDEX_FILE
 from recsys.index.snapshots import SnapshotManager
 from recsys.index.spec import IndexSpec, IndexType
 from recsys.ports.features import UserEmbedding
+from recsys.v1 import common_pb2
 from recsys.v1 import index_shard_service_pb2 as shard_pb2
 from recsys.v1 import index_shard_service_pb2_grpc as shard_grpc
+from recsys.v1 import retrieve_service_pb2 as retrieve_pb2
+from recsys.v1 import retrieve_service_pb2_grpc as retrieve_grpc
 from recsys_client import AsyncRecsysClient, ClientOptions, RecsysClientError
 from tests.conftest import make_settings
 
@@ -181,4 +186,39 @@ async def test_embedded_retrieve_by_user_and_by_vector(
                     await client.retrieve(**kwargs)  # type: ignore[arg-type]
                 assert (caught.value.code.name, caught.value.reason) == (code, reason), kwargs
     finally:
+        await app.shutdown()
+
+
+async def test_retrieve_columns_hold_the_candidates(
+    snapshots: SnapshotManager, tmp_path: Path
+) -> None:
+    app = await services.build_application(settings_for(snapshots, tmp_path), ["retrieve"])
+    await app.start()
+    source = GrpcCandidateSource(app.address, timeout_seconds=5)
+    try:
+        vector = clustered_embeddings(1, DIMENSION, clusters=1, seed=7).vectors[0]
+        request = retrieve_pb2.RetrieveRequest(
+            query_vector=common_pb2.EmbeddingVector(values=vector.tolist(), embedding_version="e1"),
+            k=50,
+        )
+        async with grpc.aio.insecure_channel(app.address) as channel:
+            stub = retrieve_grpc.RetrieveServiceStub(channel)
+            messages = await stub.Retrieve(request, timeout=5)
+            request.response_layout = retrieve_pb2.CANDIDATE_LAYOUT_COLUMNS
+            columns = await stub.Retrieve(request, timeout=5)
+        # Old clients (no layout) get the sub-messages only; COLUMNS gets the columns only.
+        assert len(messages.candidates) == 50
+        assert (len(messages.item_ids), len(messages.scores), len(messages.shard_ids)) == (0, 0, 0)
+        assert not columns.candidates
+        assert list(columns.item_ids) == [c.item_id for c in messages.candidates]
+        assert list(columns.scores) == [c.score for c in messages.candidates]
+        assert list(columns.shard_ids) == [c.shard_id for c in messages.candidates]
+        assert columns.index_version == messages.index_version == "v1"
+        # Recommend's remote candidate source asks for and reads the columns.
+        result = await source.retrieve(RetrievalQuery(vector=vector, embedding_version="e1", k=50))
+        assert result.item_ids.tolist() == list(columns.item_ids)
+        assert result.scores.tolist() == list(columns.scores)
+        assert result.shard_ids.tolist() == list(columns.shard_ids)
+    finally:
+        await source.close()
         await app.shutdown()

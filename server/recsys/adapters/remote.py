@@ -11,7 +11,7 @@ from recsys.adapters.grpc_errors import call
 from recsys.deadlines import outbound_timeout
 from recsys.domain.ordering import ranked_order
 from recsys.domain.ranking import Backend
-from recsys.domain.requests import RequestContext
+from recsys.domain.requests import DeviceType, RequestContext
 from recsys.domain.retrieval import RetrievalQuery, RetrievalResult
 from recsys.domain.scoring import ScoredCandidates
 from recsys.errors import DeadlineExceeded, Unavailable
@@ -24,6 +24,13 @@ _BACKENDS = {
     common_pb2.RANKING_BACKEND_MODEL: Backend.MODEL,
     common_pb2.RANKING_BACKEND_CPU_MODEL: Backend.CPU_MODEL,
     common_pb2.RANKING_BACKEND_RULE_FALLBACK: Backend.RULE_FALLBACK,
+}
+_DEVICE_TYPES = {
+    DeviceType.UNKNOWN: common_pb2.DEVICE_TYPE_UNSPECIFIED,
+    DeviceType.MOBILE: common_pb2.DEVICE_TYPE_MOBILE,
+    DeviceType.WEB: common_pb2.DEVICE_TYPE_WEB,
+    DeviceType.TABLET: common_pb2.DEVICE_TYPE_TABLET,
+    DeviceType.TV: common_pb2.DEVICE_TYPE_TV,
 }
 OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -55,16 +62,17 @@ class GrpcCandidateSource:
             ),
             k=query.k,
             excluded_item_ids=sorted(query.excluded_item_ids),
+            response_layout=retrieve_pb2.CANDIDATE_LAYOUT_COLUMNS,
         )
         response = await call(
             "retrieve service",
             self.stub.Retrieve(request, timeout=outbound_timeout(self.timeout_seconds)),
         )
-        candidates = response.candidates
+        item_ids, scores, shard_ids = _retrieved_columns(response)
         return RetrievalResult(
-            item_ids=np.array([c.item_id for c in candidates], np.int64),
-            scores=np.array([c.score for c in candidates], np.float32),
-            shard_ids=np.array([c.shard_id for c in candidates], np.int32),
+            item_ids=item_ids,
+            scores=scores,
+            shard_ids=shard_ids,
             index_version=response.index_version,
             embedding_version=response.embedding_version,
             failed_shard_ids=tuple(response.failed_shard_ids),
@@ -96,10 +104,15 @@ class GrpcScorer:
         candidate_scores: npt.NDArray[np.float32],
         context: RequestContext,
     ) -> ScoredCandidates:
-        request = rank_service_pb2.RankRequest(user_id=user_id)
-        add = request.candidates.add
-        for item, score in zip(item_ids.tolist(), candidate_scores.tolist(), strict=True):
-            add(item_id=item, candidate_score=score)
+        # Packed columns both ways: a fraction of the cost of a sub-message per candidate.
+        request = rank_service_pb2.RankRequest(
+            user_id=user_id,
+            candidate_item_ids=item_ids.tolist(),
+            candidate_scores=candidate_scores.tolist(),
+            # The device and time feed the model's context features, as in-process.
+            context=_context_to_proto(context),
+            response_layout=retrieve_pb2.CANDIDATE_LAYOUT_COLUMNS,
+        )
         try:
             # No time left is a slow dependency too: the rule order still answers in time.
             timeout = outbound_timeout(self.timeout_seconds)
@@ -111,9 +124,10 @@ class GrpcScorer:
             return ScoredCandidates(
                 item_ids[order], candidate_scores[order], Backend.RULE_FALLBACK, ""
             )
+        ranked_ids, ranked_scores = _ranked_columns(response)
         return ScoredCandidates(
-            np.array([item.item_id for item in response.items], np.int64),
-            np.array([item.score for item in response.items], np.float32),
+            ranked_ids,
+            ranked_scores,
             _BACKENDS.get(response.backend, Backend.MODEL),
             response.model_version,
             default_features=response.default_features,
@@ -121,3 +135,67 @@ class GrpcScorer:
 
     async def close(self) -> None:
         await self.channel.close()
+
+
+def _context_to_proto(context: RequestContext) -> common_pb2.RequestContext:
+    message = common_pb2.RequestContext(
+        device_type=_DEVICE_TYPES[context.device_type],
+        country=context.country,
+        locale=context.locale,
+    )
+    if context.request_time is not None:
+        message.request_time.FromDatetime(context.request_time)
+    if context.category is not None:
+        message.category = context.category
+    return message
+
+
+def _retrieved_columns(
+    response: retrieve_pb2.RetrieveResponse,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.int32]]:
+    """The candidates of a response to a CANDIDATE_LAYOUT_COLUMNS request. A server older than
+    the columns ignores the layout and answers with `candidates`: those are read then."""
+    if response.candidates:
+        candidates = response.candidates
+        count = len(candidates)
+        return (
+            np.fromiter((c.item_id for c in candidates), np.int64, count),
+            np.fromiter((c.score for c in candidates), np.float32, count),
+            np.fromiter((c.shard_id for c in candidates), np.int32, count),
+        )
+    count = len(response.item_ids)
+    if len(response.scores) != count or len(response.shard_ids) != count:
+        raise Unavailable(
+            f"the retrieve service answered {count} item ids, {len(response.scores)} scores "
+            f"and {len(response.shard_ids)} shard ids",
+            reason="MALFORMED_RESPONSE",
+        )
+    return (
+        np.fromiter(response.item_ids, np.int64, count),
+        np.fromiter(response.scores, np.float32, count),
+        np.fromiter(response.shard_ids, np.int32, count),
+    )
+
+
+def _ranked_columns(
+    response: rank_service_pb2.RankResponse,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """The scored candidates of a response to a CANDIDATE_LAYOUT_COLUMNS request (or its
+    `items`, from a server older than the columns)."""
+    if response.items:
+        items = response.items
+        count = len(items)
+        return (
+            np.fromiter((item.item_id for item in items), np.int64, count),
+            np.fromiter((item.score for item in items), np.float32, count),
+        )
+    count = len(response.item_ids)
+    if len(response.scores) != count:
+        raise Unavailable(
+            f"the rank service answered {count} item ids and {len(response.scores)} scores",
+            reason="MALFORMED_RESPONSE",
+        )
+    return (
+        np.fromiter(response.item_ids, np.int64, count),
+        np.fromiter(response.scores, np.float32, count),
+    )

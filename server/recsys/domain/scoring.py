@@ -70,12 +70,10 @@ class CandidateScorer:
         preferences = user.preferences if user is not None else {}
         affinity = np.zeros(count, np.float32)
         if preferences:
-            affinity = np.array(
-                [preferences.get(category, 0.0) for category in items.categories], np.float32
-            )
+            affinity = items.category_values(preferences)
         features = assemble_features(
             RankingInputs(
-                candidate_scores=candidate_scores.astype(np.float32),
+                candidate_scores=np.asarray(candidate_scores, np.float32),
                 popularity=items.popularity,
                 freshness=items.freshness,
                 category_affinity=affinity,

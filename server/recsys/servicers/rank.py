@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 
 from recsys.domain.circuit_breaker import CircuitBreaker
 from recsys.domain.ranking import Backend, RankingChain
@@ -17,11 +18,12 @@ from recsys.errors import ConfigurationError, FailedPrecondition, RecsysError
 from recsys.grpc_server.app import ServiceBinding
 from recsys.observability.metrics import RankingMetrics
 from recsys.ports.ranker import Ranker
-from recsys.servicers.convert import request_context_from_proto
+from recsys.servicers.convert import packed_floats, request_context_from_proto
 from recsys.settings import RankSettings
 from recsys.v1 import common_pb2
 from recsys.v1 import rank_service_pb2 as rank_pb2
 from recsys.v1 import rank_service_pb2_grpc as rank_grpc
+from recsys.v1 import retrieve_service_pb2 as retrieve_pb2
 
 if TYPE_CHECKING:
     from recsys.composition import Components
@@ -45,19 +47,23 @@ class RankServicer(rank_grpc.RankServiceServicer):
     async def Rank(  # noqa: N802
         self, request: rank_pb2.RankRequest, context: grpc.aio.ServicerContext
     ) -> rank_pb2.RankResponse:
-        count = len(request.candidates)
-        item_ids = np.fromiter((c.item_id for c in request.candidates), np.int64, count)
-        scores = np.fromiter((c.candidate_score for c in request.candidates), np.float32, count)
         violations = Violations()
         violations.check_user_id("user_id", request.user_id)
-        violations.check_range("candidates", count, 1, self.settings.max_candidates)
+        field, item_ids, scores = self._candidates(request, violations)
+        count = len(item_ids)
+        violations.check_range(field, count, 1, self.settings.max_candidates)
         if count:
-            if item_ids.min() < 0:
-                violations.add("candidates", "item ids must be non-negative")
-            if len(np.unique(item_ids)) != count:
-                violations.add("candidates", "item ids must be unique")
+            # One sort answers both (4x cheaper than np.unique's hashing on 1000 ids).
+            ascending = np.sort(item_ids)
+            if ascending[0] < 0:
+                violations.add(field, "item ids must be non-negative")
+            if (ascending[1:] == ascending[:-1]).any():
+                violations.add(field, "item ids must be unique")
             if not np.isfinite(scores).all():
-                violations.add("candidates", "candidate scores must be finite")
+                violations.add(
+                    "candidate_scores" if field == "candidate_item_ids" else field,
+                    "candidate scores must be finite",
+                )
         violations.raise_if_any()
         scored = await self.scorer.score(
             request.user_id, item_ids, scores, request_context_from_proto(request.context)
@@ -67,10 +73,51 @@ class RankServicer(rank_grpc.RankServiceServicer):
             backend=BACKENDS[scored.backend],
             default_features=scored.default_features,
         )
-        add = response.items.add  # twice as fast as building ScoredItem objects to extend with
-        for item_id, score in zip(scored.item_ids.tolist(), scored.scores.tolist(), strict=True):
-            add(item_id=item_id, score=score)
+        if request.response_layout == retrieve_pb2.CANDIDATE_LAYOUT_COLUMNS:
+            # Packed columns: no Python object per item (~6x cheaper to build than the
+            # sub-messages, and cheaper still to serialize and parse). Varint ids are fastest
+            # through a list; the float scores go in as their wire bytes.
+            response.item_ids.extend(scored.item_ids.tolist())
+            response.MergeFromString(
+                packed_floats(rank_pb2.RankResponse.SCORES_FIELD_NUMBER, scored.scores)
+            )
+        else:
+            add = response.items.add  # twice as fast as building ScoredItem objects to extend
+            ranked = zip(scored.item_ids.tolist(), scored.scores.tolist(), strict=True)
+            for item_id, score in ranked:
+                add(item_id=item_id, score=score)
         return response
+
+    @staticmethod
+    def _candidates(
+        request: rank_pb2.RankRequest, violations: Violations
+    ) -> tuple[str, npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """The candidates' ids and scores from whichever layout the request uses, and the
+        field to name in violations about them."""
+        columns = len(request.candidate_item_ids)
+        if not request.candidates and (columns or request.candidate_scores):
+            scored = len(request.candidate_scores)
+            if scored != columns:
+                violations.add(
+                    "candidate_scores",
+                    f"must hold one score per candidate_item_ids entry: {scored} scores, "
+                    f"{columns} ids",
+                )
+                columns = min(columns, scored)
+            # Packed repeated fields iterate without a Python object per message.
+            item_ids = np.fromiter(request.candidate_item_ids, np.int64, columns)
+            scores = np.fromiter(request.candidate_scores, np.float32, columns)
+            return "candidate_item_ids", item_ids, scores
+        if columns or request.candidate_scores:
+            violations.add(
+                "candidate_item_ids",
+                "give the candidates either as candidates or as candidate_item_ids and "
+                "candidate_scores, not both",
+            )
+        count = len(request.candidates)
+        item_ids = np.fromiter((c.item_id for c in request.candidates), np.int64, count)
+        scores = np.fromiter((c.candidate_score for c in request.candidates), np.float32, count)
+        return "candidates", item_ids, scores
 
 
 def _breaker(components: Components, settings: RankSettings) -> CircuitBreaker:
@@ -111,13 +158,7 @@ async def build(components: Components) -> list[ServiceBinding]:
                     functools.partial(model.watch, rank.reload_poll_seconds)
                 )
     metrics = RankingMetrics(components.registry, features=components.feature_store_metrics)
-    chain = RankingChain(
-        primary,
-        breaker=_breaker(components, rank),
-        cpu_model=cpu_model,
-        timeout_seconds=rank.timeout_ms / 1000,
-        metrics=metrics,
-    )
+    chain = _chain(primary, cpu_model, _breaker(components, rank), rank, metrics)
     components.ranking_chain = chain
     scorer = CandidateScorer(
         chain,
@@ -133,6 +174,39 @@ async def build(components: Components) -> list[ServiceBinding]:
             lambda server: rank_grpc.add_RankServiceServicer_to_server(servicer, server),
         )
     ]
+
+
+def _chain(
+    primary: Ranker,
+    cpu_model: Ranker | None,
+    breaker: CircuitBreaker,
+    rank: RankSettings,
+    metrics: RankingMetrics,
+) -> RankingChain:
+    """The tiered ranker's two models get a chain of their own, whose breaker watches the
+    full model alone (recsys.domain.rank_routing)."""
+    from recsys.adapters.rankers.tiered import TieredRanker
+    from recsys.domain.rank_routing import TieredRankingChain
+
+    timeout_seconds = rank.timeout_ms / 1000
+    if isinstance(primary, TieredRanker):
+        return TieredRankingChain(
+            primary.full,
+            primary.small,
+            primary.policy,
+            breaker=breaker,
+            cpu_model=cpu_model,
+            timeout_seconds=timeout_seconds,
+            metrics=metrics,
+            on_route=metrics.routed,
+        )
+    return RankingChain(
+        primary,
+        breaker=breaker,
+        cpu_model=cpu_model,
+        timeout_seconds=timeout_seconds,
+        metrics=metrics,
+    )
 
 
 async def _start_or_warn(model: Ranker) -> None:

@@ -19,6 +19,7 @@ from recsys.index.spec import MAX_EF_SEARCH, MAX_NPROBE
 from recsys.observability.metrics import RetrievalMetrics
 from recsys.ports.features import FeatureStore
 from recsys.ports.shards import MAX_K, ShardClient
+from recsys.servicers.convert import packed_floats
 from recsys.settings import RecsysSettings
 from recsys.v1 import retrieve_service_pb2 as retrieve_pb2
 from recsys.v1 import retrieve_service_pb2_grpc as retrieve_grpc
@@ -99,10 +100,19 @@ class RetrieveServicer(retrieve_grpc.RetrieveServiceServicer):
             partial=result.partial,
             failed_shard_ids=list(result.failed_shard_ids),
         )
+        if request.response_layout == retrieve_pb2.CANDIDATE_LAYOUT_COLUMNS:
+            # Packed columns: one extend per column instead of a sub-message per candidate.
+            response.item_ids.extend(result.item_ids.tolist())
+            response.shard_ids.extend(result.shard_ids.tolist())
+            response.MergeFromString(
+                packed_floats(retrieve_pb2.RetrieveResponse.SCORES_FIELD_NUMBER, result.scores)
+            )
+            return response
+        add = response.candidates.add
         for item_id, score, shard_id in zip(
             result.item_ids.tolist(), result.scores.tolist(), result.shard_ids.tolist(), strict=True
         ):
-            response.candidates.add(item_id=item_id, score=score, shard_id=shard_id)
+            add(item_id=item_id, score=score, shard_id=shard_id)
         return response
 
 

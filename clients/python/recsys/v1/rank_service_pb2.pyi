@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from recsys.v1 import common_pb2 as _common_pb2
+from recsys.v1 import retrieve_service_pb2 as _retrieve_service_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -56,15 +57,35 @@ class RankRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     CANDIDATES_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
+    CANDIDATE_ITEM_IDS_FIELD_NUMBER: _builtins.int
+    CANDIDATE_SCORES_FIELD_NUMBER: _builtins.int
+    RESPONSE_LAYOUT_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user to rank for; see the user id format in common.proto. Required."""
+    response_layout: _retrieve_service_pb2.CandidateLayout.ValueType
+    """How the response carries the scored candidates: COLUMNS gives `item_ids` and `scores` (and
+    leaves `items` empty); unspecified, or a value this server does not know, gives `items`.
+    Independent of the layout of the request's candidates.
+    """
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___RankCandidate]:
-        """The candidates, 1 to 5000; duplicate item ids are rejected."""
+        """The candidates, 1 to 5000; duplicate item ids are rejected. A request gives either these
+        or the columns `candidate_item_ids` and `candidate_scores`, not both.
+        """
 
     @_builtins.property
     def context(self) -> _common_pb2.RequestContext:
         """Where and when the request comes from; optional, feeds context features."""
+
+    @_builtins.property
+    def candidate_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The candidates as packed columns, instead of `candidates` (far cheaper to encode and decode
+        for thousands of candidates): their item ids, 1 to 5000, non-negative and unique.
+        """
+
+    @_builtins.property
+    def candidate_scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """With `candidate_item_ids`: their retrieval scores, aligned with it (same length)."""
 
     def __init__(
         self,
@@ -72,10 +93,13 @@ class RankRequest(_message.Message):
         user_id: _builtins.str = ...,
         candidates: _abc.Iterable[Global___RankCandidate] | None = ...,
         context: _common_pb2.RequestContext | None = ...,
+        candidate_item_ids: _abc.Iterable[_builtins.int] | None = ...,
+        candidate_scores: _abc.Iterable[_builtins.float] | None = ...,
+        response_layout: _retrieve_service_pb2.CandidateLayout.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "context", b"context", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_item_ids", b"candidate_item_ids", "candidate_scores", b"candidate_scores", "candidates", b"candidates", "context", b"context", "response_layout", b"response_layout", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -117,6 +141,8 @@ class RankResponse(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
     DEFAULT_FEATURES_FIELD_NUMBER: _builtins.int
+    ITEM_IDS_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
     """Version of the model that scored; empty for the rule-based fallback."""
     backend: _common_pb2.RankingBackend.ValueType
@@ -127,7 +153,17 @@ class RankResponse(_message.Message):
     """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoredItem]:
-        """Every candidate of the request, sorted by descending score."""
+        """Every candidate of the request, sorted by descending score; empty when the request asked
+        for CANDIDATE_LAYOUT_COLUMNS.
+        """
+
+    @_builtins.property
+    def item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """CANDIDATE_LAYOUT_COLUMNS only: every candidate's item id, sorted as `items` would be."""
+
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """CANDIDATE_LAYOUT_COLUMNS only: their ranking scores, aligned with `item_ids`."""
 
     def __init__(
         self,
@@ -136,10 +172,12 @@ class RankResponse(_message.Message):
         model_version: _builtins.str = ...,
         backend: _common_pb2.RankingBackend.ValueType = ...,
         default_features: _builtins.bool = ...,
+        item_ids: _abc.Iterable[_builtins.int] | None = ...,
+        scores: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "default_features", b"default_features", "items", b"items", "model_version", b"model_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "default_features", b"default_features", "item_ids", b"item_ids", "items", b"items", "model_version", b"model_version", "scores", b"scores"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,21 +25,23 @@ _sym_db = _symbol_database.Default()
 from recsys.v1 import common_pb2 as recsys_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n recsys/v1/retrieve_service.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"5\n\x10SearchParameters\x12\x0e\n\x06nprobe\x18\x01 \x01(\x05\x12\x11\n\tef_search\x18\x02 \x01(\x05\"\xdb\x01\n\x0fRetrieveRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12\x32\n\x0cquery_vector\x18\x02 \x01(\x0b\x32\x1a.recsys.v1.EmbeddingVectorH\x00\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x19\n\x11\x65xcluded_item_ids\x18\x04 \x03(\x03\x12\x36\n\x11search_parameters\x18\x05 \x01(\x0b\x32\x1b.recsys.v1.SearchParameters\x12\x1a\n\x12require_all_shards\x18\x06 \x01(\x08\x42\x07\n\x05query\"=\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x10\n\x08shard_id\x18\x03 \x01(\x05\"\x99\x01\n\x10RetrieveResponse\x12(\n\ncandidates\x18\x01 \x03(\x0b\x32\x14.recsys.v1.Candidate\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12\x19\n\x11\x65mbedding_version\x18\x03 \x01(\t\x12\x0f\n\x07partial\x18\x04 \x01(\x08\x12\x18\n\x10\x66\x61iled_shard_ids\x18\x05 \x03(\x05\x32V\n\x0fRetrieveService\x12\x43\n\x08Retrieve\x12\x1a.recsys.v1.RetrieveRequest\x1a\x1b.recsys.v1.RetrieveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n recsys/v1/retrieve_service.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"5\n\x10SearchParameters\x12\x0e\n\x06nprobe\x18\x01 \x01(\x05\x12\x11\n\tef_search\x18\x02 \x01(\x05\"\x90\x02\n\x0fRetrieveRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12\x32\n\x0cquery_vector\x18\x02 \x01(\x0b\x32\x1a.recsys.v1.EmbeddingVectorH\x00\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x19\n\x11\x65xcluded_item_ids\x18\x04 \x03(\x03\x12\x36\n\x11search_parameters\x18\x05 \x01(\x0b\x32\x1b.recsys.v1.SearchParameters\x12\x1a\n\x12require_all_shards\x18\x06 \x01(\x08\x12\x33\n\x0fresponse_layout\x18\x07 \x01(\x0e\x32\x1a.recsys.v1.CandidateLayoutB\x07\n\x05query\"=\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x10\n\x08shard_id\x18\x03 \x01(\x05\"\xce\x01\n\x10RetrieveResponse\x12(\n\ncandidates\x18\x01 \x03(\x0b\x32\x14.recsys.v1.Candidate\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12\x19\n\x11\x65mbedding_version\x18\x03 \x01(\t\x12\x0f\n\x07partial\x18\x04 \x01(\x08\x12\x18\n\x10\x66\x61iled_shard_ids\x18\x05 \x03(\x05\x12\x10\n\x08item_ids\x18\x06 \x03(\x03\x12\x0e\n\x06scores\x18\x07 \x03(\x02\x12\x11\n\tshard_ids\x18\x08 \x03(\x05*Q\n\x0f\x43\x61ndidateLayout\x12 \n\x1c\x43\x41NDIDATE_LAYOUT_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43\x41NDIDATE_LAYOUT_COLUMNS\x10\x01\x32V\n\x0fRetrieveService\x12\x43\n\x08Retrieve\x12\x1a.recsys.v1.RetrieveRequest\x1a\x1b.recsys.v1.RetrieveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsys.v1.retrieve_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CANDIDATELAYOUT']._serialized_start=673
+  _globals['_CANDIDATELAYOUT']._serialized_end=754
   _globals['_SEARCHPARAMETERS']._serialized_start=71
   _globals['_SEARCHPARAMETERS']._serialized_end=124
   _globals['_RETRIEVEREQUEST']._serialized_start=127
-  _globals['_RETRIEVEREQUEST']._serialized_end=346
-  _globals['_CANDIDATE']._serialized_start=348
-  _globals['_CANDIDATE']._serialized_end=409
-  _globals['_RETRIEVERESPONSE']._serialized_start=412
-  _globals['_RETRIEVERESPONSE']._serialized_end=565
-  _globals['_RETRIEVESERVICE']._serialized_start=567
-  _globals['_RETRIEVESERVICE']._serialized_end=653
+  _globals['_RETRIEVEREQUEST']._serialized_end=399
+  _globals['_CANDIDATE']._serialized_start=401
+  _globals['_CANDIDATE']._serialized_end=462
+  _globals['_RETRIEVERESPONSE']._serialized_start=465
+  _globals['_RETRIEVERESPONSE']._serialized_end=671
+  _globals['_RETRIEVESERVICE']._serialized_start=756
+  _globals['_RETRIEVESERVICE']._serialized_end=842
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from recsys.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -18,6 +19,36 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _CandidateLayout:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CandidateLayoutEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CandidateLayout.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CANDIDATE_LAYOUT_UNSPECIFIED: _CandidateLayout.ValueType  # 0
+    """The repeated sub-messages (`RetrieveResponse.candidates`, `RankResponse.items`): what
+    clients that predate the columns get.
+    """
+    CANDIDATE_LAYOUT_COLUMNS: _CandidateLayout.ValueType  # 1
+    """Packed parallel columns (`item_ids`, `scores`, ...): the same data at a fraction of the
+    encoding and decoding cost per candidate; what the recsys services use between themselves.
+    """
+
+class CandidateLayout(_CandidateLayout, metaclass=_CandidateLayoutEnumTypeWrapper):
+    """How a response carries its candidates. Either layout holds the same items in the same order;
+    the server fills only the one asked for.
+    """
+
+CANDIDATE_LAYOUT_UNSPECIFIED: CandidateLayout.ValueType  # 0
+"""The repeated sub-messages (`RetrieveResponse.candidates`, `RankResponse.items`): what
+clients that predate the columns get.
+"""
+CANDIDATE_LAYOUT_COLUMNS: CandidateLayout.ValueType  # 1
+"""Packed parallel columns (`item_ids`, `scores`, ...): the same data at a fraction of the
+encoding and decoding cost per candidate; what the recsys services use between themselves.
+"""
+Global___CandidateLayout: _TypeAlias = CandidateLayout  # noqa: Y015
 
 @_typing.final
 class SearchParameters(_message.Message):
@@ -57,6 +88,7 @@ class RetrieveRequest(_message.Message):
     EXCLUDED_ITEM_IDS_FIELD_NUMBER: _builtins.int
     SEARCH_PARAMETERS_FIELD_NUMBER: _builtins.int
     REQUIRE_ALL_SHARDS_FIELD_NUMBER: _builtins.int
+    RESPONSE_LAYOUT_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Search with this user's embedding, read from the feature store. The user id format is
     described in common.proto.
@@ -66,6 +98,11 @@ class RetrieveRequest(_message.Message):
     require_all_shards: _builtins.bool
     """When true, a failed shard fails the whole request with UNAVAILABLE instead of a partial
     answer.
+    """
+    response_layout: Global___CandidateLayout.ValueType
+    """How the response carries the candidates: COLUMNS gives `item_ids`, `scores` and `shard_ids`
+    (and leaves `candidates` empty); unspecified, or a value this server does not know, gives
+    `candidates`.
     """
     @_builtins.property
     def query_vector(self) -> _common_pb2.EmbeddingVector:
@@ -88,10 +125,11 @@ class RetrieveRequest(_message.Message):
         excluded_item_ids: _abc.Iterable[_builtins.int] | None = ...,
         search_parameters: Global___SearchParameters | None = ...,
         require_all_shards: _builtins.bool = ...,
+        response_layout: Global___CandidateLayout.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["query", b"query", "query_vector", b"query_vector", "search_parameters", b"search_parameters", "user_id", b"user_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["excluded_item_ids", b"excluded_item_ids", "k", b"k", "query", b"query", "query_vector", b"query_vector", "require_all_shards", b"require_all_shards", "search_parameters", b"search_parameters", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["excluded_item_ids", b"excluded_item_ids", "k", b"k", "query", b"query", "query_vector", b"query_vector", "require_all_shards", b"require_all_shards", "response_layout", b"response_layout", "search_parameters", b"search_parameters", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["user_id", "query_vector"]  # noqa: Y015
     _WhichOneofArgType_query: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
@@ -142,6 +180,9 @@ class RetrieveResponse(_message.Message):
     EMBEDDING_VERSION_FIELD_NUMBER: _builtins.int
     PARTIAL_FIELD_NUMBER: _builtins.int
     FAILED_SHARD_IDS_FIELD_NUMBER: _builtins.int
+    ITEM_IDS_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    SHARD_IDS_FIELD_NUMBER: _builtins.int
     index_version: _builtins.str
     """Version of the index the candidates come from."""
     embedding_version: _builtins.str
@@ -150,11 +191,25 @@ class RetrieveResponse(_message.Message):
     """True when at least one shard did not answer."""
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Candidate]:
-        """Up to `k` candidates, sorted by descending score."""
+        """Up to `k` candidates, sorted by descending score; empty when the request asked for
+        CANDIDATE_LAYOUT_COLUMNS.
+        """
 
     @_builtins.property
     def failed_shard_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Ids of the shards that did not answer, ascending."""
+
+    @_builtins.property
+    def item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """CANDIDATE_LAYOUT_COLUMNS only: the candidates' item ids, best first (as `candidates`)."""
+
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """CANDIDATE_LAYOUT_COLUMNS only: their scores, aligned with `item_ids`."""
+
+    @_builtins.property
+    def shard_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """CANDIDATE_LAYOUT_COLUMNS only: the shard that returned each, aligned with `item_ids`."""
 
     def __init__(
         self,
@@ -164,10 +219,13 @@ class RetrieveResponse(_message.Message):
         embedding_version: _builtins.str = ...,
         partial: _builtins.bool = ...,
         failed_shard_ids: _abc.Iterable[_builtins.int] | None = ...,
+        item_ids: _abc.Iterable[_builtins.int] | None = ...,
+        scores: _abc.Iterable[_builtins.float] | None = ...,
+        shard_ids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "embedding_version", b"embedding_version", "failed_shard_ids", b"failed_shard_ids", "index_version", b"index_version", "partial", b"partial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "embedding_version", b"embedding_version", "failed_shard_ids", b"failed_shard_ids", "index_version", b"index_version", "item_ids", b"item_ids", "partial", b"partial", "scores", b"scores", "shard_ids", b"shard_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,8 @@ from recsys.settings import RecsysSettings
 logger = logging.getLogger(__name__)
 
 CANARY_ROWS = 8
+# Weight of the newest run in the running estimate of a model's seconds per row.
+ESTIMATE_WEIGHT = 0.2
 
 
 @dataclass(frozen=True)
@@ -92,11 +95,19 @@ class OnnxRanker(Ranker):
         threads: int = 1,
         executor: concurrent.futures.Executor | None = None,
         use_gpu: bool = False,
+        inline_max_seconds: float = 0.0,
     ) -> None:
         self.repository = repository
         self._threads = threads
         self._executor = executor
         self._use_gpu = use_gpu
+        # A batch the loaded model is expected to score within this runs on the event loop:
+        # handing it to the executor and back costs ~0.1 ms, more than a small model takes for
+        # thousands of rows. 0: always in the executor.
+        self._inline_max_seconds = inline_max_seconds
+        # Running estimate of the loaded model's seconds per row; None until it has run once
+        # (in the executor) since it was loaded.
+        self._seconds_per_row: float | None = None
         self._loaded: LoadedModel | None = None
         self._reload_lock = asyncio.Lock()
         # Pinned (rank.model_version, set by a release): reload() keeps the loaded version.
@@ -109,6 +120,7 @@ class OnnxRanker(Ranker):
             ModelRepository(rank.model_repository, rank.model_name),
             threads=rank.onnx_threads,
             use_gpu=rank.onnx_use_gpu,
+            inline_max_seconds=rank.onnx_inline_max_ms / 1000,
         )
         if rank.model_version:
             # A pinned version (a release pins it): that one only, no hot reload past it.
@@ -142,6 +154,7 @@ class OnnxRanker(Ranker):
                 error = refused
                 continue
             self._loaded = loaded
+            self._seconds_per_row = None
             logger.info("ranking model loaded", extra={"model_version": loaded.version.label})
             return loaded.version
         assert error is not None
@@ -173,6 +186,7 @@ class OnnxRanker(Ranker):
                 return False
             previous = self.model_version
             self._loaded = loaded  # atomic: calls in flight keep the session they started with
+            self._seconds_per_row = None
             logger.info(
                 "ranking model swapped",
                 extra={"model_version": loaded.version.label, "previous_model_version": previous},
@@ -200,12 +214,27 @@ class OnnxRanker(Ranker):
                 f"features have shape {features.shape}", reason="FEATURE_SCHEMA_MISMATCH"
             )
         schema = loaded.version.schema
-        loop = asyncio.get_running_loop()
+        rows = max(features.shape[0], 1)
 
         def run() -> npt.NDArray[np.float32]:
+            started = time.perf_counter()
             (scores,) = loaded.session.run([schema.output_name], {schema.input_name: features})
+            per_row = (time.perf_counter() - started) / rows
+            if loaded is self._loaded:  # a run of a model swapped out since says nothing
+                previous = self._seconds_per_row
+                self._seconds_per_row = (
+                    per_row
+                    if previous is None
+                    else (1 - ESTIMATE_WEIGHT) * previous + ESTIMATE_WEIGHT * per_row
+                )
             return np.asarray(scores, dtype=np.float32).reshape(-1)
 
+        estimate = self._seconds_per_row
+        if estimate is not None and 0 < estimate * rows <= self._inline_max_seconds:
+            # Expected to take less than the executor round trip would; the timeout cannot
+            # fire within that (and an estimate that grows moves the next batches off again).
+            return run()
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
                 return await loop.run_in_executor(self._executor, run)

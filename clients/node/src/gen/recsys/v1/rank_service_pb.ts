@@ -6,13 +6,15 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { RankingBackend, RequestContext } from "./common_pb.js";
 import { file_recsys_v1_common } from "./common_pb.js";
+import type { CandidateLayout } from "./retrieve_service_pb.js";
+import { file_recsys_v1_retrieve_service } from "./retrieve_service_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file recsys/v1/rank_service.proto.
  */
 export const file_recsys_v1_rank_service: GenFile = /*@__PURE__*/
-  fileDesc("ChxyZWNzeXMvdjEvcmFua19zZXJ2aWNlLnByb3RvEglyZWNzeXMudjEiOQoNUmFua0NhbmRpZGF0ZRIPCgdpdGVtX2lkGAEgASgDEhcKD2NhbmRpZGF0ZV9zY29yZRgCIAEoAiJ4CgtSYW5rUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEiwKCmNhbmRpZGF0ZXMYAiADKAsyGC5yZWNzeXMudjEuUmFua0NhbmRpZGF0ZRIqCgdjb250ZXh0GAMgASgLMhkucmVjc3lzLnYxLlJlcXVlc3RDb250ZXh0IiwKClNjb3JlZEl0ZW0SDwoHaXRlbV9pZBgBIAEoAxINCgVzY29yZRgCIAEoAiKRAQoMUmFua1Jlc3BvbnNlEiQKBWl0ZW1zGAEgAygLMhUucmVjc3lzLnYxLlNjb3JlZEl0ZW0SFQoNbW9kZWxfdmVyc2lvbhgCIAEoCRIqCgdiYWNrZW5kGAMgASgOMhkucmVjc3lzLnYxLlJhbmtpbmdCYWNrZW5kEhgKEGRlZmF1bHRfZmVhdHVyZXMYBCABKAgyRgoLUmFua1NlcnZpY2USNwoEUmFuaxIWLnJlY3N5cy52MS5SYW5rUmVxdWVzdBoXLnJlY3N5cy52MS5SYW5rUmVzcG9uc2ViBnByb3RvMw", [file_recsys_v1_common]);
+  fileDesc("ChxyZWNzeXMvdjEvcmFua19zZXJ2aWNlLnByb3RvEglyZWNzeXMudjEiOQoNUmFua0NhbmRpZGF0ZRIPCgdpdGVtX2lkGAEgASgDEhcKD2NhbmRpZGF0ZV9zY29yZRgCIAEoAiLjAQoLUmFua1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIsCgpjYW5kaWRhdGVzGAIgAygLMhgucmVjc3lzLnYxLlJhbmtDYW5kaWRhdGUSKgoHY29udGV4dBgDIAEoCzIZLnJlY3N5cy52MS5SZXF1ZXN0Q29udGV4dBIaChJjYW5kaWRhdGVfaXRlbV9pZHMYBCADKAMSGAoQY2FuZGlkYXRlX3Njb3JlcxgFIAMoAhIzCg9yZXNwb25zZV9sYXlvdXQYBiABKA4yGi5yZWNzeXMudjEuQ2FuZGlkYXRlTGF5b3V0IiwKClNjb3JlZEl0ZW0SDwoHaXRlbV9pZBgBIAEoAxINCgVzY29yZRgCIAEoAiKzAQoMUmFua1Jlc3BvbnNlEiQKBWl0ZW1zGAEgAygLMhUucmVjc3lzLnYxLlNjb3JlZEl0ZW0SFQoNbW9kZWxfdmVyc2lvbhgCIAEoCRIqCgdiYWNrZW5kGAMgASgOMhkucmVjc3lzLnYxLlJhbmtpbmdCYWNrZW5kEhgKEGRlZmF1bHRfZmVhdHVyZXMYBCABKAgSEAoIaXRlbV9pZHMYBSADKAMSDgoGc2NvcmVzGAYgAygCMkYKC1JhbmtTZXJ2aWNlEjcKBFJhbmsSFi5yZWNzeXMudjEuUmFua1JlcXVlc3QaFy5yZWNzeXMudjEuUmFua1Jlc3BvbnNlYgZwcm90bzM", [file_recsys_v1_common, file_recsys_v1_retrieve_service]);
 
 /**
  * A candidate to score.
@@ -57,7 +59,8 @@ export type RankRequest = Message<"recsys.v1.RankRequest"> & {
   userId: string;
 
   /**
-   * The candidates, 1 to 5000; duplicate item ids are rejected.
+   * The candidates, 1 to 5000; duplicate item ids are rejected. A request gives either these
+   * or the columns `candidate_item_ids` and `candidate_scores`, not both.
    *
    * @generated from field: repeated recsys.v1.RankCandidate candidates = 2;
    */
@@ -69,6 +72,30 @@ export type RankRequest = Message<"recsys.v1.RankRequest"> & {
    * @generated from field: recsys.v1.RequestContext context = 3;
    */
   context?: RequestContext | undefined;
+
+  /**
+   * The candidates as packed columns, instead of `candidates` (far cheaper to encode and decode
+   * for thousands of candidates): their item ids, 1 to 5000, non-negative and unique.
+   *
+   * @generated from field: repeated int64 candidate_item_ids = 4;
+   */
+  candidateItemIds: bigint[];
+
+  /**
+   * With `candidate_item_ids`: their retrieval scores, aligned with it (same length).
+   *
+   * @generated from field: repeated float candidate_scores = 5;
+   */
+  candidateScores: number[];
+
+  /**
+   * How the response carries the scored candidates: COLUMNS gives `item_ids` and `scores` (and
+   * leaves `items` empty); unspecified, or a value this server does not know, gives `items`.
+   * Independent of the layout of the request's candidates.
+   *
+   * @generated from field: recsys.v1.CandidateLayout response_layout = 6;
+   */
+  responseLayout: CandidateLayout;
 };
 
 /**
@@ -113,7 +140,8 @@ export const ScoredItemSchema: GenMessage<ScoredItem> = /*@__PURE__*/
  */
 export type RankResponse = Message<"recsys.v1.RankResponse"> & {
   /**
-   * Every candidate of the request, sorted by descending score.
+   * Every candidate of the request, sorted by descending score; empty when the request asked
+   * for CANDIDATE_LAYOUT_COLUMNS.
    *
    * @generated from field: repeated recsys.v1.ScoredItem items = 1;
    */
@@ -140,6 +168,20 @@ export type RankResponse = Message<"recsys.v1.RankResponse"> & {
    * @generated from field: bool default_features = 4;
    */
   defaultFeatures: boolean;
+
+  /**
+   * CANDIDATE_LAYOUT_COLUMNS only: every candidate's item id, sorted as `items` would be.
+   *
+   * @generated from field: repeated int64 item_ids = 5;
+   */
+  itemIds: bigint[];
+
+  /**
+   * CANDIDATE_LAYOUT_COLUMNS only: their ranking scores, aligned with `item_ids`.
+   *
+   * @generated from field: repeated float scores = 6;
+   */
+  scores: number[];
 };
 
 /**

@@ -2,8 +2,8 @@
 // @generated from file recsys/v1/retrieve_service.proto (package recsys.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { EmbeddingVector } from "./common_pb.js";
 import { file_recsys_v1_common } from "./common_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file recsys/v1/retrieve_service.proto.
  */
 export const file_recsys_v1_retrieve_service: GenFile = /*@__PURE__*/
-  fileDesc("CiByZWNzeXMvdjEvcmV0cmlldmVfc2VydmljZS5wcm90bxIJcmVjc3lzLnYxIjUKEFNlYXJjaFBhcmFtZXRlcnMSDgoGbnByb2JlGAEgASgFEhEKCWVmX3NlYXJjaBgCIAEoBSLbAQoPUmV0cmlldmVSZXF1ZXN0EhEKB3VzZXJfaWQYASABKAlIABIyCgxxdWVyeV92ZWN0b3IYAiABKAsyGi5yZWNzeXMudjEuRW1iZWRkaW5nVmVjdG9ySAASCQoBaxgDIAEoBRIZChFleGNsdWRlZF9pdGVtX2lkcxgEIAMoAxI2ChFzZWFyY2hfcGFyYW1ldGVycxgFIAEoCzIbLnJlY3N5cy52MS5TZWFyY2hQYXJhbWV0ZXJzEhoKEnJlcXVpcmVfYWxsX3NoYXJkcxgGIAEoCEIHCgVxdWVyeSI9CglDYW5kaWRhdGUSDwoHaXRlbV9pZBgBIAEoAxINCgVzY29yZRgCIAEoAhIQCghzaGFyZF9pZBgDIAEoBSKZAQoQUmV0cmlldmVSZXNwb25zZRIoCgpjYW5kaWRhdGVzGAEgAygLMhQucmVjc3lzLnYxLkNhbmRpZGF0ZRIVCg1pbmRleF92ZXJzaW9uGAIgASgJEhkKEWVtYmVkZGluZ192ZXJzaW9uGAMgASgJEg8KB3BhcnRpYWwYBCABKAgSGAoQZmFpbGVkX3NoYXJkX2lkcxgFIAMoBTJWCg9SZXRyaWV2ZVNlcnZpY2USQwoIUmV0cmlldmUSGi5yZWNzeXMudjEuUmV0cmlldmVSZXF1ZXN0GhsucmVjc3lzLnYxLlJldHJpZXZlUmVzcG9uc2ViBnByb3RvMw", [file_recsys_v1_common]);
+  fileDesc("CiByZWNzeXMvdjEvcmV0cmlldmVfc2VydmljZS5wcm90bxIJcmVjc3lzLnYxIjUKEFNlYXJjaFBhcmFtZXRlcnMSDgoGbnByb2JlGAEgASgFEhEKCWVmX3NlYXJjaBgCIAEoBSKQAgoPUmV0cmlldmVSZXF1ZXN0EhEKB3VzZXJfaWQYASABKAlIABIyCgxxdWVyeV92ZWN0b3IYAiABKAsyGi5yZWNzeXMudjEuRW1iZWRkaW5nVmVjdG9ySAASCQoBaxgDIAEoBRIZChFleGNsdWRlZF9pdGVtX2lkcxgEIAMoAxI2ChFzZWFyY2hfcGFyYW1ldGVycxgFIAEoCzIbLnJlY3N5cy52MS5TZWFyY2hQYXJhbWV0ZXJzEhoKEnJlcXVpcmVfYWxsX3NoYXJkcxgGIAEoCBIzCg9yZXNwb25zZV9sYXlvdXQYByABKA4yGi5yZWNzeXMudjEuQ2FuZGlkYXRlTGF5b3V0QgcKBXF1ZXJ5Ij0KCUNhbmRpZGF0ZRIPCgdpdGVtX2lkGAEgASgDEg0KBXNjb3JlGAIgASgCEhAKCHNoYXJkX2lkGAMgASgFIs4BChBSZXRyaWV2ZVJlc3BvbnNlEigKCmNhbmRpZGF0ZXMYASADKAsyFC5yZWNzeXMudjEuQ2FuZGlkYXRlEhUKDWluZGV4X3ZlcnNpb24YAiABKAkSGQoRZW1iZWRkaW5nX3ZlcnNpb24YAyABKAkSDwoHcGFydGlhbBgEIAEoCBIYChBmYWlsZWRfc2hhcmRfaWRzGAUgAygFEhAKCGl0ZW1faWRzGAYgAygDEg4KBnNjb3JlcxgHIAMoAhIRCglzaGFyZF9pZHMYCCADKAUqUQoPQ2FuZGlkYXRlTGF5b3V0EiAKHENBTkRJREFURV9MQVlPVVRfVU5TUEVDSUZJRUQQABIcChhDQU5ESURBVEVfTEFZT1VUX0NPTFVNTlMQATJWCg9SZXRyaWV2ZVNlcnZpY2USQwoIUmV0cmlldmUSGi5yZWNzeXMudjEuUmV0cmlldmVSZXF1ZXN0GhsucmVjc3lzLnYxLlJldHJpZXZlUmVzcG9uc2ViBnByb3RvMw", [file_recsys_v1_common]);
 
 /**
  * Per-request search parameters; zero means the index's configured default.
@@ -100,6 +100,15 @@ export type RetrieveRequest = Message<"recsys.v1.RetrieveRequest"> & {
    * @generated from field: bool require_all_shards = 6;
    */
   requireAllShards: boolean;
+
+  /**
+   * How the response carries the candidates: COLUMNS gives `item_ids`, `scores` and `shard_ids`
+   * (and leaves `candidates` empty); unspecified, or a value this server does not know, gives
+   * `candidates`.
+   *
+   * @generated from field: recsys.v1.CandidateLayout response_layout = 7;
+   */
+  responseLayout: CandidateLayout;
 };
 
 /**
@@ -152,7 +161,8 @@ export const CandidateSchema: GenMessage<Candidate> = /*@__PURE__*/
  */
 export type RetrieveResponse = Message<"recsys.v1.RetrieveResponse"> & {
   /**
-   * Up to `k` candidates, sorted by descending score.
+   * Up to `k` candidates, sorted by descending score; empty when the request asked for
+   * CANDIDATE_LAYOUT_COLUMNS.
    *
    * @generated from field: repeated recsys.v1.Candidate candidates = 1;
    */
@@ -185,6 +195,27 @@ export type RetrieveResponse = Message<"recsys.v1.RetrieveResponse"> & {
    * @generated from field: repeated int32 failed_shard_ids = 5;
    */
   failedShardIds: number[];
+
+  /**
+   * CANDIDATE_LAYOUT_COLUMNS only: the candidates' item ids, best first (as `candidates`).
+   *
+   * @generated from field: repeated int64 item_ids = 6;
+   */
+  itemIds: bigint[];
+
+  /**
+   * CANDIDATE_LAYOUT_COLUMNS only: their scores, aligned with `item_ids`.
+   *
+   * @generated from field: repeated float scores = 7;
+   */
+  scores: number[];
+
+  /**
+   * CANDIDATE_LAYOUT_COLUMNS only: the shard that returned each, aligned with `item_ids`.
+   *
+   * @generated from field: repeated int32 shard_ids = 8;
+   */
+  shardIds: number[];
 };
 
 /**
@@ -193,6 +224,36 @@ export type RetrieveResponse = Message<"recsys.v1.RetrieveResponse"> & {
  */
 export const RetrieveResponseSchema: GenMessage<RetrieveResponse> = /*@__PURE__*/
   messageDesc(file_recsys_v1_retrieve_service, 3);
+
+/**
+ * How a response carries its candidates. Either layout holds the same items in the same order;
+ * the server fills only the one asked for.
+ *
+ * @generated from enum recsys.v1.CandidateLayout
+ */
+export enum CandidateLayout {
+  /**
+   * The repeated sub-messages (`RetrieveResponse.candidates`, `RankResponse.items`): what
+   * clients that predate the columns get.
+   *
+   * @generated from enum value: CANDIDATE_LAYOUT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Packed parallel columns (`item_ids`, `scores`, ...): the same data at a fraction of the
+   * encoding and decoding cost per candidate; what the recsys services use between themselves.
+   *
+   * @generated from enum value: CANDIDATE_LAYOUT_COLUMNS = 1;
+   */
+  COLUMNS = 1,
+}
+
+/**
+ * Describes the enum recsys.v1.CandidateLayout.
+ */
+export const CandidateLayoutSchema: GenEnum<CandidateLayout> = /*@__PURE__*/
+  enumDesc(file_recsys_v1_retrieve_service, 0);
 
 /**
  * Candidate generation: approximate nearest-neighbour search over the item index, fanned out
