@@ -1,6 +1,9 @@
 """Empty unary round trip: a bare grpc.aio server vs a recsys GrpcApplication (full interceptor
 chain: request id, metrics, access log, error mapping, deadline), each in its own process, called
-over loopback from this process. This is the per-call overhead every recsys RPC pays."""
+over loopback from this process. This is the per-call overhead every recsys RPC pays.
+
+Besides latency, the server process's CPU time per call (user + system, from /proc): on a busy
+machine latency moves with whatever else runs, the CPU a call costs much less."""
 
 from __future__ import annotations
 
@@ -68,7 +71,21 @@ def _serve(mode: str, ports: Any) -> None:
     asyncio.run(main())
 
 
-async def _measure(port: int) -> dict[str, Any]:
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc; None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # Fields after the command name (which may hold spaces, inside parentheses).
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measure(port: int, pid: int | None = None) -> dict[str, Any]:
+    """Latency and throughput of the server on `port`; given its process id, its CPU time per
+    call too."""
+    cpu_before = None if pid is None else _cpu_seconds(pid)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         echo = channel.unary_unary(
             f"/{SERVICE}/Echo",
@@ -92,7 +109,16 @@ async def _measure(port: int) -> dict[str, Any]:
         await asyncio.gather(*(worker(CALLS // CONCURRENCY) for _ in range(CONCURRENCY)))
         elapsed = time.perf_counter() - started
         throughput = (CALLS // CONCURRENCY) * CONCURRENCY / elapsed
-    return {**latency_summary(samples), "throughput_rps": round(throughput)}
+    cpu_after = None if pid is None else _cpu_seconds(pid)
+    calls = 200 + CALLS + (CALLS // CONCURRENCY) * CONCURRENCY
+    measured: dict[str, Any] = {**latency_summary(samples), "throughput_rps": round(throughput)}
+    if pid is not None:
+        measured["server_cpu_us_per_call"] = (
+            None
+            if cpu_before is None or cpu_after is None
+            else round((cpu_after - cpu_before) / calls * 1e6, 1)
+        )
+    return measured
 
 
 def run() -> dict[str, Any]:
@@ -108,7 +134,8 @@ def run() -> dict[str, Any]:
             process.start()
             try:
                 port = ports.get(timeout=30)
-                measured[mode].append(asyncio.run(_measure(port)))
+                assert process.pid is not None
+                measured[mode].append(asyncio.run(_measure(port, process.pid)))
             finally:
                 process.terminate()
                 process.join(timeout=10)
@@ -124,6 +151,12 @@ def run() -> dict[str, Any]:
         f"The recsys interceptor chain adds {overhead:.3f} ms at p50 to an empty call; "
         f"the JSON access log adds {rows[2]['p50_ms'] - rows[1]['p50_ms']:.3f} ms more."
     )
+    cpu = [row["server_cpu_us_per_call"] for row in rows]
+    if None not in cpu:
+        conclusion += (
+            f" Server CPU per call: {cpu[0]:.0f} us bare, {cpu[1]:.0f} us recsys, "
+            f"{cpu[2]:.0f} us with the access log."
+        )
     return {
         "conclusion": conclusion,
         "title": "Empty gRPC round trip (loopback, separate server process)",
@@ -133,7 +166,8 @@ def run() -> dict[str, Any]:
             "client: grpc.aio in the benchmark process. `bare` is a plain "
             "grpc.aio server with the same handler; `recsys` is GrpcApplication with its full "
             "interceptor chain (access log off); `recsys+access-log` writes one JSON log line "
-            "per call."
+            "per call. `server_cpu_us_per_call`: the server process's CPU time (user + system) "
+            "over all the round's calls, warm-up included, per call."
         ),
         "rows": rows,
     }

@@ -1,37 +1,44 @@
-"""Server interceptors shared by every service (outermost first):
+"""The interceptor of every recsys server: one grpc.aio interceptor (`RecsysInterceptor`) that
+runs these layers, outermost first:
 
-1. RequestIdInterceptor: takes `x-request-id` from the caller or generates one, exposes it to
-   logs and servicers, and returns it in the trailing metadata.
-2. ObservabilityInterceptor: Prometheus counts and latency per method and status code, and one
-   structured access-log line per call, naming the authenticated caller.
-3. ErrorMappingInterceptor: RecsysError -> status code with google.rpc.Status details;
-   anything else is logged with its traceback and becomes INTERNAL with a generic message.
-4. AuthInterceptor (`auth.py`, with `auth.enabled`): names the caller, applies the allowlist.
-5. DeadlineInterceptor: applies the server's default deadline when the caller sent none, cuts
+1. The call's entry (request id, observability, error mapping, folded into one step):
+   - takes `x-request-id` from the caller or generates one, exposes it to logs and servicers,
+     and returns it in the trailing metadata;
+   - Prometheus counts and latency per method and status code, and (`logging.access_log`) one
+     structured access-log line per call, naming the authenticated caller;
+   - RecsysError -> status code with google.rpc.Status details; anything else is logged with
+     its traceback and becomes INTERNAL with a generic message.
+2. AuthInterceptor (`auth.py`, with `auth.enabled`): names the caller, applies the allowlist.
+3. DeadlineInterceptor: applies the server's default deadline when the caller sent none, cuts
    a longer one to the server's maximum, and records the deadline for outbound calls
    (`recsys.deadlines`).
-6. CallerLimitInterceptor and AdmissionInterceptor: per-caller and global load shedding.
+4. CallerLimitInterceptor and AdmissionInterceptor: per-caller and global load shedding.
 
-They wrap every kind of method, streaming ones included (health Watch, reflection), so that
-one path authenticates, logs and maps the errors of every call; the deadline and load shedding
-layers act on unary calls only (every recsys.v1 RPC is unary; a health Watch is meant to stay
-open). Requests that are not valid messages go through them too: the services are registered
-with deserializers that never raise (`decoding.py`), and their InvalidArgument is raised
-inside the chain.
+One interceptor, not one per layer: grpc.aio runs the whole interceptor pipeline for every call
+(each interceptor awaits its continuation and builds a new method handler), so each layer as an
+interceptor of its own cost a few microseconds per call. What depends on the method alone (its
+metric children, which layers apply) is worked out once per method and kept.
+
+The layers wrap every kind of method, streaming ones included (health Watch, reflection), so
+that one path authenticates, logs and maps the errors of every call; the deadline and load
+shedding layers act on unary calls only (every recsys.v1 RPC is unary; a health Watch is meant
+to stay open). Requests that are not valid messages go through them too: the services are
+registered with deserializers that never raise (`decoding.py`), and their InvalidArgument is
+raised inside the chain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
 import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -142,10 +149,15 @@ def _behaviour_of(handler: grpc.RpcMethodHandler) -> Behaviour:
     return behaviour
 
 
+# Wraps a behaviour into another (a layer of the chain, bound to one method).
+Wrap = Callable[[Behaviour], Behaviour]
+
+
 class _CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Base: wraps the behaviour of every handler (unary and streaming) with `around`, which
-    is given the method's path and kind (`grpc_type`); an interceptor with `unary_only` leaves
-    streaming handlers as they are."""
+    """Base of a layer: wraps the behaviour of every handler (unary and streaming) with
+    `around`, which is given the method's path and kind (`grpc_type`); a layer with
+    `unary_only` leaves streaming handlers as they are. Runs inside RecsysInterceptor (see
+    `bind`), or alone as a grpc.aio interceptor of its own."""
 
     unary_only = False
 
@@ -159,6 +171,22 @@ class _CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> Any:
         raise NotImplementedError
 
+    def applies(self, method: str, kind: str) -> bool:
+        """Whether the layer acts on calls of this method (decided once per method)."""
+        return kind == "unary" or not self.unary_only
+
+    def bind(self, method: str, kind: str) -> Wrap | None:
+        """How the layer wraps the behaviour of one call of `method`; None where it does not
+        apply. A partial, not a closure: the call goes straight to `around`, one frame."""
+        if not self.applies(method, kind):
+            return None
+        around = self.around
+
+        def wrap(behaviour: Behaviour) -> Behaviour:
+            return functools.partial(around, behaviour, method=method, kind=kind)
+
+        return wrap
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -168,16 +196,12 @@ class _CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         kind, factory = _KINDS[(bool(handler.request_streaming), bool(handler.response_streaming))]
-        if self.unary_only and kind != "unary":
-            return handler
-        behaviour = _behaviour_of(handler)
         method: str = handler_call_details.method
-
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            return await self.around(behaviour, request, context, method, kind)
-
+        wrap = self.bind(method, kind)
+        if wrap is None:
+            return handler
         return factory(
-            wrapped,
+            wrap(_behaviour_of(handler)),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -189,66 +213,95 @@ def _valid_request_id(value: str) -> bool:
     )
 
 
-class RequestIdInterceptor(_CallInterceptor):
-    async def around(
-        self,
-        behaviour: Behaviour,
-        request: Any,
-        context: grpc.aio.ServicerContext,
-        method: str,
-        kind: str,
+def _request_id_of(context: grpc.aio.ServicerContext) -> str:
+    """The caller's `x-request-id` when valid, else a new one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and _valid_request_id(value):
+            return value
+    # 128 random bits as 32 hex digits, like uuid4().hex, without its os.urandom system call
+    # per call (several microseconds under load). Ids need to be unique, not unpredictable;
+    # `random` reseeds in a forked child, so replicas do not repeat each other's ids.
+    return f"{random.getrandbits(128):032x}"
+
+
+def _failure_code(context: grpc.aio.ServicerContext, state: CallState) -> grpc.StatusCode:
+    """The status code of a call that ended with an exception."""
+    if state.code is not grpc.StatusCode.OK:
+        return state.code
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(code, int):
+        return status_code_of(code)
+    return grpc.StatusCode.UNKNOWN
+
+
+class _CallEntry:
+    """The outermost layer of one method's calls: request id, metrics and access log, error
+    mapping. The method's metric children are looked up once (a `labels()` lookup takes a
+    lock and builds a key on every call), and the per-code counters as codes occur."""
+
+    def __init__(
+        self, metrics: GrpcServerMetrics, method: str, kind: str, *, access_log: bool
+    ) -> None:
+        _, _, path = method.partition("/")
+        service, _, method_name = path.partition("/")
+        self._labels = (kind, service, method_name)
+        self._method = method
+        self._handled_metric = metrics.handled
+        self._started = metrics.started.labels(*self._labels)
+        self._seconds = metrics.handling_seconds.labels(*self._labels)
+        self._handled: dict[grpc.StatusCode, Any] = {}
+        self._access_log = access_log
+
+    async def run(
+        self, behaviour: Behaviour, request: Any, context: grpc.aio.ServicerContext
     ) -> Any:
-        request_id = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == REQUEST_ID_KEY and isinstance(value, str) and _valid_request_id(value):
-                request_id = value
-                break
-        if not request_id:
-            request_id = uuid.uuid4().hex
-        state_token = _call_state.set(CallState(method=method, request_id=request_id))
+        method = self._method
+        request_id = _request_id_of(context)
+        state = CallState(method=method, request_id=request_id)
+        state_token = _call_state.set(state)
         log_token = set_request_id(request_id)
         # Set before the call so that aborts without metadata of their own carry it too.
         context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
-        try:
-            return await behaviour(request, context)
-        finally:
-            reset_request_id(log_token)
-            _call_state.reset(state_token)
-
-
-class ObservabilityInterceptor(_CallInterceptor):
-    def __init__(self, metrics: GrpcServerMetrics, *, access_log: bool) -> None:
-        self._metrics = metrics
-        self._access_log = access_log
-
-    async def around(
-        self,
-        behaviour: Behaviour,
-        request: Any,
-        context: grpc.aio.ServicerContext,
-        method: str,
-        kind: str,
-    ) -> Any:
-        _, _, path = method.partition("/")
-        service, _, method_name = path.partition("/")
-        labels = (kind, service, method_name)
-        self._metrics.started.labels(*labels).inc()
+        self._started.inc()
         started = time.perf_counter()
         code = grpc.StatusCode.UNKNOWN
         try:
-            response = await behaviour(request, context)
+            try:
+                response = await behaviour(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except RecsysError as error:
+                await _abort(context, state, error)
+            except Exception:
+                logger.exception("unhandled error in %s", method, extra={"grpc_method": method})
+                await _abort(
+                    context,
+                    state,
+                    RecsysError(
+                        f"internal error; quote request_id {request_id} to the operators",
+                        reason="INTERNAL",
+                    ),
+                    code=grpc.StatusCode.INTERNAL,
+                )
             code = grpc.StatusCode.OK
             return response
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
         except BaseException:
-            code = self._failure_code(context)
+            code = _failure_code(context, state)
             raise
         finally:
             elapsed = time.perf_counter() - started
-            self._metrics.handled.labels(*labels, code.name).inc()
-            self._metrics.handling_seconds.labels(*labels).observe(elapsed)
+            handled = self._handled.get(code)
+            if handled is None:
+                handled = self._handled[code] = self._handled_metric.labels(
+                    *self._labels, code.name
+                )
+            handled.inc()
+            self._seconds.observe(elapsed)
             if self._access_log:
                 access_logger.info(
                     "rpc",
@@ -257,21 +310,11 @@ class ObservabilityInterceptor(_CallInterceptor):
                         "grpc_code": code.name,
                         "duration_ms": round(elapsed * 1000, 3),
                         "peer": context.peer(),
-                        "caller": current_caller(),
+                        "caller": state.caller,
                     },
                 )
-
-    @staticmethod
-    def _failure_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
-        state = current_call_state()
-        if state is not None and state.code is not grpc.StatusCode.OK:
-            return state.code
-        code = context.code()
-        if isinstance(code, grpc.StatusCode):
-            return code
-        if isinstance(code, int):
-            return status_code_of(code)
-        return grpc.StatusCode.UNKNOWN
+            reset_request_id(log_token)
+            _call_state.reset(state_token)
 
 
 def retry_after_seconds(error: RecsysError) -> float | None:
@@ -342,61 +385,34 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
-class ErrorMappingInterceptor(_CallInterceptor):
-    async def around(
-        self,
-        behaviour: Behaviour,
-        request: Any,
-        context: grpc.aio.ServicerContext,
-        method: str,
-        kind: str,
-    ) -> Any:
-        try:
-            return await behaviour(request, context)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except RecsysError as error:
-            await self._abort(context, error)
-        except Exception:
-            state = current_call_state()
-            logger.exception("unhandled error in %s", method, extra={"grpc_method": method})
-            request_id = state.request_id if state else ""
-            await self._abort(
-                context,
-                RecsysError(
-                    f"internal error; quote request_id {request_id} to the operators",
-                    reason="INTERNAL",
-                ),
-                code=grpc.StatusCode.INTERNAL,
-            )
-
-    @staticmethod
-    async def _abort(
-        context: grpc.aio.ServicerContext,
-        error: RecsysError,
-        *,
-        code: grpc.StatusCode | None = None,
-    ) -> None:
-        state = current_call_state()
-        request_id = state.request_id if state else ""
-        status = status_for_error(error, request_id)
-        grpc_code = code or status_code_of(int(error.code))
-        status.code = grpc_code.value[0]
-        if state is not None:
-            state.code = grpc_code
-        answer = rpc_status.to_status(status)
-        # The parts of `answer` go to `abort`: `abort_with_status` is not declared by
-        # grpc.aio.ServicerContext, and it too replaces the trailing metadata set earlier,
-        # so the request id has to be restated either way.
-        trailing = tuple(answer.trailing_metadata)
-        if request_id:
-            trailing += ((REQUEST_ID_KEY, request_id),)
-        if isinstance(error, Overloaded):
-            # gRPC clients' retry policy honours this hint; jittered, so the callers refused
-            # together do not come back together.
-            pushback = error.retry_after_seconds * random.uniform(0.5, 1.5)
-            trailing += ((RETRY_PUSHBACK_KEY, str(max(1, round(pushback * 1000)))),)
-        await context.abort(answer.code, answer.details, trailing_metadata=trailing)
+async def _abort(
+    context: grpc.aio.ServicerContext,
+    state: CallState,
+    error: RecsysError,
+    *,
+    code: grpc.StatusCode | None = None,
+) -> NoReturn:
+    """Ends the call with the error's status, google.rpc.Status details and request id."""
+    request_id = state.request_id
+    status = status_for_error(error, request_id)
+    grpc_code = code or status_code_of(int(error.code))
+    status.code = grpc_code.value[0]
+    state.code = grpc_code
+    answer = rpc_status.to_status(status)
+    # The parts of `answer` go to `abort`: `abort_with_status` is not declared by
+    # grpc.aio.ServicerContext, and it too replaces the trailing metadata set earlier,
+    # so the request id has to be restated either way.
+    trailing = tuple(answer.trailing_metadata)
+    if request_id:
+        trailing += ((REQUEST_ID_KEY, request_id),)
+    if isinstance(error, Overloaded):
+        # gRPC clients' retry policy honours this hint; jittered, so the callers refused
+        # together do not come back together.
+        pushback = error.retry_after_seconds * random.uniform(0.5, 1.5)
+        trailing += ((RETRY_PUSHBACK_KEY, str(max(1, round(pushback * 1000)))),)
+    await context.abort(answer.code, answer.details, trailing_metadata=trailing)
+    # grpc.aio's abort always raises AbortError; should it return, the call still fails.
+    raise error
 
 
 class DeadlineInterceptor(_CallInterceptor):
@@ -448,6 +464,9 @@ class CallerLimitInterceptor(_CallInterceptor):
     def __init__(self, limits: CallerLimits) -> None:
         self.limits = limits
 
+    def applies(self, method: str, kind: str) -> bool:
+        return kind == "unary" and method.startswith(PLATFORM_METHODS)
+
     async def around(
         self,
         behaviour: Behaviour,
@@ -457,7 +476,7 @@ class CallerLimitInterceptor(_CallInterceptor):
         kind: str,
     ) -> Any:
         caller = current_caller()
-        if not caller or not method.startswith(PLATFORM_METHODS):
+        if not caller:
             return await behaviour(request, context)
         async with self.limits.admit(caller):
             return await behaviour(request, context)
@@ -471,6 +490,9 @@ class AdmissionInterceptor(_CallInterceptor):
     def __init__(self, controller: AdmissionController) -> None:
         self.controller = controller
 
+    def applies(self, method: str, kind: str) -> bool:
+        return kind == "unary" and method.startswith(PLATFORM_METHODS)
+
     async def around(
         self,
         behaviour: Behaviour,
@@ -479,10 +501,77 @@ class AdmissionInterceptor(_CallInterceptor):
         method: str,
         kind: str,
     ) -> Any:
-        if not method.startswith(PLATFORM_METHODS):
-            return await behaviour(request, context)
         async with self.controller.admit():
             return await behaviour(request, context)
+
+
+@dataclass(frozen=True)
+class _Route:
+    """What RecsysInterceptor worked out for one method and handler kind."""
+
+    streams: tuple[bool, bool]
+    factory: Callable[..., grpc.RpcMethodHandler]
+    entry: _CallEntry
+    # The inner layers that apply to the method, innermost first.
+    wraps: tuple[Wrap, ...]
+
+
+# Routes kept at most: methods are the servers' own, but a generic handler may answer any path.
+MAX_ROUTES = 4096
+
+
+class RecsysInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """The whole chain as one grpc.aio interceptor: the call's entry (request id, metrics,
+    access log, error mapping), then `layers` (outermost first) around the handler."""
+
+    def __init__(
+        self,
+        metrics: GrpcServerMetrics,
+        *,
+        access_log: bool,
+        layers: Sequence[_CallInterceptor] = (),
+    ) -> None:
+        self._metrics = metrics
+        self._access_log = access_log
+        self._layers = tuple(layers)
+        self._routes: dict[str, _Route] = {}
+
+    def _route(self, method: str, streams: tuple[bool, bool]) -> _Route:
+        route = self._routes.get(method)
+        if route is not None and route.streams == streams:
+            return route
+        kind, factory = _KINDS[streams]
+        wraps = [layer.bind(method, kind) for layer in reversed(self._layers)]
+        route = _Route(
+            streams,
+            factory,
+            _CallEntry(self._metrics, method, kind, access_log=self._access_log),
+            tuple(wrap for wrap in wraps if wrap is not None),
+        )
+        if len(self._routes) < MAX_ROUTES:
+            self._routes[method] = route
+        return route
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        route = self._route(
+            handler_call_details.method,
+            (bool(handler.request_streaming), bool(handler.response_streaming)),
+        )
+        behaviour = _behaviour_of(handler)
+        for wrap in route.wraps:
+            behaviour = wrap(behaviour)
+        return route.factory(
+            functools.partial(route.entry.run, behaviour),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
 
 def server_interceptors(
@@ -491,25 +580,21 @@ def server_interceptors(
     access_log: bool,
     default_deadline_seconds: float,
     max_deadline_seconds: float | None = None,
-    auth: grpc.aio.ServerInterceptor | None = None,
+    auth: _CallInterceptor | None = None,
     caller_limits: CallerLimits | None = None,
     admission: AdmissionController | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
-    """The interceptor chain of every recsys server, outermost first. Authentication sits
-    inside error mapping, so its refusals carry the usual status details, and names the caller
-    before anything limits per caller; the per-caller and global admission sit inside the
-    deadline, which they need to know whether a call can still finish in time, and a caller
-    over its own bound waits outside the shared queue."""
-    chain: list[grpc.aio.ServerInterceptor] = [
-        RequestIdInterceptor(),
-        ObservabilityInterceptor(metrics, access_log=access_log),
-        ErrorMappingInterceptor(),
-    ]
+    """The interceptor chain of every recsys server (one RecsysInterceptor). Authentication
+    sits inside error mapping, so its refusals carry the usual status details, and names the
+    caller before anything limits per caller; the per-caller and global admission sit inside
+    the deadline, which they need to know whether a call can still finish in time, and a
+    caller over its own bound waits outside the shared queue."""
+    layers: list[_CallInterceptor] = []
     if auth is not None:
-        chain.append(auth)
-    chain.append(DeadlineInterceptor(default_deadline_seconds, max_deadline_seconds))
+        layers.append(auth)
+    layers.append(DeadlineInterceptor(default_deadline_seconds, max_deadline_seconds))
     if caller_limits is not None:
-        chain.append(CallerLimitInterceptor(caller_limits))
+        layers.append(CallerLimitInterceptor(caller_limits))
     if admission is not None:
-        chain.append(AdmissionInterceptor(admission))
-    return chain
+        layers.append(AdmissionInterceptor(admission))
+    return [RecsysInterceptor(metrics, access_log=access_log, layers=layers)]

@@ -12,9 +12,9 @@ from recsys.ports.features import (
     FeatureStore,
     ItemFeatureBatch,
     ItemFeatures,
+    ItemFeatureTable,
     UserEmbedding,
     UserFeatures,
-    batch_from,
 )
 from recsys.settings import RecsysSettings
 
@@ -60,7 +60,8 @@ class InMemoryFeatureStore(FeatureStore):
         self.recent_keep = recent_keep
         self.clock = clock
         self._embeddings: dict[str, UserEmbedding] = {}
-        self._items: dict[int, ItemFeatures] = {}
+        # Columns, so a read of many items is array work, not a step per item.
+        self._items = ItemFeatureTable()
         self._default: UserEmbedding | None = None
         self._preferences: dict[str, dict[str, float]] = {}
         # User -> item -> latest event time (Unix ms), as the Redis sorted set.
@@ -129,15 +130,12 @@ class InMemoryFeatureStore(FeatureStore):
         return unix_milliseconds(now) - self.recent_window_seconds * 1000
 
     async def get_item_features(self, item_ids: Sequence[int]) -> ItemFeatureBatch:
-        items = self._items
-        return batch_from([items.get(item_id) for item_id in item_ids])
+        return self._items.lookup(item_ids)
 
     async def put_item_features(self, items: Mapping[int, ItemFeatures]) -> None:
-        for item_id, features in items.items():
-            embedding = None if features.embedding is None else features.embedding.astype("float32")
-            self._items[int(item_id)] = ItemFeatures(
-                features.category, float(features.popularity), float(features.freshness), embedding
-            )
+        # The table copies the values into its columns: later changes to the caller's arrays
+        # do not leak into the store.
+        self._items.upsert(items)
 
     async def get_default_user_embedding(self) -> UserEmbedding | None:
         return self._default
