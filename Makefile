@@ -99,8 +99,8 @@ check-monitoring: monitoring-tools ## promtool checks and unit tests of monitori
 	promtool check rules monitoring/alerts.yml
 	cd monitoring && promtool test rules alerts.test.yml
 
-bench: install ## Benchmarks (results in bench/results/ and docs/benchmarks.md)
-	$(BIN)/python -m bench.run
+bench: install ## Benchmarks (results in bench/results/ and docs/benchmarks.md); SCALE=10m: only the 10M-item scale run
+	$(if $(filter 10m,$(SCALE)),BENCH_ONLY=scale )$(BIN)/python -m bench.run
 
 lock: install ## Re-pin constraints.txt from the installed environment
 	@{ echo "# Every package of the development environment, pinned (make install uses it as pip"; \

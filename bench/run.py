@@ -11,13 +11,15 @@ import sys
 
 from bench.common import render_docs, write_result
 
-BENCHMARKS = ["grpc_round_trip", "retrieval", "rank", "recommend", "events"]
+BENCHMARKS = ["grpc_round_trip", "retrieval", "rank", "rank_tiers", "recommend", "events", "load"]
+# Run only when named in BENCH_ONLY: `scale` takes many minutes and about 8 GiB.
+ON_REQUEST = ["scale"]
 
 
 def main() -> int:
     only = {name for name in os.environ.get("BENCH_ONLY", "").split(",") if name}
-    for name in BENCHMARKS:
-        if only and name not in only:
+    for name in BENCHMARKS + ON_REQUEST:
+        if (only and name not in only) or (not only and name in ON_REQUEST):
             continue
         sys.stderr.write(f"bench: running {name}\n")
         result = importlib.import_module(f"bench.{name}").run()

@@ -141,6 +141,8 @@ def info(snapshots: SnapshotsOption = Path("var/snapshots"), shard: ShardOption 
                     "index_type": manifest.spec.index_type.value,
                     "metric": manifest.spec.metric.value,
                     "num_shards": manifest.num_shards,
+                    # Shards of one build share it; a mix searches with mismatched lists.
+                    "quantizer_id": manifest.quantizer_id,
                     "built_at": manifest.built_at.isoformat(),
                 }
             )

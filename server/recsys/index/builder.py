@@ -1,4 +1,7 @@
-"""Builds N shard snapshots from one embeddings file (`recsys index build`)."""
+"""Builds N shard snapshots from one embeddings file (`recsys index build`).
+
+IVF builds train one coarse quantizer on a seeded sample of the whole catalogue and give it to
+every shard (see `recsys.index.quantizer`), so the shards search like one index."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from recsys.index.embeddings_file import ItemEmbeddings
+from recsys.index.quantizer import QUANTIZER_SEED, train_shared_index
 from recsys.index.shard_index import ShardIndex
 from recsys.index.snapshots import SnapshotManager, SnapshotManifest
 from recsys.index.spec import IndexSpec
@@ -28,6 +32,7 @@ def build_shard_snapshots(
     snapshots: SnapshotManager,
     make_current: bool = True,
     on_shard_done: ProgressCallback | None = None,
+    seed: int = QUANTIZER_SEED,
 ) -> list[SnapshotManifest]:
     """One snapshot per shard, shard s holding the items with `item_id % num_shards == s`.
 
@@ -40,6 +45,10 @@ def build_shard_snapshots(
     if len(np.unique(embeddings.item_ids)) != len(embeddings.item_ids):
         raise ValueError("item ids in the embeddings file must be unique")
     built_at = dt.datetime.now(dt.UTC)
+    trained = None
+    if spec.is_ivf and len(embeddings.item_ids):
+        # nlist for the catalogue, not per shard: the shards split one index's lists.
+        trained = train_shared_index(spec, embeddings.vectors, seed=seed)
     routes = embeddings.item_ids % num_shards
     manifests = []
     for shard_id in range(num_shards):
@@ -53,6 +62,7 @@ def build_shard_snapshots(
             index_version=index_version,
             embedding_version=embeddings.embedding_version,
             built_at=built_at,
+            trained_index=trained,
         )
         manifest = snapshots.publish(shard, make_current=False)
         manifests.append(manifest)

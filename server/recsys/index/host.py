@@ -21,6 +21,7 @@ from recsys.errors import (
     RecsysError,
     Unavailable,
 )
+from recsys.index.batcher import SearchBatcher
 from recsys.index.shard_index import ShardIndex
 from recsys.index.snapshots import Expectations, SnapshotInvalid, SnapshotManager
 from recsys.index.spec import MAX_EF_SEARCH, MAX_NPROBE, IndexSpec
@@ -70,8 +71,11 @@ class ShardHost:
         use_gpu: bool = False,
         gpu_device: int = 0,
         on_search: Callable[[float], None] | None = None,
+        batcher: SearchBatcher | None = None,
     ) -> None:
         self.spec = spec
+        # In-process shards sharing one: a fan-out's searches run as a few executor jobs.
+        self._batcher = batcher
         # Told how long each FAISS search took (seconds, in the search thread).
         self.on_search = on_search
         self.shard_id = shard_id
@@ -137,6 +141,8 @@ class ShardHost:
                 self.on_search(time.perf_counter() - started)
             return found
 
+        if self._batcher is not None:
+            return index, await self._batcher.submit(search)
         return index, await self._run(search)
 
     async def upsert(
@@ -209,6 +215,7 @@ class ShardHost:
     async def _swap(self, shard: ShardIndex) -> SwapResult:
         if self._use_gpu:
             await self._run(shard.use_gpu, self._gpu_device)
+        await self._run(self._warn_on_mixed_quantizers, shard)
         previous = self.current
         self.current = shard
         logger.info(
@@ -222,6 +229,32 @@ class ShardHost:
             },
         )
         return SwapResult(shard.index_version, previous.index_version, shard.item_count)
+
+    def _warn_on_mixed_quantizers(self, shard: ShardIndex) -> None:
+        """Warns (and serves anyway) when other shards' CURRENT snapshots probe another coarse
+        quantizer: answers stay correct, but recall at a given nprobe is no longer that of one
+        index, so the shards should be rebuilt together. Mid-rollout this is expected."""
+        mine = shard.quantizer_id
+        if mine is None or self.snapshots is None:
+            return
+        try:
+            others = self.snapshots.current_quantizers(self.num_shards)
+        except OSError:
+            return
+        differing = sorted(
+            shard_id
+            for shard_id, other in others.items()
+            if shard_id != self.shard_id and other is not None and other != mine
+        )
+        if differing:
+            logger.warning(
+                "shards of different builds: their coarse quantizers differ",
+                extra={
+                    "shard_id": self.shard_id,
+                    "quantizer_id": mine,
+                    "differing_shard_ids": differing,
+                },
+            )
 
     async def watch_current(self, poll_seconds: float) -> None:
         """Loads CURRENT whenever it names a version other than the serving one."""

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from recsys.domain.ordering import top_k_order
 from recsys.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from recsys.index.faiss_module import faiss
+from recsys.index.quantizer import TRAINING_POINTS_PER_LIST, quantizer_id, train_shared_index
 from recsys.index.rwlock import ReadWriteLock
 from recsys.index.spec import IndexSpec, IndexType, Metric
 from recsys.ports.shards import SearchHits
@@ -30,8 +31,6 @@ logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
 LABELS_FILE = "labels.npy"
-# IVF training uses at most this many points per list (FAISS's advice is 39 to 256).
-TRAINING_POINTS_PER_LIST = 256
 TRAINING_SEED = 1234
 
 FloatArray = npt.NDArray[np.float32]
@@ -169,15 +168,26 @@ class ShardIndex:
         index_version: str,
         embedding_version: str,
         built_at: dt.datetime | None = None,
+        trained_index: Any | None = None,
     ) -> ShardIndex:
-        """Builds (and for IVF trains) an index over the given items of this shard."""
+        """Builds an index over the given items of this shard. IVF: `trained_index` is the
+        build's shared quantizer (see `recsys.index.quantizer`), copied and filled with this
+        shard's items; without one the shard trains its own on its items, which is the same
+        thing for a single shard."""
         ids = as_item_ids(item_ids)
         matrix = as_vectors(vectors, spec.dimension)
         if len(ids) != len(matrix):
             raise InvalidArgument(
                 [FieldViolation("vectors", f"{len(matrix)} vectors for {len(ids)} item ids")]
             )
-        index = new_faiss_index(spec, len(ids))
+        if trained_index is not None:
+            index = faiss.clone_index(trained_index)
+            if index.d != spec.dimension or not index.is_trained:
+                raise ValueError("the shared index must be trained and of the spec's dimension")
+        elif spec.is_ivf and len(ids):
+            index = train_shared_index(spec, matrix)
+        else:
+            index = new_faiss_index(spec, len(ids))
         shard = cls(
             spec,
             shard_id=shard_id,
@@ -202,6 +212,11 @@ class ShardIndex:
     @property
     def faiss_index(self) -> Any:
         return self._index
+
+    @property
+    def quantizer_id(self) -> str | None:
+        """Which coarse quantizer this IVF shard probes (None: not IVF, or untrained)."""
+        return quantizer_id(self._index)
 
     @property
     def on_gpu(self) -> bool:
@@ -271,6 +286,10 @@ class ShardIndex:
                 row_ids = labels[row_ids]
             row_ids = row_ids.astype(np.int64)
             row_scores = row_distances[found].astype(np.float32)
+            if len(row_scores) < 2 or bool(np.all(row_scores[:-1] > row_scores[1:])):
+                # FAISS answers best first; with no ties that already is the rank order.
+                hits.append(SearchHits(row_ids[:k], row_scores[:k]))
+                continue
             keep = top_k_order(row_ids, row_scores, k)
             hits.append(SearchHits(row_ids[keep], row_scores[keep]))
         return hits

@@ -40,6 +40,9 @@ class SnapshotManifest(BaseModel):
     built_at: dt.datetime
     # File name -> SHA-256 hex digest.
     files: dict[str, str]
+    # IVF: digest of the coarse quantizer (centroids, PQ codebooks) the shard probes; shards
+    # of one build share it, and shards with different ones do not search like one index.
+    quantizer_id: str | None = None
 
 
 class SnapshotInvalid(FailedPrecondition):
@@ -89,6 +92,7 @@ class SnapshotManager:
             embedding_version=shard.embedding_version,
             built_at=shard.built_at,
             files={name: sha256(data) for name, data in files.items()},
+            quantizer_id=shard.quantizer_id,
         )
         files[MANIFEST_FILE] = manifest.model_dump_json(indent=2).encode()
         self.store.write_version(shard.shard_id, shard.index_version, files)
@@ -188,6 +192,11 @@ class SnapshotManager:
 
     @staticmethod
     def _check_contents(version: str, manifest: SnapshotManifest, shard: ShardIndex) -> None:
+        if manifest.quantizer_id is not None and shard.quantizer_id != manifest.quantizer_id:
+            raise SnapshotInvalid(
+                f"version {version}: the index probes quantizer {shard.quantizer_id}, the "
+                f"manifest says {manifest.quantizer_id}"
+            )
         if shard.item_count != manifest.item_count:
             raise SnapshotInvalid(
                 f"version {version}: {shard.item_count} items, manifest says {manifest.item_count}"
@@ -201,6 +210,20 @@ class SnapshotManager:
             hits = shard.search(probe.astype(np.float32), 1, nprobe=MAX_NPROBE)
             if not hits[0].item_ids.size:
                 raise SnapshotInvalid(f"version {version}: canary search found nothing")
+
+    def current_quantizers(self, num_shards: int) -> dict[int, str | None]:
+        """Shard id -> the quantizer id in its CURRENT manifest (shards without a readable
+        CURRENT manifest are left out)."""
+        found: dict[int, str | None] = {}
+        for shard_id in range(num_shards):
+            version = self.store.current(shard_id)
+            if version is None:
+                continue
+            try:
+                found[shard_id] = self.manifest(shard_id, version).quantizer_id
+            except SnapshotInvalid:
+                continue
+        return found
 
     def load(self, expected: Expectations, version: str | None = None) -> ShardIndex:
         """Loads and verifies a version (default: CURRENT). A version that fails verification is
