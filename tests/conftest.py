@@ -40,6 +40,16 @@ def movielens_path() -> Path:
     return ML_100K
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A 3-master Redis Cluster for the whole run (started on first use; tests keep to a
+    namespace of their own): the URL of one node, the startup address."""
+    from tests.support.redis_cluster import running_cluster
+
+    with running_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
+        yield url
+
+
 ADDRESS_PATTERN = re.compile(r'"address": "(127\.0\.0\.1:\d+)"')
 
 

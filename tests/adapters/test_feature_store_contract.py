@@ -1,4 +1,5 @@
-"""The FeatureStore contract, run against every adapter: in-memory and Redis (real server)."""
+"""The FeatureStore contract, run against every adapter: in-memory, Redis (the real standalone
+server) and a 3-master Redis Cluster."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from recsys.adapters.features.in_memory import InMemoryFeatureStore
 from recsys.domain.interactions import Interaction, InteractionKind
 from recsys.ports.features import FeatureStore, ItemFeatures, UserEmbedding
-from tests.support.services import require_redis
+from tests.support.redis_cluster import REDIS_KINDS, redis_client, remove_keys
 
 # Small bounds so the window and `keep` show in a few events.
 WINDOW_SECONDS = 600
@@ -38,7 +39,7 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["in_memory", "redis"])
+@pytest.fixture(params=["in_memory", *REDIS_KINDS])
 async def store(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[FeatureStore]:
     if request.param == "in_memory":
         adapter: FeatureStore = InMemoryFeatureStore(
@@ -46,14 +47,12 @@ async def store(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[F
         )
         yield adapter
         return
-    import redis.asyncio as aioredis
-
     from recsys.adapters.redis.features import RedisFeatureStore
 
-    url = require_redis()
+    client = redis_client(request, request.param)
     namespace = f"test-{uuid.uuid4().hex[:12]}"
     adapter = RedisFeatureStore(
-        aioredis.Redis.from_url(url),
+        client,
         namespace=namespace,
         recent_window_seconds=WINDOW_SECONDS,
         recent_keep=KEEP,
@@ -62,11 +61,7 @@ async def store(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[F
     try:
         yield adapter
     finally:
-        cleaner = aioredis.Redis.from_url(url)
-        keys = [key async for key in cleaner.scan_iter(match=f"{namespace}:*")]
-        if keys:
-            await cleaner.delete(*keys)
-        await cleaner.aclose()
+        await remove_keys(client, namespace)
         await adapter.close()
 
 

@@ -1,6 +1,7 @@
-"""The ItemCounters contract, run against every adapter: in-memory and Redis (real server, a
-namespace of its own per test, removed afterwards). Values are compared with the direct sum
-(`recount`) of the events, each counted once however often it was delivered."""
+"""The ItemCounters contract, run against every adapter: in-memory, Redis (the real standalone
+server) and a 3-master Redis Cluster (a namespace of its own per test, removed afterwards).
+Values are compared with the direct sum (`recount`) of the events, each counted once however
+often it was delivered."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from recsys.domain.interactions import Interaction, InteractionKind
 from recsys.domain.popularity import recount
 from recsys.ports.counters import Counter, ItemCounters
 from recsys.settings import load_settings
-from tests.support.services import require_redis
+from tests.support.redis_cluster import REDIS_KINDS, redis_client, remove_keys
 
 POPULARITY_HALF_LIFE = 7 * 86_400.0
 TRENDING_HALF_LIFE = 3600.0
@@ -27,17 +28,17 @@ NOW = dt.datetime(2026, 12, 1, 12, tzinfo=dt.UTC)
 Make = Callable[..., ItemCounters]
 
 
-@pytest.fixture(params=["in_memory", "redis"])
+@pytest.fixture(params=["in_memory", *REDIS_KINDS])
 async def make(request: pytest.FixtureRequest) -> AsyncIterator[Make]:
     """Builds counters of the parameter's kind (wall clock at NOW; all of one test share the
     Redis namespace) and closes them afterwards."""
     made: list[ItemCounters] = []
     namespace = f"test-{uuid.uuid4().hex[:12]}"
-    url = require_redis() if request.param == "redis" else ""
+    client = None if request.param == "in_memory" else redis_client(request, request.param)
 
     def build(event_marker_ttl_seconds: int = 3600) -> ItemCounters:
         adapter: ItemCounters
-        if request.param == "in_memory":
+        if client is None:
             adapter = InMemoryItemCounters(
                 popularity_half_life_seconds=POPULARITY_HALF_LIFE,
                 trending_half_life_seconds=TRENDING_HALF_LIFE,
@@ -45,12 +46,10 @@ async def make(request: pytest.FixtureRequest) -> AsyncIterator[Make]:
                 clock=lambda: NOW,
             )
         else:
-            import redis.asyncio as aioredis
-
             from recsys.adapters.redis.counters import RedisItemCounters
 
             adapter = RedisItemCounters(
-                aioredis.Redis.from_url(url),
+                redis_client(request, request.param),
                 namespace=namespace,
                 popularity_half_life_seconds=POPULARITY_HALF_LIFE,
                 trending_half_life_seconds=TRENDING_HALF_LIFE,
@@ -63,14 +62,9 @@ async def make(request: pytest.FixtureRequest) -> AsyncIterator[Make]:
     try:
         yield build
     finally:
-        if url:
-            import redis.asyncio as aioredis
-
-            cleaner = aioredis.Redis.from_url(url)
-            keys = [key async for key in cleaner.scan_iter(match=f"{namespace}:*")]
-            if keys:
-                await cleaner.delete(*keys)
-            await cleaner.aclose()
+        if client is not None:
+            await remove_keys(client, namespace)
+            await client.aclose()
         for adapter in made:
             await adapter.close()
 
@@ -197,28 +191,37 @@ async def test_both_adapters_take_their_half_lives_and_marker_ttl_from_settings(
         await adapter.close()
 
 
-async def test_redis_keys_are_the_counters_sets_and_expiring_markers() -> None:
-    import redis.asyncio as aioredis
+@pytest.mark.parametrize("kind", REDIS_KINDS)
+async def test_redis_keys_are_the_counters_sets_and_expiring_markers_in_one_slot(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    """One script writes both sets and the markers: they share a hash tag, so one slot."""
+    from redis.crc import key_slot
 
     from recsys.adapters.redis.counters import RedisItemCounters
 
-    url = require_redis()
     namespace = f"test-{uuid.uuid4().hex[:12]}"
-    client = aioredis.Redis.from_url(url)
-    counters = RedisItemCounters(client, namespace=namespace, event_marker_ttl_seconds=600)
+    client = redis_client(request, kind)
+    counters = RedisItemCounters(
+        redis_client(request, kind), namespace=namespace, event_marker_ttl_seconds=600
+    )
     try:
-        await counters.record([event("e:1", 7)])
-        keys = {key.decode() async for key in client.scan_iter(match=f"{namespace}:*")}
-        assert keys == {
-            f"{namespace}:item_counters:popularity",
-            f"{namespace}:item_counters:trending",
-            f"{namespace}:counted:e:1",
+        # Ids that hash to other slots on their own, one of them with a hash tag of its own.
+        assert await counters.record([event("e:1", 7), event("{x}2", 8)]) == 2
+        keys = {key async for key in client.scan_iter(match=f"{namespace}:*")}
+        assert {key.decode() for key in keys} == {
+            f"{namespace}:item_counters:{{counters}}:popularity",
+            f"{namespace}:item_counters:{{counters}}:trending",
+            f"{namespace}:counted:{{counters}}:e:1",
+            f"{namespace}:counted:{{counters}}:{{x}}2",
         }
-        assert 590 < await client.ttl(f"{namespace}:counted:e:1") <= 600
-        assert await client.ttl(f"{namespace}:item_counters:trending") == -1
-        assert await client.zrange(f"{namespace}:item_counters:trending", 0, -1) == [b"7"]
+        assert {key_slot(key) for key in keys} == {key_slot(b"counters")}
+        # The configured TTL (not the 7-day default), whatever time the machine took since.
+        assert 0 < await client.ttl(f"{namespace}:counted:{{counters}}:e:1") <= 600
+        trending = f"{namespace}:item_counters:{{counters}}:trending"
+        assert await client.ttl(trending) == -1
+        assert await client.zrange(trending, 0, -1) == [b"7", b"8"]
     finally:
-        written = [key async for key in client.scan_iter(match=f"{namespace}:*")]
-        if written:
-            await client.delete(*written)
+        await remove_keys(client, namespace)
+        await client.aclose()
         await counters.close()

@@ -11,33 +11,27 @@ import pytest
 
 from recsys.adapters.rate_limit.in_memory import InMemoryRateLimiter
 from recsys.ports.rate_limit import RateLimiter
-from tests.support.services import require_redis
+from tests.support.redis_cluster import REDIS_KINDS, redis_client, remove_keys
 
 LIMIT = 100
 WINDOW = 60
 
 
-@pytest.fixture(params=["in_memory", "redis"])
+@pytest.fixture(params=["in_memory", *REDIS_KINDS])
 async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[RateLimiter]:
     if request.param == "in_memory":
         yield InMemoryRateLimiter(limit=LIMIT, window_seconds=WINDOW)
         return
-    import redis.asyncio as aioredis
-
     from recsys.adapters.rate_limit.redis import RedisRateLimiter
 
-    url = require_redis()
+    client = redis_client(request, request.param)
     namespace = f"test-{uuid.uuid4().hex[:12]}"
-    adapter = RedisRateLimiter(
-        aioredis.Redis.from_url(url), namespace=namespace, limit=LIMIT, window_seconds=WINDOW
-    )
+    adapter = RedisRateLimiter(client, namespace=namespace, limit=LIMIT, window_seconds=WINDOW)
     adapter.namespace = namespace  # type: ignore[attr-defined]
     try:
         yield adapter
     finally:
-        keys = [key async for key in adapter.client.scan_iter(match=f"{namespace}:*")]
-        if keys:
-            await adapter.client.delete(*keys)
+        await remove_keys(client, namespace)
         await adapter.close()
 
 

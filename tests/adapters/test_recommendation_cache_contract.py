@@ -1,5 +1,6 @@
-"""The RecommendationCache contract, run against every adapter: in-memory and Redis (real
-server, a key prefix of its own per test, removed afterwards)."""
+"""The RecommendationCache contract, run against every adapter: in-memory, Redis (the real
+standalone server) and a 3-master Redis Cluster (a key prefix of its own per test, removed
+afterwards)."""
 
 from __future__ import annotations
 
@@ -18,33 +19,27 @@ from recsys.ports.cache import (
     CachedRecommendations,
     RecommendationCache,
 )
-from tests.support.services import require_redis
+from tests.support.redis_cluster import REDIS_KINDS, redis_client, remove_keys
 
 # The Redis adapter deletes a user's entries under these surfaces and, through the user's
 # surface set, any other.
 CONFIGURED_SURFACES = ("homepage",)
 
 
-@pytest.fixture(params=["in_memory", "redis"])
+@pytest.fixture(params=["in_memory", *REDIS_KINDS])
 async def cache(request: pytest.FixtureRequest) -> AsyncIterator[RecommendationCache]:
     if request.param == "in_memory":
         yield InMemoryRecommendationCache()
         return
-    import redis.asyncio as aioredis
-
     from recsys.adapters.cache.redis import RedisRecommendationCache
 
-    url = require_redis()
+    client = redis_client(request, request.param)
     namespace = f"test-{uuid.uuid4().hex[:12]}"
-    adapter = RedisRecommendationCache(
-        aioredis.Redis.from_url(url), namespace=namespace, surfaces=CONFIGURED_SURFACES
-    )
+    adapter = RedisRecommendationCache(client, namespace=namespace, surfaces=CONFIGURED_SURFACES)
     try:
         yield adapter
     finally:
-        keys = [key async for key in adapter.client.scan_iter(match=f"{namespace}:*")]
-        if keys:
-            await adapter.client.delete(*keys)
+        await remove_keys(client, namespace)
         await adapter.close()
 
 

@@ -1,6 +1,7 @@
 """The Redis key layout of the three per-user adapters (features, cache, rate limit): a user's
 keys carry the user's hash tag, never the id, all land in one cluster slot, and erasure deletes
-exactly that user's keys (ids may contain ':', so one id can extend another)."""
+exactly that user's keys (ids may contain ':', so one id can extend another). On the standalone
+server and on a 3-master Redis Cluster, where the server itself says which slot a key is in."""
 
 from __future__ import annotations
 
@@ -9,34 +10,37 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pytest
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from recsys.adapters.cache.redis import RedisRecommendationCache
 from recsys.adapters.rate_limit.redis import RedisRateLimiter
-from recsys.adapters.redis.connection import user_tag
+from recsys.adapters.redis.connection import RedisClient, user_tag
 from recsys.adapters.redis.features import RedisFeatureStore
 from recsys.domain.erasure import hashed_subject
 from recsys.domain.interactions import Interaction, InteractionKind
 from recsys.ports.cache import KINDS, PRECOMPUTED, RESPONSES, CachedItem, CachedRecommendations
 from recsys.ports.features import UserEmbedding
-from tests.support.services import require_redis
+from tests.support.redis_cluster import REDIS_KINDS, redis_client, remove_keys
 
 pytestmark = pytest.mark.integration
 
 SURFACES = ("homepage", "cart", "email")
 VICTIM = "user77"
 NEIGHBOUR = "user77:homepage"  # the id that the old prefix scan of "user77" also matched
-# Keys of no user that the per-user adapters keep: the count of users per embedding version.
-SHARED_KEYS = ("embedding_versions",)
+# Keys of no user that the per-user adapters keep: the count of users per embedding version
+# (one key; on a cluster one per slot, `embedding_versions:{n}`, in the slot of the users it
+# counts).
+SHARED_PREFIX = "embedding_versions"
 
 
 @dataclass
 class Stores:
-    client: aioredis.Redis
+    client: RedisClient
     namespace: str
     features: RedisFeatureStore
     cache: RedisRecommendationCache
@@ -47,8 +51,8 @@ class Stores:
 
     async def keys(self) -> set[bytes]:
         """The per-user keys: all but the shared ones."""
-        shared = {f"{self.namespace}:{name}".encode() for name in SHARED_KEYS}
-        return await self.all_keys() - shared
+        shared = f"{self.namespace}:{SHARED_PREFIX}".encode()
+        return {key for key in await self.all_keys() if not key.startswith(shared)}
 
     async def erase(self, user_id: str) -> int:
         return (
@@ -58,28 +62,26 @@ class Stores:
         )
 
 
-@pytest.fixture
-async def stores() -> AsyncIterator[Stores]:
-    url = require_redis()
+@pytest.fixture(params=REDIS_KINDS)
+async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
+    kind = request.param
     namespace = f"test-{uuid.uuid4().hex[:12]}"
-    client = aioredis.Redis.from_url(url)
+    client = redis_client(request, kind)
     made = Stores(
         client,
         namespace,
-        RedisFeatureStore(aioredis.Redis.from_url(url), namespace=namespace),
+        RedisFeatureStore(redis_client(request, kind), namespace=namespace),
         RedisRecommendationCache(
-            aioredis.Redis.from_url(url), namespace=namespace, surfaces=SURFACES
+            redis_client(request, kind), namespace=namespace, surfaces=SURFACES
         ),
         RedisRateLimiter(
-            aioredis.Redis.from_url(url), namespace=namespace, limit=100, window_seconds=60
+            redis_client(request, kind), namespace=namespace, limit=100, window_seconds=60
         ),
     )
     try:
         yield made
     finally:
-        keys = await made.all_keys()
-        if keys:
-            await client.delete(*keys)
+        await remove_keys(client, namespace)
         for adapter in (made.features, made.cache, made.limiter):
             await adapter.close()
         await client.aclose()
@@ -123,13 +125,21 @@ def test_the_user_tag_is_the_audit_subject_as_a_hash_tag() -> None:
 async def test_a_users_keys_carry_its_tag_not_its_id_and_share_one_slot(stores: Stores) -> None:
     await fill(stores, VICTIM)
     keys = await stores.keys()
-    assert await stores.all_keys() - keys == {f"{stores.namespace}:embedding_versions".encode()}
+    (counts,) = await stores.all_keys() - keys
     tag = user_tag(VICTIM).encode()
     # features, recent, 2 kinds x 2 surfaces, the surface set, the counter
     assert len(keys) == 8
     assert all(tag in key for key in keys)
     assert not any(VICTIM.encode() in key for key in keys)
     assert len({key_slot(key) for key in keys}) == 1
+    if stores.features.keys.cluster:
+        # The server agrees, and the counts the user's writes change are in the same slot.
+        cluster = cast(RedisCluster, stores.client)
+        slots = {await cluster.cluster_keyslot(key.decode()) for key in [*keys, counts]}
+        assert slots == {key_slot(tag)}
+        assert counts.startswith(f"{stores.namespace}:embedding_versions:{{".encode())
+    else:
+        assert counts == f"{stores.namespace}:embedding_versions".encode()
     namespace = stores.namespace
     assert {key.decode().replace(user_tag(VICTIM), "{U}") for key in keys} == {
         f"{namespace}:user_features:{{U}}",

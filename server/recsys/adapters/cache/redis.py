@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import redis.asyncio as aioredis
 from redis.typing import EncodableT
 
-from recsys.adapters.redis.connection import Keys, create_client, translate
+from recsys.adapters.redis.connection import Keys, RedisClient, create_client, translate
 from recsys.ports.cache import (
     KINDS,
     RESPONSES,
@@ -34,9 +33,7 @@ return 1
 
 
 class RedisRecommendationCache(RecommendationCache):
-    def __init__(
-        self, client: aioredis.Redis, *, namespace: str, surfaces: tuple[str, ...]
-    ) -> None:
+    def __init__(self, client: RedisClient, *, namespace: str, surfaces: tuple[str, ...]) -> None:
         self.client = client
         self.keys = Keys(namespace)
         self.surfaces = surfaces
@@ -94,7 +91,8 @@ class RedisRecommendationCache(RecommendationCache):
                     pipe.smembers(self.keys.cached_surfaces(user_id))
                 recorded = await pipe.execute()
             async with self.client.pipeline(transaction=False) as pipe:
-                # One DEL per user: in Redis Cluster each user's keys share one slot.
+                # One DEL per user: each user's keys share one slot (a cluster pipeline sends
+                # each node the DELs of its users).
                 for user_id, members in zip(users, recorded, strict=True):
                     pipe.delete(
                         *[
@@ -118,6 +116,7 @@ class RedisRecommendationCache(RecommendationCache):
                 for kind in KINDS
                 for surface in sorted(surfaces)
             ]
+            # One slot (the user's tag): a MULTI on a cluster too.
             async with self.client.pipeline(transaction=True) as pipe:
                 if keys:
                     pipe.delete(*keys)

@@ -4,9 +4,7 @@ INCR and EXPIRE, the race of the seed's two-command version, cannot leave an imm
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-
-from recsys.adapters.redis.connection import Keys, create_client, translate
+from recsys.adapters.redis.connection import Keys, RedisClient, create_client, translate
 from recsys.ports.rate_limit import RateDecision, RateLimiter
 from recsys.settings import RecsysSettings
 
@@ -22,7 +20,7 @@ return {count, redis.call('PTTL', KEYS[1])}
 
 class RedisRateLimiter(RateLimiter):
     def __init__(
-        self, client: aioredis.Redis, *, namespace: str, limit: int, window_seconds: int
+        self, client: RedisClient, *, namespace: str, limit: int, window_seconds: int
     ) -> None:
         super().__init__(limit=limit, window_seconds=window_seconds)
         self.client = client

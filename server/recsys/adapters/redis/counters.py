@@ -1,6 +1,7 @@
 """ItemCounters on Redis: one sorted set per counter (member: item id, score: the counter in
 log space, `recsys.domain.popularity`) and one marker key per counted event id, all written by
-one Lua script per batch so a marker is never set without its counts, nor counts without it."""
+one Lua script per batch so a marker is never set without its counts, nor counts without it.
+All of them carry one hash tag (`COUNTERS_TAG`): on a Redis Cluster they live in one slot."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ import math
 from collections.abc import Callable, Sequence
 from typing import cast
 
-import redis.asyncio as aioredis
 from redis.typing import EncodableT
 
 from recsys.adapters.counters import half_lives, increments, wall_clock
-from recsys.adapters.redis.connection import Keys, create_client, translate
+from recsys.adapters.redis.connection import Keys, RedisClient, create_client, translate
 from recsys.domain.interactions import Interaction
 from recsys.domain.popularity import decayed
 from recsys.ports.counters import Counter, ItemCounters
@@ -72,7 +72,7 @@ return {top, redis.call('ZRANGEBYSCORE', KEYS[1], boundary, boundary)}
 class RedisItemCounters(ItemCounters):
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         namespace: str,
         popularity_half_life_seconds: float = 168 * 3600,

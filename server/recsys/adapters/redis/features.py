@@ -4,12 +4,15 @@ features with a TTL and a bound on entries. A user's keys carry the user's hash 
 (`user_tag`), so erasure deletes exactly that user's keys, in one slot.
 
 A user's recent interactions are a sorted set (member: item id, score: latest event time in
-Unix milliseconds); the embedding versions are counted in one hash (`embedding_versions`)."""
+Unix milliseconds); the embedding versions are counted in one hash (`embedding_versions`), on
+a Redis Cluster in one hash per slot (`Keys.embedding_versions`), summed when read."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime as dt
+import functools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,12 +20,19 @@ from typing import cast
 
 import numpy as np
 import numpy.typing as npt
-import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.typing import EncodableT, FieldT
 
 from recsys.adapters.features.in_memory import recent_by_user, wall_clock
-from recsys.adapters.redis.connection import Keys, create_client, translate
+from recsys.adapters.redis.connection import (
+    Keys,
+    RedisClient,
+    create_client,
+    is_cluster,
+    slot_of,
+    translate,
+)
 from recsys.domain.interactions import Interaction
 from recsys.domain.popularity import unix_milliseconds
 from recsys.ports.features import (
@@ -44,8 +54,8 @@ VECTOR_DTYPE = np.dtype("<f4")
 # items are the first `keep` a read would list). Ids are compared as decimal strings (length,
 # then text): Lua numbers are doubles, exact only to 2^53. Every kept time is at most now, so
 # the key may expire a window after its last write. A list there is the layout before sorted
-# sets (at most 30 minutes old when deployed): it goes. In Redis Cluster the keys of different
-# users span slots: the caller would group a batch by slot (we run a single Redis).
+# sets (at most 30 minutes old when deployed): it goes. On a Redis Cluster a script's keys must
+# share a slot: the caller runs it once per slot of the batch (`_record_per_slot`).
 RECORD_RECENT_SCRIPT = """
 local cutoff = ARGV[1]
 local keep = tonumber(ARGV[2])
@@ -94,9 +104,8 @@ end
 
 # KEYS[1] = the user's hash, KEYS[2] = the version counts; ARGV = vector bytes, version,
 # generated_at. Moves the user's count from the old version to the new one with the write, so
-# the counts never drift (and a retried call leaves them the same). In Redis Cluster the two
-# keys are in different slots and the counts would have to be kept per slot (we run a single
-# Redis).
+# the counts never drift (and a retried call leaves them the same). On a Redis Cluster KEYS[2]
+# is the counts of the user's slot (`Keys.embedding_versions`), so both keys share a slot.
 PUT_EMBEDDING_SCRIPT = (
     UNCOUNT_VERSION
     + """redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
@@ -107,7 +116,7 @@ return 1
 )
 
 # KEYS[1] = the user's hash, KEYS[2] = the version counts, KEYS[3..] = the user's other keys.
-# Returns how many of the user's keys went (same slot caveat as above).
+# Returns how many of the user's keys went (all in the user's slot, as above).
 DELETE_USER_SCRIPT = (
     UNCOUNT_VERSION
     + """local deleted = redis.call('DEL', KEYS[1])
@@ -117,6 +126,29 @@ end
 return deleted
 """
 )
+
+
+# ARGV = the version counts of the slots one cluster node serves; returns {version, count, ...}
+# summed over them. One call per node instead of 16 384 reads: the client's cost of those (~1 s
+# of Python on a loaded machine) would stall the serving process's event loop at every metric
+# refresh. The names are arguments, not KEYS: a command's declared keys must share one slot;
+# the allow-cross-slot-keys flag (Redis 7) lets a script read keys of several slots of its own
+# node (a key of another node fails the call: a slot moved).
+SUM_VERSIONS_SCRIPT = """#!lua flags=no-writes,allow-cross-slot-keys
+local totals = {}
+for _, key in ipairs(ARGV) do
+  local fields = redis.call('HGETALL', key)
+  for index = 1, #fields, 2 do
+    totals[fields[index]] = (totals[fields[index]] or 0) + tonumber(fields[index + 1])
+  end
+end
+local flat = {}
+for version, count in pairs(totals) do
+  flat[#flat + 1] = version
+  flat[#flat + 1] = count
+end
+return flat
+"""
 
 
 def encode_vector(vector: npt.NDArray[np.float32]) -> bytes:
@@ -168,7 +200,7 @@ class ItemCache:
 class RedisFeatureStore(FeatureStore):
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         namespace: str,
         item_cache_ttl_seconds: float = 60.0,
@@ -179,7 +211,7 @@ class RedisFeatureStore(FeatureStore):
         clock: Callable[[], dt.datetime] = wall_clock,
     ) -> None:
         self.client = client
-        self.keys = Keys(namespace)
+        self.keys = Keys(namespace, cluster=is_cluster(client))
         self.item_cache = ItemCache(
             item_cache_ttl_seconds, item_cache_max_items, item_cache_miss_ttl_seconds
         )
@@ -207,7 +239,7 @@ class RedisFeatureStore(FeatureStore):
         return await self._read_embedding(self.keys.user_features(user_id))
 
     async def put_user_embedding(self, user_id: str, embedding: UserEmbedding) -> None:
-        keys = [self.keys.user_features(user_id), self.keys.embedding_versions()]
+        keys = [self.keys.user_features(user_id), self.keys.embedding_versions(user_id)]
         args: list[EncodableT] = [
             encode_vector(embedding.vector),
             embedding.embedding_version,
@@ -216,13 +248,39 @@ class RedisFeatureStore(FeatureStore):
         await translate(lambda: self._put_embedding(keys=keys, args=args), "a user write")
 
     async def embedding_version_counts(self) -> dict[str, int]:
-        counts = cast(
-            dict[bytes, bytes],
-            await translate(
-                lambda: self.client.hgetall(self.keys.embedding_versions()), "a version read"
-            ),
+        if not isinstance(self.client, RedisCluster):
+            key = self.keys.all_embedding_versions()[0]
+            counts = cast(
+                dict[bytes, bytes],
+                await translate(lambda: self.client.hgetall(key), "a version read"),
+            )
+            return {version.decode(): int(count) for version, count in counts.items()}
+        totals = await translate(
+            functools.partial(self._sum_per_node, self.client), "a version read"
         )
-        return {version.decode(): int(count) for version, count in counts.items()}
+        return {version: count for version, count in sorted(totals.items()) if count > 0}
+
+    async def _sum_per_node(self, client: RedisCluster) -> collections.Counter[str]:
+        """The per-slot counts, summed by each node over the slots it serves (one script per
+        node, all at once), then here. Bounded whatever the number of keys, unlike a SCAN. A
+        slot moving meanwhile fails the read (Unavailable); the next one sees the new map."""
+        await client.initialize()
+        per_node: dict[str, tuple[ClusterNode, list[str]]] = {}
+        for slot, key in enumerate(self.keys.all_embedding_versions()):
+            node = client.nodes_manager.get_node_from_slot(slot)
+            per_node.setdefault(node.name, (node, []))[1].append(key)
+        replies = await asyncio.gather(
+            *(
+                client.execute_command("EVAL", SUM_VERSIONS_SCRIPT, 0, *keys, target_nodes=node)
+                for node, keys in per_node.values()
+            )
+        )
+        totals: collections.Counter[str] = collections.Counter()
+        for reply in replies:
+            flat = cast(list[bytes | int], reply)
+            for index in range(0, len(flat), 2):
+                totals[bytes(cast(bytes, flat[index])).decode()] += int(flat[index + 1])
+        return totals
 
     async def get_user_features(self, user_id: str) -> UserFeatures:
         cutoff = self._cutoff_milliseconds(self.clock())
@@ -269,20 +327,53 @@ class RedisFeatureStore(FeatureStore):
         per_user = recent_by_user(events, moment, self.recent_window_seconds)
         if not per_user:
             return
-        keys: list[str] = []
-        args: list[EncodableT] = [
+        header: list[EncodableT] = [
             self._cutoff_milliseconds(moment),
             self.recent_keep,
             self.recent_window_seconds,
         ]
+        # One script run for the batch; on a cluster one per slot (a user's key in each).
+        runs: dict[int, tuple[list[str], list[EncodableT]]] = {}
         for user_id, latest in per_user.items():
-            keys.append(self.keys.user_recent(user_id))
+            key = self.keys.user_recent(user_id)
+            keys, args = runs.setdefault(slot_of(key) if self.keys.cluster else 0, ([], [*header]))
+            keys.append(key)
             args.append(len(latest))
             for item_id, milliseconds in latest.items():
                 args.extend((milliseconds, item_id))
+        if len(runs) == 1:
+            ((keys, args),) = runs.values()
+            await translate(
+                lambda: self._record_recent(keys=keys, args=args), "a recent-interactions write"
+            )
+            return
         await translate(
-            lambda: self._record_recent(keys=keys, args=args), "a recent-interactions write"
+            lambda: self._record_per_slot(list(runs.values())), "a recent-interactions write"
         )
+
+    async def _record_per_slot(self, runs: list[tuple[list[str], list[EncodableT]]]) -> None:
+        """The recent-items script once per slot, all in one pipeline (redis-py sends each
+        node its runs in one round trip). A node that lost its script cache (restarted,
+        failed over) answers NOSCRIPT: the script is loaded and those runs go again, which
+        leaves the same state (every run is idempotent)."""
+        sha = self._record_recent.sha
+        for attempt in range(2):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for keys, args in runs:
+                    # Not `pipe.evalsha`: redis-py blocks it on cluster pipelines, which cannot
+                    # load a missing script; this loop does. Routed by the keys' slot.
+                    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+                results = list(await pipe.execute(raise_on_error=False))
+            unloaded = []
+            for run, result in zip(runs, results, strict=True):
+                if isinstance(result, redis_errors.NoScriptError) and attempt == 0:
+                    unloaded.append(run)
+                elif isinstance(result, Exception):
+                    raise result
+            if not unloaded:
+                return
+            sha = await self.client.script_load(RECORD_RECENT_SCRIPT)
+            runs = unloaded
 
     def _cutoff_milliseconds(self, now: dt.datetime) -> int:
         return unix_milliseconds(now) - self.recent_window_seconds * 1000
@@ -354,7 +445,7 @@ class RedisFeatureStore(FeatureStore):
         # Exact keys of this user only (the user's hash tag), and the version count with them.
         keys = [
             self.keys.user_features(user_id),
-            self.keys.embedding_versions(),
+            self.keys.embedding_versions(user_id),
             self.keys.user_recent(user_id),
         ]
         deleted = await translate(lambda: self._delete_user(keys=keys), "a user delete")
