@@ -2,8 +2,10 @@
 `precomputed:{user}:{surface}` written as `recsys precompute` does, served without ranking) and
 the full path (features, retrieval over 10 in-process shards, ranking, filters), a raw redis-py
 GET of a cached answer beside them (the limit of the cache-hit path), and the share of each
-pipeline stage from the server's stage histograms. Stores: Redis (features, caches, limiter)
-and SQLite (metadata)."""
+pipeline stage from the server's stage histograms; then what each change to the path bought,
+A/B in the same run: the event loop (`server.event_loop`), the in-process item metadata cache
+and retrieval started beside the profile and history reads. Stores: Redis (features, caches,
+limiter) and SQLite (metadata). BENCH_RECOMMEND_ITEMS sets the catalogue size."""
 
 from __future__ import annotations
 
@@ -26,12 +28,14 @@ import redis.asyncio as aioredis
 
 from bench import processes
 from bench.common import ROOT, latency_summary
+from recsys.adapters.metadata_cache.cached import CachedMetadataRepository
 from recsys.adapters.redis.connection import user_tag
 from recsys.adapters.redis.features import RedisFeatureStore
 from recsys.adapters.snapshots.local import LocalSnapshotStore
 from recsys.adapters.sql.metadata import SqlMetadataRepository
 from recsys.data.synthetic import clustered_embeddings
 from recsys.domain.recommend import pipeline as pipeline_module
+from recsys.domain.recommend.guard import Trace
 from recsys.domain.recommend.pipeline import RecommendPipeline, to_cached
 from recsys.domain.recommend.values import MAX_LIMIT
 from recsys.domain.requests import RecommendQuery, RequestContext
@@ -55,6 +59,11 @@ PRECOMPUTED_USERS = min(USERS, int(os.environ.get("BENCH_RECOMMEND_PRECOMPUTED_U
 # request is answered from the pre-computed entry (checked before and after measuring).
 GRPC_PRECOMPUTED_SURFACE = "email"
 IN_PROCESS_PRECOMPUTED_SURFACE = "cart"
+# The A/B of `server.event_loop`: two servers alike but for their loop, each on its own surface
+# (the raw GET reads the uvloop server's entries, which the main gRPC rows are).
+LOOP_SURFACES = {"uvloop": "homepage", "asyncio": "item_page"}
+# The in-process A/B (`pipeline_ab`): requests excluding an item read and write no cache.
+AB_SURFACE = "item_page"
 DIMENSION = 64
 CATEGORIES = 20
 VERSION = "emb-bench"
@@ -120,6 +129,38 @@ async def measure(address: str, users: list[str]) -> tuple[dict[str, Any], dict[
     return latency_summary(full), latency_summary(hits)
 
 
+async def measure_loops(
+    addresses: dict[str, str], users: list[str]
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """`measure` on two servers alike but for their event loop, interleaved: each user's full
+    path (a cache miss) on both, the order alternating per user, then the cache hits the same
+    way, so both see the same machine load. Each server answers on its own surface
+    (`LOOP_SURFACES`): its response-cache entries are its own."""
+    clients = {
+        loop: AsyncRecsysClient(ClientOptions(target=address, timeout_seconds=30, retry=None))
+        for loop, address in addresses.items()
+    }
+    full: dict[str, list[float]] = {loop: [] for loop in addresses}
+    hits: dict[str, list[float]] = {loop: [] for loop in addresses}
+    async with contextlib.AsyncExitStack() as stack:
+        for client in clients.values():
+            await stack.enter_async_context(client)
+            await client.recommend("warmup", limit=20, surface="search")
+        loops = list(addresses)
+        for samples, cached in ((full, False), (hits, True)):
+            for position, user in enumerate(users):
+                for loop in loops if position % 2 == 0 else loops[::-1]:
+                    began = time.perf_counter()
+                    response = await clients[loop].recommend(
+                        user, limit=20, surface=LOOP_SURFACES[loop]
+                    )
+                    samples[loop].append(time.perf_counter() - began)
+                    assert response.degradation.served_from_cache is cached
+                    assert not response.degradation.default_features
+                    assert len(response.items) == 20
+    return {loop: (latency_summary(full[loop]), latency_summary(hits[loop])) for loop in loops}
+
+
 async def raw_redis_get(namespace: str, users: list[str]) -> dict[str, Any]:
     client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
     samples = []
@@ -145,7 +186,10 @@ async def measure_in_process(
     saved = dict(os.environ)
     os.environ.update(environment)
     try:
-        settings = load_settings(server={"port": 0}, metrics={"enabled": False})
+        # The metadata cache is off by default; on here, so the A/B below can show what it buys.
+        settings = load_settings(
+            server={"port": 0}, metrics={"enabled": False}, metadata_cache={"enabled": True}
+        )
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -187,6 +231,7 @@ async def measure_in_process(
                 not_precomputed += 1
         cached_after = await response_entries(cache, precomputed_users, surface)
         breakdown = await precomputed_breakdown(pipeline, precomputed_users, surface)
+        ab = await pipeline_ab(pipeline, users)
     finally:
         await application.shutdown()
     return {
@@ -197,8 +242,65 @@ async def measure_in_process(
         "response_entries": cached_before + cached_after,
         "written": written,
         "breakdown": breakdown,
+        "ab": ab,
         # Items whose metadata a hit reads first (`RecommendPipeline._precomputed`).
         "prefix": 2 * max(20, pipeline.config.diversity_window),
+    }
+
+
+async def pipeline_ab(pipeline: RecommendPipeline, users: list[str]) -> dict[str, Any]:
+    """What the item metadata cache and reading features beside retrieval bought, in one run:
+    the full path (a request excluding one item, so no cache is read or written and no run is
+    shared) under three arms, interleaved per user in rotating order: as configured (metadata
+    cache on, retrieval started as soon as the embedding is read); the metadata cache off
+    (every item read from SQL); retrieval after every user read (as before). The metadata cache
+    starts empty: each arm asks each user once, so its hits come from items other users'
+    requests read (the cold end: a repeat user's items are all cached)."""
+    metadata = pipeline.metadata
+    cached = metadata if isinstance(metadata, CachedMetadataRepository) else None
+    if cached is not None:
+        cached.clear()
+        cached.hits = cached.misses = 0
+
+    async def sequential(query: RecommendQuery, trace: Trace, *, precomputed: bool) -> Any:
+        """`_features_and_candidates` without the candidates: the pipeline retrieves once the
+        profile and history are in, as it did before reading them side by side."""
+        if not precomputed:
+            return await pipeline._user_features(query.user_id, trace), None, None
+        user, stored = await asyncio.gather(
+            pipeline._user_features(query.user_id, trace), pipeline._precomputed(query, trace)
+        )
+        return user, stored, None
+
+    def configure(arm: str) -> None:
+        pipeline.metadata = cached.inner if cached is not None and arm == "cache_off" else metadata
+        if arm == "sequential":
+            pipeline._features_and_candidates = sequential  # type: ignore[method-assign]
+        elif "_features_and_candidates" in vars(pipeline):
+            del pipeline._features_and_candidates
+
+    arms = ["configured", "cache_off", "sequential"]
+    samples: dict[str, list[float]] = {arm: [] for arm in arms}
+    try:
+        for position, user in enumerate(users):
+            shift = position % len(arms)
+            for arm in arms[shift:] + arms[:shift]:
+                configure(arm)
+                query = RecommendQuery(
+                    user, AB_SURFACE, 20, RequestContext(), excluded_item_ids=(ITEMS - 1,)
+                )
+                began = time.perf_counter()
+                answer = await pipeline.recommend(query)
+                samples[arm].append(time.perf_counter() - began)
+                assert len(answer.items) == 20
+                assert not answer.degradation.kinds()
+    finally:
+        configure("configured")
+    hits = cached.hits if cached is not None else 0
+    looked_up = hits + (cached.misses if cached is not None else 0)
+    return {
+        **{arm: latency_summary(values) for arm, values in samples.items()},
+        "metadata_cache_hit_rate": round(hits / looked_up, 3) if looked_up else None,
     }
 
 
@@ -394,15 +496,26 @@ def run() -> dict[str, Any]:
         # The benchmark measures the path, not the seed's 10 ms budgets on a loaded 2-core box.
         "RECSYS_RECOMMEND__FEATURE_TIMEOUT_MS": "1000",
         "RECSYS_RECOMMEND__CACHE_TIMEOUT_MS": "1000",
+        "RECSYS_RECOMMEND__METADATA_TIMEOUT_MS": "1000",
         "RECSYS_RANK__FEATURE_TIMEOUT_MS": "1000",
         "RECSYS_RECOMMEND__RETRIEVE_TIMEOUT_MS": "1000",
         "RECSYS_RETRIEVE__SHARD_TIMEOUT_MS": "1000",
     }
-    server = processes.wait_ready(processes.start(["embedded"], environment))
+    servers = {
+        loop: processes.start(["embedded"], {**environment, "RECSYS_SERVER__EVENT_LOOP": loop})
+        for loop in LOOP_SURFACES
+    }
+    server = servers["uvloop"]  # the default: the main gRPC rows and the stage shares
     users = [f"user{user}" for user in range(USERS)]
     precomputed_users = users[:PRECOMPUTED_USERS]
     try:
-        full, hits = asyncio.run(measure(server.address, users))
+        for started in servers.values():
+            processes.wait_ready(started)
+        loops = asyncio.run(
+            measure_loops({loop: started.address for loop, started in servers.items()}, users)
+        )
+        servers.pop("asyncio").stop()  # its CPU back for what follows
+        full, hits = loops["uvloop"]
         shares = stage_shares(server.metrics_url)
         raw = asyncio.run(raw_redis_get(namespace, users))
         # The server stays up (idle) while the in-process deployment measures and writes the
@@ -416,10 +529,12 @@ def run() -> dict[str, Any]:
             before, stage_sums(server.metrics_url), len(precomputed_users) + 1
         )
     finally:
-        server.stop()
+        for started in servers.values():
+            started.stop()
         asyncio.run(_cleanup(namespace))
         shutil.rmtree(folder, ignore_errors=True)
     in_process_pre = in_process["precomputed"]
+    ab = in_process["ab"]
     rows = [
         {"setup": "raw redis-py GET of a cached answer (the cache-hit limit)", **raw},
         {"setup": "Recommend over gRPC, cache hit", **hits},
@@ -428,6 +543,13 @@ def run() -> dict[str, Any]:
         {"setup": "RecommendPipeline in-process (no gRPC), cache hit", **in_process["hits"]},
         {"setup": "RecommendPipeline in-process (no gRPC), pre-computed hit", **in_process_pre},
         {"setup": "RecommendPipeline in-process (no gRPC), full path", **in_process["full"]},
+        {"setup": "A/B event loop: gRPC full path, asyncio loop", **loops["asyncio"][0]},
+        {"setup": "A/B event loop: gRPC full path, uvloop", **loops["uvloop"][0]},
+        {"setup": "A/B event loop: gRPC cache hit, asyncio loop", **loops["asyncio"][1]},
+        {"setup": "A/B event loop: gRPC cache hit, uvloop", **loops["uvloop"][1]},
+        {"setup": "A/B in-process full path: as configured", **ab["configured"]},
+        {"setup": "A/B in-process full path: item metadata cache off", **ab["cache_off"]},
+        {"setup": "A/B in-process full path: retrieval after the user reads", **ab["sequential"]},
     ]
     top = ", ".join(f"{stage} {share:.0%}" for stage, share in list(shares.items())[:6])
     breakdown = in_process["breakdown"]
@@ -476,13 +598,33 @@ def run() -> dict[str, Any]:
             f"the response-cache miss {breakdown.get('cache_recommendations')}, one concurrent "
             f"round of reads {breakdown.get('user_reads_round')} (run concurrently, so they "
             f"overlap: {reads}; item_metadata reads the {in_process['prefix']} items of the "
-            "stored prefix once the entry is read; profile, history and item metadata are "
-            "SQLite reads, features and the entry Redis reads), and re-applying "
+            "stored prefix once the entry is read, from the in-process item metadata cache "
+            "(SQLite for the items it lacks); profile and history are SQLite reads, features "
+            "and the entry Redis reads), and re-applying "
             f"exclusions, privacy filters and diversity (`select`) {breakdown.get('select')}; "
             "no retrieval and no ranking. Over gRPC the server's stage means per request were "
-            f"{grpc_reads}; the rest is gRPC, protobuf and the client."
+            f"{grpc_reads}; the rest is gRPC, protobuf and the client. What each change "
+            "bought, A/B in this run (interleaved): the event loop, two servers alike but for "
+            f"`server.event_loop`: full path p50 {loops['asyncio'][0]['p50_ms']} ms on "
+            f"asyncio's loop vs {loops['uvloop'][0]['p50_ms']} ms on uvloop (p99 "
+            f"{loops['asyncio'][0]['p99_ms']} vs {loops['uvloop'][0]['p99_ms']}), cache hit "
+            f"p50 {loops['asyncio'][1]['p50_ms']} vs {loops['uvloop'][1]['p50_ms']} ms (p99 "
+            f"{loops['asyncio'][1]['p99_ms']} vs {loops['uvloop'][1]['p99_ms']}); in process, "
+            f"the full path as configured p50 {ab['configured']['p50_ms']} ms (p99 "
+            f"{ab['configured']['p99_ms']}), with the item metadata cache off "
+            f"{ab['cache_off']['p50_ms']} ms (p99 {ab['cache_off']['p99_ms']}; the cache "
+            f"started empty and answered {ab['metadata_cache_hit_rate']} of the items looked "
+            "up, all from other users' requests), and with retrieval waiting for the profile "
+            f"and history reads {ab['sequential']['p50_ms']} ms (p99 "
+            f"{ab['sequential']['p99_ms']})."
         ),
         "stage_shares": shares,
+        "what_each_change_bought": {
+            "event_loop": {
+                loop: {"full": pair[0], "cache_hit": pair[1]} for loop, pair in loops.items()
+            },
+            "in_process": ab,
+        },
         "precomputed": {
             "users": PRECOMPUTED_USERS,
             "entries": written,

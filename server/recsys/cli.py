@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -100,6 +99,7 @@ def serve(
 
     from sqlalchemy.exc import SQLAlchemyError
 
+    from recsys.grpc_server.app import run_event_loop
     from recsys.metadata.database import describe_error
 
     async def run() -> str | None:
@@ -108,7 +108,7 @@ def serve(
         return application.components.fatal_error if application.components else None
 
     try:
-        fatal_error = asyncio.run(run())
+        fatal_error = run_event_loop(run(), settings.server.event_loop)
     except ConfigurationError as error:
         logger.error("cannot start: %s", error.message)
         raise typer.Exit(code=2) from error

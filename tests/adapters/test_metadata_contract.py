@@ -46,7 +46,7 @@ async def repository(
     try:
         upgrade(settings)
         upgrade(settings)  # idempotent
-        assert current_revision(settings) == "0002"
+        assert current_revision(settings) == "0003"
         adapter = SqlMetadataRepository(create_engine(settings))
         yield adapter
         await adapter.close()
@@ -196,7 +196,7 @@ async def test_the_migration_records_users_erased_before_it(kind: str, tmp_path:
             )
         engine.dispose()
         upgrade(settings)
-        assert current_revision(settings) == "0002"
+        assert current_revision(settings) == "0003"
         repository = SqlMetadataRepository(create_engine(settings))
         try:
             assert await repository.erased_user_ids(["gone", "here"]) == {"gone"}

@@ -431,7 +431,9 @@ async def test_slow_features_use_the_default_embedding_flagged_and_uncached() ->
     await pipeline.refresh_default_embedding()
     answer = await pipeline.recommend(query())
     assert answer.degradation.default_features
-    assert world.personalized.requests[0].embedding == embedding()
+    used = world.personalized.requests[0].embedding
+    assert used is not None
+    assert used.embedding_version == "e1"
     assert ("features", "timeout") in world.observer.failures
     assert world.cache.stored == []
 
@@ -601,7 +603,9 @@ class Search:
         if isinstance(answer, Exception):
             raise answer
         ids = np.array(answer, np.int64)
-        return RetrievalResult(ids, np.ones(len(ids), np.float32), ids % 2, "i", "e1", ())
+        return RetrievalResult(
+            ids, np.ones(len(ids), np.float32), (ids % 2).astype(np.int32), "i", "e1", ()
+        )
 
 
 class LikedFeatures(Features):
@@ -740,3 +744,76 @@ async def test_the_deployment_country_applies_when_request_and_profile_name_none
     # The request's own country still wins.
     abroad = await world.pipeline().recommend(query(limit=3, country="FR"))
     assert [item.item_id for item in abroad.items] == [1, 3, 4]
+
+
+@dataclass
+class ProfileAfterRetrieval(Metadata):
+    """Answers the profile and history only once retrieval has been asked for candidates."""
+
+    retrieval_started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def get_user(self, user_id: str) -> UserProfile | None:
+        await self.retrieval_started.wait()
+        return await super().get_user(user_id)
+
+    async def consumed_item_ids(self, user_id: str, *, limit: int = 10_000) -> set[int]:
+        await self.retrieval_started.wait()
+        return await super().consumed_item_ids(user_id, limit=limit)
+
+
+@dataclass
+class SignallingSource(Source):
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def candidates(self, request: CandidateRequest) -> CandidatePool:
+        self.started.set()
+        return await super().candidates(request)
+
+
+async def test_retrieval_runs_beside_the_profile_and_history_reads() -> None:
+    world = World()
+    source = SignallingSource("retrieval", world.personalized.pool)
+    world.personalized = source
+    world.metadata = ProfileAfterRetrieval(
+        items=world.metadata.items,
+        consumed={30},
+        profile=UserProfile("u1", age=30),
+        retrieval_started=source.started,
+    )
+    # Had retrieval waited for the profile and history, both reads would run out of budget.
+    world.config = RecommendConfig(
+        feature_timeout_seconds=5, metadata_timeout_seconds=5, diversity_enabled=False
+    )
+    answer = await world.pipeline().recommend(query())
+    assert answer.degradation.flags() == []
+    assert [item.item_id for item in answer.items] == [29, 28, 27, 26, 25]
+    assert len(source.requests) == 1
+    assert source.requests[0].profile is None  # it ran before the profile was read
+
+
+async def test_no_retrieval_runs_when_a_precomputed_entry_may_answer() -> None:
+    world = World()
+    world.cache.entries[("precomputed", "u1")] = precomputed(5, 3, 9, 1, 7, 2, 8, 4, 6, 10)
+    answer = await world.pipeline().recommend(query())
+    assert answer.degradation.served_from_precomputed
+    assert world.personalized.requests == []
+    # One too short to answer: retrieval runs beside the profile and history, and answers.
+    world = World()
+    world.cache.entries[("precomputed", "u1")] = precomputed(1, 2)
+    answer = await world.pipeline().recommend(query())
+    assert not answer.degradation.served_from_precomputed
+    assert len(world.personalized.requests) == 1
+    assert [item.item_id for item in answer.items] == [30, 29, 28, 27, 26]
+
+
+async def test_the_default_embedding_retrieves_once_every_read_is_in() -> None:
+    world = World()
+    world.features = Features(failure=Failing(Unavailable("redis down")), default=embedding())
+    pipeline = world.pipeline()
+    await pipeline.refresh_default_embedding()
+    answer = await pipeline.recommend(query())
+    assert Flag.DEFAULT_FEATURES in answer.degradation.flags()
+    assert len(world.personalized.requests) == 1
+    used = world.personalized.requests[0].embedding
+    assert used is not None
+    assert used.embedding_version == "e1"

@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -44,6 +44,21 @@ DEPENDENCY_PREFIX = "dependency."
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+T = TypeVar("T")
+
+
+def run_event_loop(
+    main: Coroutine[Any, Any, T], event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+) -> T:
+    """Runs a serving process's main coroutine on the configured loop (`server.event_loop`).
+    grpc.aio, redis-py and SQLAlchemy's async drivers run on uvloop as on asyncio's loop; uvloop
+    spends less per callback and per socket read (bench/recommend.py measures both)."""
+    if event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,9 @@ items = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_items_category_popularity", "category", "popularity"),
 )
+# The popularity fallback without a category (`popular_items(category=None)`, cold start while
+# the trending counters are empty) reads the top of this instead of sorting every item.
+Index("ix_items_popularity_item_id", items.c.popularity.desc(), items.c.item_id)
 
 interactions = Table(
     "interactions",
@@ -77,4 +80,14 @@ erased_users = Table(
     metadata,
     Column("subject", String(128), primary_key=True),
     Column("erased_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# One counter per catalogue table, bumped in the transaction of every write to it
+# (`SqlMetadataRepository.upsert_items`): serving processes poll it to drop item metadata they
+# cached before the write (adapters/metadata_cache).
+catalogue_version = Table(
+    "catalogue_version",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("version", BigInteger, nullable=False),
 )

@@ -93,6 +93,12 @@ class MetadataRepository(abc.ABC):
     async def count_rows_for_user(self, user_id: str) -> dict[str, int]:
         """Rows that still hold the user's data, per table (erasure verification)."""
 
+    async def catalogue_version(self) -> int:
+        """A counter that changes with every write to the item catalogue (`upsert_items`), for
+        caches of item metadata to notice writes made by other processes. A store without one
+        answers 0 always: its caches then rely on their TTL alone."""
+        return 0
+
     async def ping(self) -> None:
         """A cheap read that raises when the store cannot answer (the health probe)."""
         await self.popular_items(category=None, limit=1)

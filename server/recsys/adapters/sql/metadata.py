@@ -18,12 +18,22 @@ from recsys.domain.erasure import hashed_subject
 from recsys.domain.interactions import Interaction
 from recsys.errors import DeadlineExceeded, Unavailable
 from recsys.metadata.database import create_engine, describe_error
-from recsys.metadata.tables import audit_log, erased_users, interactions, items, users
+from recsys.metadata.tables import (
+    audit_log,
+    catalogue_version,
+    erased_users,
+    interactions,
+    items,
+    users,
+)
 from recsys.observability.metrics import PoolStatus
 from recsys.ports.metadata import ErasureResult, ItemMetadata, MetadataRepository, UserProfile
 from recsys.settings import RecsysSettings
 
 logger = logging.getLogger(__name__)
+
+# The `catalogue_version` row bumped by every item write.
+ITEMS_VERSION = "items"
 
 
 class SqlMetadataRepository(MetadataRepository):
@@ -180,8 +190,28 @@ class SqlMetadataRepository(MetadataRepository):
                     },
                 )
                 await connection.execute(statement)
+            # In the same transaction: a cache that sees the new version sees the new rows.
+            await connection.execute(
+                update(catalogue_version)
+                .where(catalogue_version.c.name == ITEMS_VERSION)
+                .values(version=catalogue_version.c.version + 1)
+            )
 
         await self._run(work, write=True)
+
+    async def catalogue_version(self) -> int:
+        async def work(connection: Any) -> int:
+            row = (
+                await connection.execute(
+                    select(catalogue_version.c.version).where(
+                        catalogue_version.c.name == ITEMS_VERSION
+                    )
+                )
+            ).first()
+            return int(row.version) if row is not None else 0
+
+        result: int = await self._run(work)
+        return result
 
     async def ping(self) -> None:
         async def work(connection: Any) -> None:

@@ -160,7 +160,7 @@ class RecommendPipeline:
                 return _from_cache(cached, Degradation(served_from_cache=True))
         # A pre-computed list is the user's general one: a category request needs its own.
         precomputable = not fresh and query.context.category is None
-        profile, consumed, user, precomputed = await self._user_reads(
+        profile, consumed, user, precomputed, retrieved = await self._user_reads(
             query, trace, precomputed=precomputable
         )
         if profile is not None and profile.deleted:
@@ -180,7 +180,9 @@ class RecommendPipeline:
         if embedding is None and self.default_embedding is not None:
             embedding = self.default_embedding
             trace.raise_flag(Flag.DEFAULT_FEATURES)
-        pool = await self._personalized(query, embedding, profile, trace)
+        if retrieved is None:
+            retrieved = await self._retrieve(query, embedding, trace)
+        pool = await self._personalized_or_fallback(query, retrieved, profile, trace)
         answer = await self._rank_and_select(query, pool, profile, consumed, trace)
         # A degraded answer is not cached: the cache would serve it for minutes after the
         # dependency recovered, and without its flags.
@@ -327,9 +329,12 @@ class RecommendPipeline:
         set[int],
         UserFeatures | None,
         tuple[CachedRecommendations, dict[int, ItemMetadata] | None] | None,
+        CandidatePool | None,
     ]:
         """Profile, history, user features and (when asked) the pre-computed entry with its
-        items' metadata, read together, each apart, so a slow table costs only its own part.
+        items' metadata, read together, each apart, so a slow table costs only its own part;
+        retrieval starts as soon as the user's embedding is read (`_features_and_candidates`)
+        and runs beside the profile and history reads.
         Without the profile the filters treat the user as of unknown age (no adult items);
         without the history only the recent interactions of the feature store are excluded.
         Either is flagged."""
@@ -353,15 +358,34 @@ class RecommendPipeline:
                 budget_seconds=budget,
                 flag=Flag.METADATA_UNAVAILABLE,
             ),
-            self._user_features(user_id, trace),
+            self._features_and_candidates(query, trace, precomputed=precomputed),
         )
-        if not precomputed:
-            profile, consumed, user = await reads
-            return profile, consumed, user, None
-        (profile, consumed, user), stored = await asyncio.gather(
-            reads, self._precomputed(query, trace)
-        )
-        return profile, consumed, user, stored
+        profile, consumed, (user, stored, retrieved) = await reads
+        return profile, consumed, user, stored, retrieved
+
+    async def _features_and_candidates(
+        self, query: RecommendQuery, trace: Trace, *, precomputed: bool
+    ) -> tuple[
+        UserFeatures | None,
+        tuple[CachedRecommendations, dict[int, ItemMetadata] | None] | None,
+        CandidatePool | None,
+    ]:
+        """The user's features and the pre-computed entry; then, when the user has an
+        embedding of their own and no pre-computed entry could answer, the personalised
+        candidates at once, without waiting for the profile and history (retrieval does not
+        read them). None for the candidates otherwise: cold start, the default embedding and a
+        usable pre-computed entry are decided once every read is in."""
+        if precomputed:
+            user, stored = await asyncio.gather(
+                self._user_features(query.user_id, trace), self._precomputed(query, trace)
+            )
+        else:
+            user, stored = await self._user_features(query.user_id, trace), None
+        if user is None or user.embedding is None:
+            return user, stored, None
+        if stored is not None and stored[1] is not None:
+            return user, stored, None  # likely answered from the entry: no retrieval spent
+        return user, stored, await self._retrieve(query, user.embedding, trace)
 
     async def _user_features(self, user_id: str, trace: Trace) -> UserFeatures | None:
         """The user's features, or None (and `default_features`, when a default embedding
@@ -386,33 +410,39 @@ class RecommendPipeline:
             query, embedding, profile, version.embedding_version if version else ""
         )
 
-    async def _personalized(
+    async def _retrieve(
+        self, query: RecommendQuery, embedding: UserEmbedding | None, trace: Trace
+    ) -> CandidatePool:
+        """Personalised candidates (empty when retrieval fails, seed Simulation 6: a stale
+        embedding version). The source gets no profile: it runs before the profile is read."""
+        if embedding is None:
+            return CandidatePool()
+        source = self.sources.personalized
+        pool = await self.guard.read(
+            source.name,
+            functools.partial(source.candidates, self._request(query, embedding, None)),
+            fallback=CandidatePool(),
+            trace=trace,
+            degrades=_retrieval_degrades,
+        )
+        if pool.failed_shard_ids:
+            trace.raise_flag(Flag.PARTIAL_RETRIEVAL)
+            trace.failed_shard_ids.update(pool.failed_shard_ids)
+        return pool
+
+    async def _personalized_or_fallback(
         self,
         query: RecommendQuery,
-        embedding: UserEmbedding | None,
+        pool: CandidatePool,
         profile: UserProfile | None,
         trace: Trace,
     ) -> CandidatePool:
-        """Personalised candidates, or the fallback source's (flagged) when retrieval fails
-        (seed Simulation 6: a stale embedding version) or finds nothing."""
-        request = self._request(query, embedding, profile)
-        pool = CandidatePool()
-        if embedding is not None:
-            source = self.sources.personalized
-            pool = await self.guard.read(
-                source.name,
-                functools.partial(source.candidates, request),
-                fallback=CandidatePool(),
-                trace=trace,
-                degrades=_retrieval_degrades,
-            )
-            if pool.failed_shard_ids:
-                trace.raise_flag(Flag.PARTIAL_RETRIEVAL)
-                trace.failed_shard_ids.update(pool.failed_shard_ids)
+        """The personalised candidates, or the fallback source's (flagged) when retrieval
+        failed or found nothing."""
         if len(pool):
             return pool
         trace.raise_flag(Flag.POPULARITY_CANDIDATES)
-        return await self._fallback_pool(request, trace)
+        return await self._fallback_pool(self._request(query, None, profile), trace)
 
     async def _fallback_pool(self, request: CandidateRequest, trace: Trace) -> CandidatePool:
         source = self.sources.fallback

@@ -1,0 +1,1 @@
+"""Item metadata held in the serving process, over any MetadataRepository."""
