@@ -108,6 +108,7 @@ def train(
             model_repository=repository,
             model_name=settings.rank.model_name,
             model_version=model_version,
+            small_model_name=settings.rank.small_model_name,
         )
     except (RecsysError, ValueError, FileExistsError) as error:
         raise fail(error) from error
@@ -115,6 +116,11 @@ def train(
     typer.echo(
         f"model {settings.rank.model_name}:{artifacts.model_version}: {artifacts.model_folder}"
     )
+    if artifacts.small_model_folder is not None:
+        typer.echo(
+            f"small model {settings.rank.small_model_name}:{artifacts.model_version}: "
+            f"{artifacts.small_model_folder}"
+        )
     typer.echo(f"feature snapshot: {artifacts.features_path}; report: {artifacts.report_path}")
     if not load_features:
         typer.echo(

@@ -71,8 +71,8 @@ def test_onnx_export_scores_as_lightgbm_does(catalogue, table: InteractionTable)
     np.testing.assert_allclose(scores.ravel(), booster.predict(features), atol=1e-5)
 
 
-def test_written_artifacts_serve_through_the_onnx_ranker(
-    catalogue,  # type: ignore[no-untyped-def]
+def test_written_artifacts_serve_through_the_onnx_ranker(  # type: ignore[no-untyped-def]
+    catalogue,
     table: InteractionTable,
     tmp_path: Path,
 ) -> None:

@@ -296,6 +296,13 @@ class RankingMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        # Tiered ranking (rank.backend "tiered"): requests by the tier that served them.
+        self.tier_requests = Counter(
+            "recsys_rank_tier_requests",
+            "Rank calls under tiered ranking, by tier (full model or small distilled model).",
+            ("tier",),
+            registry=registry,
+        )
 
     # The ranking chain's and scorer's observer (recsys.domain.observers.RankingObserver).
 
@@ -315,6 +322,9 @@ class RankingMetrics:
 
     def default_features_used(self) -> None:
         self.default_features.inc()
+
+    def routed(self, tier: str) -> None:
+        self.tier_requests.labels(tier).inc()
 
 
 class RecommendMetrics:

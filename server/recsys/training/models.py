@@ -1,6 +1,7 @@
-"""The two learned models: user and item embeddings (implicit's ALS on BM25-weighted
-interactions) and the ranking model (LightGBM lambdarank over exactly RANKING_FEATURES),
-exported to ONNX for Triton and the in-process ONNX ranker."""
+"""The learned models: user and item embeddings (implicit's ALS on BM25-weighted
+interactions), the ranking model (LightGBM lambdarank over exactly RANKING_FEATURES) and the
+small ranking model distilled from it for tiered ranking, both exported to ONNX for Triton and
+the in-process ONNX ranker."""
 
 from __future__ import annotations
 
@@ -57,6 +58,11 @@ class RankerSettings:
     # pass over the whole catalogue, and a ranker of 12 features needs no more.
     max_users: int = 10_000
     seed: int = 0
+    # The small model of tiered ranking (recsys.domain.rank_routing), distilled from this one:
+    # a few shallow trees fitted to its scores cost a fraction of its CPU per candidate.
+    small_trees: int = 10
+    small_leaves: int = 4
+    small_learning_rate: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -249,7 +255,40 @@ def fit_ranker(
     return model.booster_
 
 
-def ranker_to_onnx(booster: Any) -> bytes:
+def distillation_targets(teacher_scores: FloatArray, groups: list[int]) -> FloatArray:
+    """The full model's scores less each group's mean: only the order within a user's
+    candidates matters to ranking, so the small model spends no trees on per-user offsets."""
+    bounds = np.cumsum([0, *groups])
+    sums = np.add.reduceat(teacher_scores.astype(np.float64), bounds[:-1])
+    means = np.repeat(sums / np.asarray(groups, dtype=np.float64), groups)
+    result: FloatArray = (teacher_scores - means).astype(np.float32)
+    return result
+
+
+def fit_small_ranker(
+    features: FloatArray, teacher: Any, groups: list[int], settings: RankerSettings
+) -> Any:
+    """The small model of tiered ranking: a LightGBM regressor with `small_trees` trees of
+    `small_leaves` leaves fitted to the full model's (`teacher`, a Booster) within-user scores
+    on the same training rows (distillation); returns its Booster."""
+    import lightgbm
+
+    targets = distillation_targets(np.asarray(teacher.predict(features), dtype=np.float32), groups)
+    model = lightgbm.LGBMRegressor(
+        n_estimators=settings.small_trees,
+        learning_rate=settings.small_learning_rate,
+        num_leaves=settings.small_leaves,
+        min_child_samples=settings.min_child_samples,
+        random_state=settings.seed,
+        n_jobs=1,
+        deterministic=True,
+        verbose=-1,
+    )
+    model.fit(features, targets)
+    return model.booster_
+
+
+def ranker_to_onnx(booster: Any, *, name: str = "recsys_ranker") -> bytes:
     """The booster as ONNX with the tensor names Triton's config and the schema use:
     features[batch, F] -> scores[batch, 1]."""
     import onnx
@@ -259,7 +298,7 @@ def ranker_to_onnx(booster: Any) -> bytes:
     width = len(RANKING_FEATURES)
     model = convert_lightgbm(
         booster,
-        name="recsys_ranker",
+        name=name,
         initial_types=[("features", FloatTensorType([None, width]))],
         target_opset=ONNX_OPSET,
         zipmap=False,
@@ -294,7 +333,13 @@ def write_model_version(model_folder: Path, version: str, serialized: bytes) -> 
     return folder
 
 
-def next_model_version(model_folder: Path) -> str:
-    """Triton numbers versions: one past the highest present."""
-    numbers = [int(p.name) for p in model_folder.glob("*") if p.is_dir() and p.name.isdigit()]
+def next_model_version(*model_folders: Path) -> str:
+    """Triton numbers versions: one past the highest present in any of the folders (models
+    trained together share the number)."""
+    numbers = [
+        int(p.name)
+        for folder in model_folders
+        for p in folder.glob("*")
+        if p.is_dir() and p.name.isdigit()
+    ]
     return str(max(numbers, default=0) + 1)

@@ -4,7 +4,8 @@ the platform serves from them.
 The ranker must learn what retrieval misses, so its rows come from a model that has not seen the
 labels: a share of each user's training pairs (`RankerSettings.holdout_ratio`, 10%) is held
 out, embeddings are fitted on the rest, candidates are retrieved with them and labelled by the
-held-out pairs. The served embeddings are then fitted on every training pair."""
+held-out pairs. The small model of tiered ranking is distilled from the ranker on the same rows.
+The served embeddings are then fitted on every training pair."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from recsys.training.models import (
     RankerSettings,
     fit_embeddings,
     fit_ranker,
+    fit_small_ranker,
     next_model_version,
     popularity_of,
     preferences_of,
@@ -58,6 +60,8 @@ class TrainedModels:
     embedding_version: str
     generated_at: dt.datetime
     report: dict[str, Any] = field(default_factory=dict)
+    # The small model of tiered ranking, distilled from the ranker; None: not trained.
+    small_ranker_onnx: bytes | None = None
 
 
 def item_signals(catalogue: Catalogue, table: InteractionTable) -> ItemSignals:
@@ -122,6 +126,10 @@ def train_models(
     booster = fit_ranker(features, labels, groups, ranker)
     serialized = ranker_to_onnx(booster)
     done()
+    done = timed("small ranking model: distilled from the ranking model")
+    small_booster = fit_small_ranker(features, booster, groups, ranker)
+    small_serialized = ranker_to_onnx(small_booster, name="recsys_ranker_small")
+    done()
     done = timed("served embeddings: ALS on every training pair")
     embeddings = fit_embeddings(table.matrix(), embedding, show_progress=show_progress)
     done()
@@ -149,6 +157,7 @@ def train_models(
         embedding_version=embedding_version or default_embedding_version(generated_at),
         generated_at=generated_at,
         report=report,
+        small_ranker_onnx=small_serialized,
     )
 
 
@@ -182,6 +191,8 @@ class TrainingArtifacts:
     model_folder: Path
     model_version: str
     embedding_version: str
+    # The small model's version folder (same version number), when one was trained.
+    small_model_folder: Path | None = None
 
 
 def write_artifacts(
@@ -191,14 +202,19 @@ def write_artifacts(
     model_repository: Path,
     model_name: str = "ranker",
     model_version: str | None = None,
+    small_model_name: str = "ranker_small",
 ) -> TrainingArtifacts:
     """Item embeddings (for `recsys index build`), the feature snapshot (for the feature
-    store), a new model version in the Triton repository, and a JSON report."""
+    store), a new model version in the Triton repository (and the small model's, under the
+    same number, so a pinned version pins the pair), and a JSON report."""
     model_root = model_repository / model_name
-    version = model_version or next_model_version(model_root)
-    if (model_root / version).exists():
-        # Checked before anything is written, so a refused run changes nothing.
-        raise FileExistsError(f"model version {model_root / version} exists")
+    small_root = model_repository / small_model_name if models.small_ranker_onnx else None
+    roots = [model_root] if small_root is None else [model_root, small_root]
+    version = model_version or next_model_version(*roots)
+    for root in roots:
+        if (root / version).exists():
+            # Checked before anything is written, so a refused run changes nothing.
+            raise FileExistsError(f"model version {root / version} exists")
     output.mkdir(parents=True, exist_ok=True)
     embeddings_path = output / EMBEDDINGS_FILE
     save_embeddings(
@@ -210,16 +226,26 @@ def write_artifacts(
     features_path = output / FEATURES_FILE
     save_features(features_path, feature_snapshot(models))
     folder = write_model_version(model_root, version, models.ranker_onnx)
+    small_folder = None
+    if small_root is not None and models.small_ranker_onnx is not None:
+        small_folder = write_model_version(small_root, version, models.small_ranker_onnx)
     report_path = output / REPORT_FILE
     report = {
         **models.report,
         "embedding_version": models.embedding_version,
         "model_version": version,
         "model_folder": str(folder),
+        "small_model_folder": str(small_folder) if small_folder else None,
         "embeddings": str(embeddings_path),
         "features": str(features_path),
     }
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     return TrainingArtifacts(
-        embeddings_path, features_path, report_path, folder, version, models.embedding_version
+        embeddings_path,
+        features_path,
+        report_path,
+        folder,
+        version,
+        models.embedding_version,
+        small_folder,
     )
