@@ -69,6 +69,9 @@ def render_docs() -> None:
         lines.append("| " + " | ".join("---" for _ in columns) + " |")
         for row in rows:
             lines.append("| " + " | ".join(str(row[column]) for column in columns) + " |")
+        # Charts a benchmark drew (paths relative to docs/), shown under its table.
+        for chart in data.get("charts", []):
+            lines += ["", f"![{chart['title']}]({chart['path']})"]
         machine_info = data["machine"]
         lines += [
             "",
