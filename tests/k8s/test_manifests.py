@@ -58,8 +58,10 @@ SERVICE_NAMES = {
 }
 PROBE_NAMES = {OVERALL, LIVENESS, READINESS} | SERVICE_NAMES
 # What stands for values the cluster fills in (Secrets created outside the repository, the
-# downward API): any string setting accepts it.
+# downward API): any free-form string setting accepts it; settings the server parses get a
+# value of their shape (the format k8s/README.md documents for the Secret).
 PLACEHOLDER = "placeholder"
+SHAPED_PLACEHOLDERS = {"RECSYS_REDIS__URL": "rediss://:placeholder@placeholder:6379/0"}
 
 
 def _kubectl() -> str:
@@ -182,7 +184,9 @@ def _environment(container: Container, objects: tuple[dict[str, Any], ...]) -> d
         elif "secretKeyRef" in reference:
             key = reference["secretKeyRef"]
             secret = secrets.get(key["name"])
-            environment[name] = _data(secret)[key["key"]] if secret else PLACEHOLDER
+            environment[name] = (
+                _data(secret)[key["key"]] if secret else SHAPED_PLACEHOLDERS.get(name, PLACEHOLDER)
+            )
         elif "fieldRef" in reference:
             path = reference["fieldRef"]["fieldPath"]
             environment[name] = "0" if "pod-index" in path else PLACEHOLDER
