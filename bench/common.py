@@ -57,7 +57,8 @@ def render_docs() -> None:
         "# Benchmarks",
         "",
         "Written by `make bench` from `bench/results/*.json`; do not edit by hand.",
-        "Each table compares the platform with the raw library it wraps, measured in one run.",
+        "Each table compares the platform with the raw library it wraps (the load table: with the",
+        "generator's own ceiling against an empty server), measured in one run.",
         "",
     ]
     for path in sorted(RESULTS.glob("*.json")):
