@@ -183,3 +183,31 @@ async def test_a_recent_list_of_the_earlier_layout_reads_as_empty_and_is_replace
         if keys:
             await client.delete(*keys)
         await store.close()
+
+
+async def test_the_batched_item_read_equals_the_pipeline_with_absent_items_empty() -> None:
+    url = require_redis()
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    client = aioredis.Redis.from_url(url)
+    store = RedisFeatureStore(client, namespace=namespace, item_cache_ttl_seconds=0)
+    try:
+        await store.put_item_features(
+            {
+                item: ItemFeatures(f"c{item}", item / 10, 0.5, np.full(4, item, np.float32))
+                for item in (3, 1, 2)
+            }
+        )
+        keys = [store.keys.item_features(item) for item in (2, 9, 1, 3, 2)]
+        script = await store.read_item_fields(keys, batched=True)
+        assert script == await store.read_item_fields(keys, batched=False)
+        assert script[1] == {}  # absent: empty, in its place
+        assert script[0][b"category"] == b"c2"
+        assert script[4] == script[0]
+        batch = await store.get_item_features([2, 9, 1])  # standalone: the batched read
+        assert batch.categories == ["c2", "", "c1"]
+        assert batch.found.tolist() == [True, False, True]
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{namespace}:*")]
+        if keys:
+            await client.delete(*keys)
+        await store.close()
