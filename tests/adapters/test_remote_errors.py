@@ -46,6 +46,10 @@ class ScriptedDependency(
     def __init__(self) -> None:
         self.failure: RecsysError | None = None
         self.plain_code: grpc.StatusCode | None = None
+        # Rank as a server built before the packed columns: it reads `candidates` only (a
+        # request in columns looks empty to it) and answers `items`.
+        self.before_columns = False
+        self.rank_layouts: list[str] = []
 
     async def _fail_if_scripted(self, context: grpc.aio.ServicerContext) -> None:
         if self.failure is not None:
@@ -66,6 +70,13 @@ class ScriptedDependency(
     ) -> rank_service_pb2.RankResponse:
         await self._fail_if_scripted(context)
         response = rank_service_pb2.RankResponse(model_version="ranker:1")
+        self.rank_layouts.append("columns" if request.candidate_item_ids else "sub-messages")
+        if self.before_columns:
+            if not request.candidates:
+                raise InvalidArgument([FieldViolation("candidates", "must be 1 to 5000, got 0")])
+            for candidate in request.candidates:
+                response.items.add(item_id=candidate.item_id, score=candidate.candidate_score)
+            return response
         # GrpcScorer sends and asks for packed columns.
         response.item_ids.extend(request.candidate_item_ids)
         response.scores.extend(score for score in request.candidate_scores)
@@ -259,3 +270,23 @@ async def test_the_remote_scorer_answers_by_rule_when_no_time_is_left() -> None:
         await scorer.close()
     assert scored.backend is Backend.RULE_FALLBACK
     assert scored.item_ids.tolist() == [1, 2, 3]
+
+
+async def test_the_remote_scorer_speaks_sub_messages_to_a_rank_server_before_columns(
+    dependency: tuple[ScriptedDependency, GrpcApplication],
+) -> None:
+    scripted, app = dependency
+    scripted.before_columns = True
+    scorer = GrpcScorer(app.address, timeout_seconds=5)
+    item_ids = np.array([3, 1, 2], np.int64)
+    scores = np.array([0.2, 0.9, 0.5], np.float32)
+    try:
+        first = await scorer.score("u1", item_ids, scores, RequestContext())
+        second = await scorer.score("u1", item_ids, scores, RequestContext())
+    finally:
+        await scorer.close()
+    for scored in (first, second):
+        assert scored.backend is Backend.MODEL
+        assert scored.item_ids.tolist() == [3, 1, 2]
+    # Refused once in columns, said again in sub-messages, which it then keeps to.
+    assert scripted.rank_layouts == ["columns", "sub-messages", "sub-messages"]

@@ -63,11 +63,11 @@ async def test_rank_scores_sorts_and_names_the_backend(app: GrpcApplication) -> 
 @pytest.mark.parametrize(
     ("candidates", "user_id", "fields"),
     [
-        # The client sends packed columns: the violations name them.
+        # The client sends sub-messages (test_rank_columns.py: the columns' violations).
         ([], "u1", ["candidates"]),
-        ([(1, 0.5), (1, 0.4)], "u1", ["candidate_item_ids"]),
-        ([(-1, 0.5)], "u1", ["candidate_item_ids"]),
-        ([(1, float("nan"))], "u1", ["candidate_scores"]),
+        ([(1, 0.5), (1, 0.4)], "u1", ["candidates"]),
+        ([(-1, 0.5)], "u1", ["candidates"]),
+        ([(1, float("nan"))], "u1", ["candidates"]),
         ([(1, 0.5)], "", ["user_id"]),
     ],
 )

@@ -178,9 +178,11 @@ async def test_remote_scorer_gets_the_servers_order_and_sends_the_context(
     assert scored.default_features
 
 
-def test_the_client_library_sends_columns() -> None:
+def test_the_client_library_sends_sub_messages_every_rank_server_reads() -> None:
     request = _requests.rank_request("u1", zip(ITEM_IDS, SCORES, strict=True), None)
-    assert not request.candidates
-    assert list(request.candidate_item_ids) == ITEM_IDS
-    assert list(request.candidate_scores) == [np.float32(score) for score in SCORES]
+    assert not request.candidate_item_ids
+    assert [candidate.item_id for candidate in request.candidates] == ITEM_IDS
+    assert [candidate.candidate_score for candidate in request.candidates] == [
+        np.float32(score) for score in SCORES
+    ]
     assert request.response_layout == retrieve_pb2.CANDIDATE_LAYOUT_UNSPECIFIED

@@ -74,16 +74,11 @@ def rank_request(
     candidates: Iterable[tuple[int, float]],
     context: common_pb2.RequestContext | None,
 ) -> rank_service_pb2.RankRequest:
-    # Sent as packed columns (a fraction of the cost of a sub-message per candidate); the
-    # response keeps its `items` layout, which callers read.
-    item_ids: list[int] = []
-    scores: list[float] = []
+    # Sent as sub-messages, which every Rank server reads (one older than the packed columns
+    # reads a request in columns as one without candidates); the platform's own callers, which
+    # are upgraded with Rank, use the columns. The response keeps its `items` layout.
+    request = rank_service_pb2.RankRequest(user_id=user_id, context=context)
+    add = request.candidates.add
     for item_id, score in candidates:
-        item_ids.append(item_id)
-        scores.append(score)
-    return rank_service_pb2.RankRequest(
-        user_id=user_id,
-        candidate_item_ids=item_ids,
-        candidate_scores=scores,
-        context=context,
-    )
+        add(item_id=item_id, candidate_score=score)
+    return request

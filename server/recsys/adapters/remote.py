@@ -3,6 +3,8 @@ satisfy the Recommend pipeline's CandidateSource and Scorer (distributed mode)."
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import numpy.typing as npt
 
@@ -14,7 +16,7 @@ from recsys.domain.ranking import Backend
 from recsys.domain.requests import DeviceType, RequestContext
 from recsys.domain.retrieval import RetrievalQuery, RetrievalResult
 from recsys.domain.scoring import ScoredCandidates
-from recsys.errors import DeadlineExceeded, Unavailable
+from recsys.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from recsys.settings import OutboundSettings
 from recsys.v1 import common_pb2, rank_service_pb2, rank_service_pb2_grpc
 from recsys.v1 import retrieve_service_pb2 as retrieve_pb2
@@ -32,6 +34,8 @@ _DEVICE_TYPES = {
     DeviceType.TABLET: common_pb2.DEVICE_TYPE_TABLET,
     DeviceType.TV: common_pb2.DEVICE_TYPE_TV,
 }
+# How long Rank requests go as sub-messages after a server refused columns (an older server).
+SUB_MESSAGES_RETRY_SECONDS = 60.0
 OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.enable_retries", 0),
@@ -96,6 +100,9 @@ class GrpcScorer:
         )
         self.stub = rank_service_pb2_grpc.RankServiceStub(self.channel)
         self.timeout_seconds = timeout_seconds
+        # While a Rank server predates the columns (a rolling upgrade), candidates go as
+        # sub-messages until this monotonic time; then columns are tried again.
+        self._sub_messages_until = 0.0
 
     async def score(
         self,
@@ -104,19 +111,17 @@ class GrpcScorer:
         candidate_scores: npt.NDArray[np.float32],
         context: RequestContext,
     ) -> ScoredCandidates:
-        # Packed columns both ways: a fraction of the cost of a sub-message per candidate.
-        request = rank_service_pb2.RankRequest(
-            user_id=user_id,
-            candidate_item_ids=item_ids.tolist(),
-            candidate_scores=candidate_scores.tolist(),
-            # The device and time feed the model's context features, as in-process.
-            context=_context_to_proto(context),
-            response_layout=retrieve_pb2.CANDIDATE_LAYOUT_COLUMNS,
-        )
+        columns = time.monotonic() >= self._sub_messages_until
         try:
-            # No time left is a slow dependency too: the rule order still answers in time.
-            timeout = outbound_timeout(self.timeout_seconds)
-            response = await call("rank service", self.stub.Rank(request, timeout=timeout))
+            try:
+                response = await self._rank(user_id, item_ids, candidate_scores, context, columns)
+            except InvalidArgument as error:
+                # A Rank server older than the columns reads a request in columns as one without
+                # candidates: say it again in sub-messages, and keep to them for a minute.
+                if not columns or not any(v.field == "candidates" for v in error.violations):
+                    raise
+                self._sub_messages_until = time.monotonic() + SUB_MESSAGES_RETRY_SECONDS
+                response = await self._rank(user_id, item_ids, candidate_scores, context, False)
         except (Unavailable, DeadlineExceeded):
             # The rank service itself is down or slow: order by the retrieval score (rule
             # fallback). Its refusals of our request are raised: they are bugs to see.
@@ -132,6 +137,37 @@ class GrpcScorer:
             response.model_version,
             default_features=response.default_features,
         )
+
+    async def _rank(
+        self,
+        user_id: str,
+        item_ids: npt.NDArray[np.int64],
+        candidate_scores: npt.NDArray[np.float32],
+        context: RequestContext,
+        columns: bool,
+    ) -> rank_service_pb2.RankResponse:
+        # Packed columns both ways: a fraction of the cost of a sub-message per candidate. The
+        # response layout is asked for either way: an older server ignores it and answers
+        # `items`, which _ranked_columns reads too.
+        request = rank_service_pb2.RankRequest(
+            user_id=user_id,
+            # The device and time feed the model's context features, as in-process.
+            context=_context_to_proto(context),
+            response_layout=retrieve_pb2.CANDIDATE_LAYOUT_COLUMNS,
+        )
+        if columns:
+            request.candidate_item_ids.extend(item_ids.tolist())
+            request.candidate_scores.extend(candidate_scores.tolist())
+        else:
+            add = request.candidates.add
+            for item_id, score in zip(item_ids.tolist(), candidate_scores.tolist(), strict=True):
+                add(item_id=item_id, candidate_score=score)
+        # No time left is a slow dependency too: the rule order still answers in time.
+        timeout = outbound_timeout(self.timeout_seconds)
+        response: rank_service_pb2.RankResponse = await call(
+            "rank service", self.stub.Rank(request, timeout=timeout)
+        )
+        return response
 
     async def close(self) -> None:
         await self.channel.close()

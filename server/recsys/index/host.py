@@ -239,7 +239,8 @@ class ShardHost:
             return
         try:
             others = self.snapshots.current_quantizers(self.num_shards)
-        except OSError:
+        except Exception:  # a diagnostic never blocks a swap (a bad CURRENT elsewhere, say)
+            logger.warning("other shards' quantizers not readable", exc_info=True)
             return
         differing = sorted(
             shard_id

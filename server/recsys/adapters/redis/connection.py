@@ -188,12 +188,18 @@ class Keys:
         return [f"{self.namespace}:embedding_versions:{tag}" for tag in slot_tags()]
 
     def item_counter(self, counter: str) -> str:
-        """Sorted set: item id -> the counter in log space (`recsys.domain.popularity`)."""
+        """Sorted set: item id -> the counter in log space (`recsys.domain.popularity`). On a
+        cluster under the counters' tag (one script writes the sets and the markers); without
+        one elsewhere, so a standalone deployment keeps its counters across the upgrade."""
+        if not self.cluster:
+            return f"{self.namespace}:item_counters:{counter}"
         return f"{self.namespace}:item_counters:{COUNTERS_TAG}:{counter}"
 
     def event_marker(self, event_id: str) -> str:
         """Set while an event id is remembered as counted (the item counters' guard). The tag
         comes before the id: only a key's first `{...}` is its hash tag."""
+        if not self.cluster:
+            return f"{self.namespace}:counted:{event_id}"
         return f"{self.namespace}:counted:{COUNTERS_TAG}:{event_id}"
 
 

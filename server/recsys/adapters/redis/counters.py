@@ -1,7 +1,8 @@
 """ItemCounters on Redis: one sorted set per counter (member: item id, score: the counter in
 log space, `recsys.domain.popularity`) and one marker key per counted event id, all written by
 one Lua script per batch so a marker is never set without its counts, nor counts without it.
-All of them carry one hash tag (`COUNTERS_TAG`): on a Redis Cluster they live in one slot."""
+On a Redis Cluster all of them carry one hash tag (`COUNTERS_TAG`), so they live in one slot;
+standalone and sentinel keep the names without it (`Keys.item_counter`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from typing import cast
 from redis.typing import EncodableT
 
 from recsys.adapters.counters import half_lives, increments, wall_clock
-from recsys.adapters.redis.connection import Keys, RedisClient, create_client, translate
+from recsys.adapters.redis.connection import (
+    Keys,
+    RedisClient,
+    create_client,
+    is_cluster,
+    translate,
+)
 from recsys.domain.interactions import Interaction
 from recsys.domain.popularity import decayed
 from recsys.ports.counters import Counter, ItemCounters
@@ -81,7 +88,7 @@ class RedisItemCounters(ItemCounters):
         clock: Callable[[], dt.datetime] = wall_clock,
     ) -> None:
         self.client = client
-        self.keys = Keys(namespace)
+        self.keys = Keys(namespace, cluster=is_cluster(client))
         self.half_lives = {
             Counter.POPULARITY: popularity_half_life_seconds,
             Counter.TRENDING: trending_half_life_seconds,
