@@ -41,7 +41,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from recsys.deploy.ports import free_port
+from recsys.deploy.ports import free_ports_below_ephemeral
 from tests.k8s.test_manifests import Container, _containers, _data, _named, _pod_template
 from tests.support.certificates import CertificateAuthority, Pair
 
@@ -121,6 +121,9 @@ class Cluster:
         self.secrets = _named(objects, "Secret")
         self.containers = [c for c in _containers(objects) if not c.init]
         self.pods: list[Pod] = []
+        # Below the ephemeral range: 14 processes binding and connecting while the layout
+        # starts would otherwise race for ports picked with free_port (seen in CI).
+        self.free_ports = free_ports_below_ephemeral()
         # Pods that stand in for the pods of a workload not run (name -> pod run instead).
         self.stand_ins: dict[str, Pod] = {}
         self.authority = CertificateAuthority(_mkdir(root / "ca"))
@@ -147,7 +150,7 @@ class Cluster:
                 container=container,
                 ordinal=ordinal,
                 folder=_mkdir(self.root / "pods" / name),
-                ports={entry["containerPort"]: free_port() for entry in declared},
+                ports={entry["containerPort"]: next(self.free_ports) for entry in declared},
                 port_names={e["name"]: e["containerPort"] for e in declared if "name" in e},
             )
             self.pods.append(pod)
@@ -534,7 +537,6 @@ __all__ = [
     "HarnessError",
     "Pod",
     "_pod_template",
-    "free_port",
     "probe_once",
     "wait_for_probe",
 ]

@@ -7,9 +7,10 @@ chosen for another process of the layout between the check and the bind.
 
 from __future__ import annotations
 
+import itertools
 import random
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
@@ -39,6 +40,18 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def free_ports_below_ephemeral() -> Iterator[int]:
+    """Free loopback ports below the ephemeral range, each handed out once, from a random
+    start: for a layout whose size is not known up front (the k8s harness). Unlike
+    `free_port`, a port the kernel gives another process's port 0 or outgoing connection is
+    never one of these."""
+    top = ephemeral_low() - 1
+    start = random.randrange(LOWEST, top)
+    for port in itertools.chain(range(start, top), range(LOWEST, start)):
+        if is_free(port):
+            yield port
 
 
 def free_port_range(offsets: Sequence[int], *, extra: int = 0) -> tuple[int, list[int]]:
