@@ -26,6 +26,7 @@ from bench.grpc_round_trip import _measure as measure_round_trip
 from bench.grpc_round_trip import _serve as serve_round_trip
 from recsys.adapters.features.in_memory import InMemoryFeatureStore
 from recsys.adapters.rankers.onnx import OnnxRanker
+from recsys.adapters.remote import ranked_columns
 from recsys.domain.circuit_breaker import CircuitBreaker
 from recsys.domain.ranking import RANKING_FEATURES, RankingChain
 from recsys.domain.requests import RequestContext
@@ -125,7 +126,7 @@ async def measure_rank(address: str, layouts: list[str]) -> dict[str, dict[str, 
                 response = await call(requests[layout], timeout=10)
                 samples[layout].append(time.perf_counter() - began)
                 backends[layout] = response.backend
-                ranked_ids, _ = read_ranked(response)
+                ranked_ids, _ = ranked_columns(response)
                 assert len(ranked_ids) == CANDIDATES
         results: dict[str, dict[str, Any]] = {}
         for layout in layouts:
@@ -144,24 +145,6 @@ async def measure_rank(address: str, layouts: list[str]) -> dict[str, dict[str, 
                 "backend": backends[layout],
             }
     return results
-
-
-def read_ranked(
-    response: rank_service_pb2.RankResponse,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-    """The ids and scores as a caller reads them, from whichever layout the response has."""
-    if response.items:
-        items = response.items
-        count = len(items)
-        return (
-            np.fromiter((item.item_id for item in items), np.int64, count),
-            np.fromiter((item.score for item in items), np.float32, count),
-        )
-    count = len(response.item_ids)
-    return (
-        np.fromiter(response.item_ids, np.int64, count),
-        np.fromiter(response.scores, np.float32, count),
-    )
 
 
 async def measure_in_process() -> dict[str, dict[str, Any]]:

@@ -129,7 +129,7 @@ class GrpcScorer:
             return ScoredCandidates(
                 item_ids[order], candidate_scores[order], Backend.RULE_FALLBACK, ""
             )
-        ranked_ids, ranked_scores = _ranked_columns(response)
+        ranked_ids, ranked_scores = ranked_columns(response)
         return ScoredCandidates(
             ranked_ids,
             ranked_scores,
@@ -148,7 +148,7 @@ class GrpcScorer:
     ) -> rank_service_pb2.RankResponse:
         # Packed columns both ways: a fraction of the cost of a sub-message per candidate. The
         # response layout is asked for either way: an older server ignores it and answers
-        # `items`, which _ranked_columns reads too.
+        # `items`, which ranked_columns reads too.
         request = rank_service_pb2.RankRequest(
             user_id=user_id,
             # The device and time feed the model's context features, as in-process.
@@ -213,7 +213,7 @@ def _retrieved_columns(
     )
 
 
-def _ranked_columns(
+def ranked_columns(
     response: rank_service_pb2.RankResponse,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """The scored candidates of a response to a CANDIDATE_LAYOUT_COLUMNS request (or its
