@@ -143,5 +143,5 @@ def test_db_upgrade_creates_the_schema(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("RECSYS_DATABASE__URL", f"sqlite+aiosqlite:///{database}")
     result = runner.invoke(app, ["db", "upgrade"])
     assert result.exit_code == 0, result.output
-    assert "database at revision 0003" in result.output
+    assert "database at revision 0004" in result.output
     assert database.is_file()

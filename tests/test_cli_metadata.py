@@ -114,4 +114,4 @@ def test_data_load_refuses_an_unmigrated_postgres_schema(
 
 
 def test_head_revision_is_the_newest_migration(tmp_path: Path) -> None:
-    assert head_revision(DatabaseSettings(url=sqlite_url(tmp_path / "meta.db"))) == "0003"
+    assert head_revision(DatabaseSettings(url=sqlite_url(tmp_path / "meta.db"))) == "0004"

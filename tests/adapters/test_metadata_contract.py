@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from recsys.adapters.sql.metadata import SqlMetadataRepository
 from recsys.domain.erasure import hashed_subject
 from recsys.domain.interactions import Interaction, InteractionKind
 from recsys.metadata.database import create_engine, create_migration_engine
-from recsys.metadata.migrate import current_revision, upgrade
+from recsys.metadata.migrate import alembic_config, current_revision, upgrade
 from recsys.metadata.tables import metadata
 from recsys.ports.metadata import ItemMetadata, MetadataRepository, UserProfile
 from recsys.settings import DatabaseSettings
@@ -46,7 +47,7 @@ async def repository(
     try:
         upgrade(settings)
         upgrade(settings)  # idempotent
-        assert current_revision(settings) == "0003"
+        assert current_revision(settings) == "0004"
         adapter = SqlMetadataRepository(create_engine(settings))
         yield adapter
         await adapter.close()
@@ -88,6 +89,40 @@ async def test_items_and_popularity(repository: MetadataRepository) -> None:
     assert await repository.popular_items(category="Action", limit=5) == [2, 1]
     await repository.upsert_items([ItemMetadata(1, "Action", popularity=0.95)])
     assert await repository.popular_items(category="Action", limit=1) == [1]
+
+
+async def test_items_have_every_category_and_are_found_by_any(
+    repository: MetadataRepository,
+) -> None:
+    await repository.upsert_items(
+        [
+            ItemMetadata(1, "Crime", popularity=0.5, categories=("Crime", "Drama")),
+            ItemMetadata(2, "Drama", popularity=0.9),
+            ItemMetadata(3, "Noir", popularity=0.5, categories=("Drama", "Crime", "Noir")),
+            ItemMetadata(4, "Comedy", popularity=0.7),
+        ]
+    )
+    found = await repository.get_items([1, 2, 3, 4])
+    assert found[1].categories == ("Crime", "Drama")
+    assert found[2].categories == ("Drama",)
+    assert (found[3].category, found[3].categories) == ("Noir", ("Crime", "Drama", "Noir"))
+    # Any of an item's categories matches; popularity descending, then item id.
+    assert await repository.popular_items(category="Drama", limit=10) == [2, 1, 3]
+    assert await repository.popular_items(category="Crime", limit=10) == [1, 3]
+    assert await repository.popular_items(category="Drama", limit=2) == [2, 1]
+    assert await repository.popular_items(category="Noir", limit=10) == [3]
+    assert await repository.popular_items(category="Jazz", limit=10) == []
+    assert await repository.popular_items(category=None, limit=10) == [2, 4, 1, 3]
+    # An upsert replaces an item's categories as a whole.
+    await repository.upsert_items(
+        [ItemMetadata(1, "Comedy", popularity=0.5), ItemMetadata(3, "Noir", popularity=0.95)]
+    )
+    found = await repository.get_items([1, 3])
+    assert (found[1].category, found[1].categories) == ("Comedy", ("Comedy",))
+    assert found[3].categories == ("Noir",)
+    assert await repository.popular_items(category="Drama", limit=10) == [2]
+    assert await repository.popular_items(category="Crime", limit=10) == []
+    assert await repository.popular_items(category="Comedy", limit=10) == [4, 1]
 
 
 async def test_interactions_are_idempotent_on_event_id(repository: MetadataRepository) -> None:
@@ -196,12 +231,50 @@ async def test_the_migration_records_users_erased_before_it(kind: str, tmp_path:
             )
         engine.dispose()
         upgrade(settings)
-        assert current_revision(settings) == "0003"
+        assert current_revision(settings) == "0004"
         repository = SqlMetadataRepository(create_engine(settings))
         try:
             assert await repository.erased_user_ids(["gone", "here"]) == {"gone"}
         finally:
             await repository.close()
+    finally:
+        drop_schema(settings)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+async def test_the_migration_gives_existing_items_their_category(kind: str, tmp_path: Path) -> None:
+    """Revision 0004 fills `item_categories` from `items.category`; its downgrade drops it."""
+    from alembic import command
+
+    settings = database_for(kind, tmp_path)
+    try:
+        upgrade(settings, "0003")
+        engine = create_migration_engine(settings)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO items (item_id, category, adult, available_regions, popularity) "
+                    "VALUES (1, 'Drama', false, '[]', 0.2), (2, 'Crime', false, '[]', 0.9)"
+                )
+            )
+        engine.dispose()
+        upgrade(settings)
+        assert current_revision(settings) == "0004"
+        repository = SqlMetadataRepository(create_engine(settings))
+        try:
+            found = await repository.get_items([1, 2])
+            assert (found[1].categories, found[2].categories) == (("Drama",), ("Crime",))
+            assert await repository.popular_items(category="Drama", limit=5) == [1]
+        finally:
+            await repository.close()
+        command.downgrade(alembic_config(settings), "0003")
+        assert current_revision(settings) == "0003"
+        engine = create_migration_engine(settings)
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM items")).scalar_one() == 2
+            with pytest.raises(DBAPIError, match="item_categories"):
+                connection.execute(text("SELECT count(*) FROM item_categories"))
+        engine.dispose()
     finally:
         drop_schema(settings)
 

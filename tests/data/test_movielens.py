@@ -8,7 +8,7 @@ from pathlib import Path
 
 from recsys.adapters.features.in_memory import InMemoryFeatureStore
 from recsys.adapters.sql.metadata import SqlMetadataRepository
-from recsys.data.catalogue import load_catalogue
+from recsys.data.catalogue import load_catalogue, primary_categories
 from recsys.data.movielens import country_from_zip, load_movielens
 from recsys.data.synthetic import synthetic_catalogue
 from recsys.metadata.database import create_engine
@@ -25,6 +25,16 @@ def test_counts_of_ml_100k(movielens_path: Path) -> None:
     assert catalogue.titles[1] == "Toy Story (1995)"
     first = next(item for item in catalogue.items if item.item_id == 1)
     assert first.category == "Animation"  # Toy Story: Animation|Children's|Comedy
+    assert first.categories == ("Animation", "Children's", "Comedy")
+    items = {item.item_id: item for item in catalogue.items}
+    # The most specific genre, not the first by name (Crime has far fewer films than Drama).
+    assert (items[56].category, items[56].categories) == ("Crime", ("Crime", "Drama"))  # Pulp F.
+    assert (items[100].category, items[100].categories) == ("Crime", ("Crime", "Drama", "Thriller"))
+    assert items[267].categories == ("unknown",)  # no genre at all
+    assert all(item.category in item.categories for item in catalogue.items)
+    assert all(list(item.categories) == sorted(set(item.categories)) for item in catalogue.items)
+    assert not any("unknown" in item.categories and len(item.categories) > 1
+                   for item in catalogue.items)  # fmt: skip
     countries = Counter(user.country for user in catalogue.users)
     assert countries["US"] > 900
     assert countries["CA"] > 0
@@ -43,8 +53,42 @@ def test_ratings_csv_layout(tmp_path: Path) -> None:
     )
     catalogue = load_movielens(tmp_path)
     assert [item.category for item in catalogue.items] == ["Adventure", "Action"]
+    assert [item.categories for item in catalogue.items] == [("Adventure", "Animation"),
+                                                             ("Action",)]  # fmt: skip
     assert [user.user_id for user in catalogue.users] == ["1", "2"]
     assert [event.value for event in catalogue.interactions] == [4.0, 3.5, 5.0]
+
+
+def test_ratings_csv_layout_takes_the_most_specific_genre(tmp_path: Path) -> None:
+    (tmp_path / "movies.csv").write_text(
+        "movieId,title,genres\n"
+        "1,Pulp Fiction (1994),Comedy|Crime|Drama\n"
+        "2,Heat (1995),Action|Crime|Drama\n"
+        "3,Clueless (1995),Comedy|Romance\n"
+        "4,Casino (1995),Drama\n"
+        "5,Antz (1998),Comedy\n"
+        "6,Heat again,Drama|Comedy|Crime|Action\n"
+        "7,Nothing,(no genres listed)\n"
+    )
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n")
+    items = {item.item_id: item for item in load_movielens(tmp_path).items}
+    # Items per genre: Comedy 4, Drama 4, Crime 3, Action 2, Romance 1.
+    assert {item: items[item].category for item in items} == {
+        1: "Crime", 2: "Action", 3: "Romance", 4: "Drama", 5: "Comedy", 6: "Action",
+        7: "unknown",
+    }  # fmt: skip
+    assert items[6].categories == ("Action", "Comedy", "Crime", "Drama")
+    assert items[7].categories == ("unknown",)
+
+
+def test_primary_categories_ignore_the_order_of_genres_and_items() -> None:
+    genres = {1: ["Drama", "Crime"], 2: ["Drama"], 3: ["Crime", "Drama"], 4: ["Noir", "Film"],
+              5: ["unknown"], 6: ["unknown", "Drama"], 7: []}  # fmt: skip
+    expected = {1: "Crime", 2: "Drama", 3: "Crime", 4: "Film", 5: "unknown", 6: "Drama",
+                7: "unknown"}  # fmt: skip
+    assert primary_categories(genres) == expected
+    backwards = {item: list(reversed(genres[item])) for item in reversed(list(genres))}
+    assert primary_categories(backwards) == expected
 
 
 def test_country_from_zip() -> None:
@@ -68,6 +112,12 @@ async def test_catalogue_loads_into_the_stores(movielens_path: Path, tmp_path: P
         batch = await features.get_item_features([1, 50])
         assert batch.found.tolist() == [True, True]
         assert batch.categories[0] == "Animation"
+        # Every category reaches the SQL store; the features keep the primary one.
+        stored = await metadata.get_items([56])
+        assert (stored[56].category, stored[56].categories) == ("Crime", ("Crime", "Drama"))
+        dramas = await metadata.popular_items(category="Drama", limit=2_000)
+        assert 56 in dramas
+        assert len(dramas) == sum("Drama" in item.categories for item in catalogue.items)
         profile = await metadata.get_user("1")
         assert profile is not None
         assert (profile.age, profile.country) == (24, "US")
@@ -92,3 +142,9 @@ def test_synthetic_catalogue_is_deterministic_and_shaped() -> None:
     per_user = Counter((event.user_id, categories[event.item_id]) for event in first.interactions)
     top_share = max(count for (user, _), count in per_user.items() if user == "user0") / 10
     assert top_share >= 0.3
+    # One to three categories an item, sorted; the primary one is the smallest of them.
+    sizes = Counter(category for item in first.items for category in item.categories)
+    assert {len(item.categories) for item in first.items} == {1, 2, 3}
+    for item in first.items:
+        assert list(item.categories) == sorted(set(item.categories))
+        assert item.category == min(item.categories, key=lambda name: (sizes[name], name))

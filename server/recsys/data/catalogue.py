@@ -4,7 +4,8 @@ synthetic generator, loaded into the platform's stores through its ports."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Collection
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from recsys.domain.interactions import Interaction
@@ -23,7 +24,8 @@ class Catalogue:
 
     @property
     def categories(self) -> list[str]:
-        return sorted({item.category for item in self.items})
+        """Every category of the catalogue's items (primary or not), by name."""
+        return sorted({category for item in self.items for category in item.all_categories})
 
     @property
     def user_ids(self) -> list[str]:
@@ -71,6 +73,34 @@ def skip_erased(catalogue: Catalogue, erased: Collection[str]) -> tuple[Catalogu
         profiles=len(catalogue.users) - len(kept.users),
         interactions=len(catalogue.interactions) - len(kept.interactions),
     )
+
+
+# The category of an item without any other (a MovieLens item with no genre).
+UNKNOWN_CATEGORY = "unknown"
+
+
+def categories_from(genres: Iterable[str]) -> tuple[str, ...]:
+    """An item's categories from its genres: each once, by name; "unknown" only when the item
+    has no other."""
+    named = {genre for genre in genres if genre and genre != UNKNOWN_CATEGORY}
+    return tuple(sorted(named)) if named else (UNKNOWN_CATEGORY,)
+
+
+def primary_categories(genres_by_item: Mapping[int, Collection[str]]) -> dict[int, str]:
+    """Each item's primary category: of its genres, the one with the fewest items in the
+    catalogue (the most specific: Pulp Fiction is Crime rather than Drama), ties by name;
+    "unknown" only for an item without any other. Independent of the order genres or items
+    are listed in (MovieLens lists genres alphabetically, which made Action and Comedy win by
+    spelling)."""
+    named = {
+        item: set(categories_from(genres)) - {UNKNOWN_CATEGORY}
+        for item, genres in genres_by_item.items()
+    }
+    sizes = Counter(genre for genres in named.values() for genre in genres)
+    return {
+        item: min(genres, key=lambda genre: (sizes[genre], genre)) if genres else UNKNOWN_CATEGORY
+        for item, genres in named.items()
+    }
 
 
 def popularity_from(interactions: list[Interaction], item_ids: list[int]) -> dict[int, float]:

@@ -1,9 +1,10 @@
 """MovieLens files from a path: the 100K layout (`u.data`, `u.item`, `u.user`) and the
 `ratings.csv` / `movies.csv` layout of the later releases.
 
-Genres become categories (an item's first genre is its category); user ages come from `u.user`;
-a country is derived from the zip code (five digits: US; a Canadian postal code: CA; else
-unknown). Every rating becomes a RATE interaction with the rating as its value.
+Genres become categories: an item has all its genres, and its primary category is the most
+specific of them (`primary_categories`: the genre with the fewest items). User ages come from
+`u.user`; a country is derived from the zip code (five digits: US; a Canadian postal code: CA;
+else unknown). Every rating becomes a RATE interaction with the rating as its value.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from recsys.data.catalogue import Catalogue, freshness_from, popularity_from
+from recsys.data.catalogue import (
+    Catalogue,
+    categories_from,
+    freshness_from,
+    popularity_from,
+    primary_categories,
+)
 from recsys.domain.interactions import Interaction, InteractionKind
 from recsys.errors import ConfigurationError
 from recsys.ports.metadata import ItemMetadata, UserProfile
@@ -58,7 +65,7 @@ def load_movielens(path: Path) -> Catalogue:
 
 def _load_100k(path: Path) -> Catalogue:
     released: dict[int, dt.datetime | None] = {}
-    categories: dict[int, str] = {}
+    categories: dict[int, tuple[str, ...]] = {}
     titles: dict[int, str] = {}
     with open(path / "u.item", encoding="latin-1") as handle:
         for row in csv.reader(handle, delimiter="|"):
@@ -69,9 +76,9 @@ def _load_100k(path: Path) -> Catalogue:
             except ValueError:
                 released[item] = None
             flags = row[5:24]
-            genres = [GENRES_100K[i] for i, flag in enumerate(flags) if flag == "1"]
-            named = [genre for genre in genres if genre != "unknown"]
-            categories[item] = (named or genres or ["unknown"])[0]
+            categories[item] = categories_from(
+                GENRES_100K[i] for i, flag in enumerate(flags) if flag == "1"
+            )
     users = []
     with open(path / "u.user", encoding="latin-1") as handle:
         for row in csv.reader(handle, delimiter="|"):
@@ -94,15 +101,16 @@ def _load_100k(path: Path) -> Catalogue:
 
 
 def _load_csv(path: Path) -> Catalogue:
-    categories: dict[int, str] = {}
+    categories: dict[int, tuple[str, ...]] = {}
     titles: dict[int, str] = {}
     released: dict[int, dt.datetime | None] = {}
     with open(path / "movies.csv", encoding="utf-8", newline="") as handle:
         for row in csv.DictReader(handle):
             item = int(row["movieId"])
             titles[item] = row["title"]
-            genres = [g for g in row["genres"].split("|") if g and g != "(no genres listed)"]
-            categories[item] = genres[0] if genres else "unknown"
+            categories[item] = categories_from(
+                genre for genre in row["genres"].split("|") if genre != "(no genres listed)"
+            )
             year = re.search(r"\((\d{4})\)\s*$", row["title"])
             released[item] = dt.datetime(int(year.group(1)), 1, 1, tzinfo=dt.UTC) if year else None
     interactions = []
@@ -125,7 +133,7 @@ def _load_csv(path: Path) -> Catalogue:
 
 
 def _catalogue(
-    categories: dict[int, str],
+    categories: dict[int, tuple[str, ...]],
     released: dict[int, dt.datetime | None],
     titles: dict[int, str],
     users: list[UserProfile],
@@ -133,8 +141,15 @@ def _catalogue(
 ) -> Catalogue:
     item_ids = sorted(categories)
     popularity = popularity_from(interactions, item_ids)
+    primary = primary_categories(categories)
     items = [
-        ItemMetadata(item, categories[item], popularity=popularity[item], created_at=released[item])
+        ItemMetadata(
+            item,
+            primary[item],
+            popularity=popularity[item],
+            created_at=released[item],
+            categories=categories[item],
+        )
         for item in item_ids
     ]
     return Catalogue(items, users, interactions, titles, freshness_from(released))

@@ -70,6 +70,37 @@ def clustered_embeddings(
 
 
 COUNTRIES = ("US", "DE", "FR", "GB", "JP", "BR", "CA", "IN")
+# How many categories an item has: 1, 2 or 3.
+CATEGORY_COUNT_SHARES = (0.5, 0.35, 0.15)
+
+
+def extra_categories(
+    item_category: npt.NDArray[np.int64],
+    category_weights: npt.NDArray[np.float64],
+    *,
+    seed: int,
+) -> list[frozenset[int]]:
+    """Each item's category indexes: its own (`item_category`) plus up to two broader ones
+    (of a lower index: drawn with more weight, so larger), by their weights, as a film's Drama
+    next to its Film-Noir. The own category then stays the smallest of an item's (its primary)
+    but where the draws make a broader one smaller, and the interactions, drawn by it, keep
+    following the primary categories. From a generator seeded apart from the catalogue's."""
+    rng = np.random.default_rng([seed, 1])
+    item_count = len(item_category)
+    extras = rng.choice(len(CATEGORY_COUNT_SHARES), size=item_count, p=CATEGORY_COUNT_SHARES)
+    # Inverse transform over the categories before the own one: index < own, by weight.
+    cumulative = np.cumsum(category_weights)
+    broader_mass = np.where(item_category > 0, cumulative[np.maximum(item_category - 1, 0)], 0.0)
+    draws = rng.random((item_count, 2)) * broader_mass[:, None]
+    others = np.minimum(np.searchsorted(cumulative, draws, side="right"), item_category[:, None])
+    return [
+        frozenset((own, *(other for other in pair[:count] if other < own)))
+        for own, count, pair in zip(
+            item_category.tolist(), extras.tolist(), others.tolist(), strict=True
+        )
+    ]
+
+
 _KINDS = ("view", "click", "like", "add_to_cart", "purchase")
 
 
@@ -84,10 +115,15 @@ def synthetic_catalogue(
     """A deterministic catalogue of any size: categories with skewed sizes, 3% adult items,
     10% regionally restricted items, power-law popularity, uniform freshness; users with ages
     (some minors), countries and a taste over categories; interactions drawn from the tastes
-    (category by taste, item within it by popularity)."""
+    (category by taste, item within it by popularity).
+
+    Items have 1 to 3 categories: the one the interactions are drawn by, plus up to two
+    broader ones (`extra_categories`, from a generator of their own so that every other draw is
+    what it was with one category per item); the primary one is the catalogue's rule
+    (`primary_categories`: the smallest of them)."""
     import datetime as dt
 
-    from recsys.data.catalogue import Catalogue
+    from recsys.data.catalogue import Catalogue, primary_categories
     from recsys.domain.interactions import Interaction, InteractionKind
     from recsys.ports.metadata import ItemMetadata, UserProfile
 
@@ -102,11 +138,17 @@ def synthetic_catalogue(
     restricted = rng.random(item_count) < 0.10
     regions = rng.integers(0, len(COUNTRIES), size=(item_count, 2))
     base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    category_of = [categories[index] for index in item_category.tolist()]
+    categories_of = extra_categories(item_category, category_weights, seed=seed)
+    labels_of = {
+        item: tuple(sorted(categories[index] for index in indexes))
+        for item, indexes in enumerate(categories_of)
+    }
+    primary = primary_categories(labels_of)
     items = [
         ItemMetadata(
             item_id=item,
-            category=category_of[item],
+            category=primary[item],
+            categories=labels_of[item],
             adult=is_adult,
             available_regions=(
                 tuple(sorted({COUNTRIES[first], COUNTRIES[second]})) if is_restricted else ()

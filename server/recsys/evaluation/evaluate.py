@@ -476,7 +476,7 @@ async def _measure(
         if len(items):
             relevant[train.user_ids[user_row]] = set(train.item_ids[items].tolist())
     user_rows = {user: row for row, user in enumerate(train.user_ids)}
-    category_of = {item.item_id: item.category for item in catalogue.items}
+    category_of = {item.item_id: item.all_categories for item in catalogue.items}
 
     def measure(lists: Mapping[str, list[int]]) -> TopKMetrics:
         return evaluate_lists(

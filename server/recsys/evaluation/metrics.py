@@ -7,13 +7,14 @@ least one held-out item, as in Microsoft Recommenders' `python_evaluation`:
 - MAP@k: the mean over users of the sum of precision@i at each hit i <= k, divided by
   min(k, |relevant|);
 - coverage: distinct items recommended over all users / catalogue size;
-- intra-list diversity: per list, the share of item pairs of different categories.
+- intra-list diversity: per list, the share of item pairs that share no category (items are
+  multi-label: a pair sharing any one category counts as similar).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 
@@ -39,12 +40,13 @@ def evaluate_lists(
     recommended: Mapping[str, Sequence[int]],
     relevant: Mapping[str, set[int]],
     *,
-    category_of: Mapping[int, str],
+    category_of: Mapping[int, Collection[str]],
     catalogue_size: int,
     k: int = 10,
 ) -> TopKMetrics:
     """`recommended[user]`: ranked item ids (the first k count); `relevant[user]`: held-out
-    item ids. Users without a relevant item are left out; a user without a list scores 0."""
+    item ids; `category_of[item]`: every category of the item. Users without a relevant item
+    are left out; a user without a list scores 0."""
     users = [user for user, items in relevant.items() if items]
     if not users:
         raise ValueError("no user has a relevant item")
@@ -79,14 +81,21 @@ def evaluate_lists(
     )
 
 
-def intra_list_diversity(items: Sequence[int], category_of: Mapping[int, str]) -> float:
-    """Share of item pairs whose categories differ (0 for lists shorter than two)."""
+def intra_list_diversity(items: Sequence[int], category_of: Mapping[int, Collection[str]]) -> float:
+    """Share of item pairs that share no category (0 for lists shorter than two). An item
+    without categories counts as one of the category "". A plain string is refused: it would
+    read as a set of letters."""
     if len(items) < 2:
         return 0.0
-    categories = [category_of.get(item, "") for item in items]
+    categories: list[frozenset[str]] = []
+    for item in items:
+        labels = category_of.get(item) or ("",)
+        if isinstance(labels, str):
+            raise TypeError(f"the categories of item {item} must be a collection, not a string")
+        categories.append(frozenset(labels))
     pairs = different = 0
     for left in range(len(categories)):
         for right in range(left + 1, len(categories)):
             pairs += 1
-            different += categories[left] != categories[right]
+            different += categories[left].isdisjoint(categories[right])
     return different / pairs

@@ -49,6 +49,17 @@ items = Table(
 # the trending counters are empty) reads the top of this instead of sorting every item.
 Index("ix_items_popularity_item_id", items.c.popularity.desc(), items.c.item_id)
 
+# Every category of an item, its primary one (`items.category`) included: category requests
+# (`popular_items(category=...)`) read items by any of their categories through the
+# (category, item_id) index. Rewritten with the item by every upsert.
+item_categories = Table(
+    "item_categories",
+    metadata,
+    Column("item_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("category", String(64), primary_key=True),
+    Index("ix_item_categories_category_item_id", "category", "item_id"),
+)
+
 interactions = Table(
     "interactions",
     metadata,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +25,11 @@ class UserProfile:
 
 @dataclass(frozen=True, slots=True)
 class ItemMetadata:
+    """`category` is the item's primary category (one per item: the response's category, the
+    ranking features); `categories` holds every category of the item, sorted by name, the
+    primary one included. Built with `categories` left empty (or without the primary, or
+    unsorted), they are normalised on construction: every item has at least its primary one."""
+
     item_id: int
     category: str
     adult: bool = False
@@ -31,6 +37,23 @@ class ItemMetadata:
     available_regions: tuple[str, ...] = ()
     popularity: float = 0.0
     created_at: dt.datetime | None = None
+    categories: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        categories = self.categories
+        if not categories:
+            object.__setattr__(self, "categories", (self.category,))
+        elif (
+            not isinstance(categories, tuple)
+            or self.category not in categories
+            or any(left >= right for left, right in itertools.pairwise(categories))
+        ):
+            object.__setattr__(self, "categories", tuple(sorted({self.category, *categories})))
+
+    @property
+    def all_categories(self) -> tuple[str, ...]:
+        """Every category of the item (the privacy filter, diversity, category requests)."""
+        return self.categories or (self.category,)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from recsys.metadata.tables import (
     catalogue_version,
     erased_users,
     interactions,
+    item_categories,
     items,
     users,
 )
@@ -154,9 +155,16 @@ class SqlMetadataRepository(MetadataRepository):
             unique = sorted(set(int(item) for item in item_ids))
             for start in range(0, len(unique), 5000):
                 chunk = unique[start : start + 5000]
+                labels: dict[int, list[str]] = {}
+                for label in await connection.execute(
+                    select(item_categories.c.item_id, item_categories.c.category).where(
+                        item_categories.c.item_id.in_(chunk)
+                    )
+                ):
+                    labels.setdefault(label.item_id, []).append(label.category)
                 rows = await connection.execute(select(items).where(items.c.item_id.in_(chunk)))
                 for row in rows:
-                    found[row.item_id] = _item(row)
+                    found[row.item_id] = _item(row, labels.get(row.item_id, ()))
             return found
 
         result: dict[int, ItemMetadata] = await self._run(work)
@@ -178,6 +186,14 @@ class SqlMetadataRepository(MetadataRepository):
             }
             for item in metadata
         ]
+        # An item's categories are replaced as a whole: its old rows out, its current ones in.
+        latest = {item.item_id: item for item in metadata}
+        labels = [
+            {"item_id": item_id, "category": category}
+            for item_id, item in latest.items()
+            for category in item.all_categories
+        ]
+        item_ids = sorted(latest)
 
         async def work(connection: Any) -> None:
             for start in range(0, len(rows), 2000):
@@ -190,6 +206,14 @@ class SqlMetadataRepository(MetadataRepository):
                     },
                 )
                 await connection.execute(statement)
+            for start in range(0, len(item_ids), 5000):
+                await connection.execute(
+                    delete(item_categories).where(
+                        item_categories.c.item_id.in_(item_ids[start : start + 5000])
+                    )
+                )
+            if labels:
+                await connection.execute(item_categories.insert(), labels)
             # In the same transaction: a cache that sees the new version sees the new rows.
             await connection.execute(
                 update(catalogue_version)
@@ -222,7 +246,14 @@ class SqlMetadataRepository(MetadataRepository):
     async def popular_items(self, *, category: str | None, limit: int) -> list[int]:
         query = select(items.c.item_id).order_by(desc(items.c.popularity), items.c.item_id)
         if category is not None:
-            query = query.where(items.c.category == category)
+            # A semi-join on (category, item_id): items having the category among any of theirs.
+            # The planner may also walk the popularity index and probe the primary key of
+            # item_categories, which stops at `limit` for a large category.
+            query = query.where(
+                items.c.item_id.in_(
+                    select(item_categories.c.item_id).where(item_categories.c.category == category)
+                )
+            )
 
         async def work(connection: Any) -> list[int]:
             return [row.item_id for row in await connection.execute(query.limit(limit))]
@@ -384,7 +415,7 @@ class SqlMetadataRepository(MetadataRepository):
         await self.engine.dispose()
 
 
-def _item(row: Any) -> ItemMetadata:
+def _item(row: Any, categories: Iterable[str]) -> ItemMetadata:
     return ItemMetadata(
         item_id=row.item_id,
         category=row.category,
@@ -392,6 +423,7 @@ def _item(row: Any) -> ItemMetadata:
         available_regions=tuple(row.available_regions or ()),
         popularity=float(row.popularity),
         created_at=row.created_at,
+        categories=tuple(sorted(categories)),
     )
 
 
