@@ -168,3 +168,41 @@ def test_settings_errors_from_the_environment_never_print_the_values_given(
         with pytest.raises(ConfigurationError) as caught:
             load_settings()
         assert SECRET not in "".join(traceback.format_exception(caught.value))
+
+
+def test_candidate_sources_are_off_until_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defaults = load_settings().candidates
+    assert (defaults.neighbours_path, defaults.popularity) == (None, 0)
+    assert (defaults.neighbours, defaults.neighbours_timeout_ms, defaults.history_limit) == (
+        200,
+        20,
+        500,
+    )
+    config = tmp_path / "recsys.toml"
+    config.write_text(
+        '[candidates]\nneighbours_path = "training/item_neighbours.npz"\npopularity = 50\n'
+    )
+    monkeypatch.setenv("RECSYS_CANDIDATES__NEIGHBOURS", "120")
+    settings = load_settings(config)
+    assert settings.candidates.neighbours_path == Path("training/item_neighbours.npz")
+    assert (settings.candidates.neighbours, settings.candidates.popularity) == (120, 50)
+    assert settings.candidates.history_limit == 500
+    # Retrieval's depth stays where it was.
+    assert settings.recommend.candidates == 1000
+
+
+@pytest.mark.parametrize(
+    ("values", "location"),
+    [
+        ({"neighbours_timeout_ms": 0}, "candidates.neighbours_timeout_ms"),
+        ({"history_limit": 0}, "candidates.history_limit"),
+        ({"popularity": -1}, "candidates.popularity"),
+        ({"neighbours": -1}, "candidates.neighbours"),
+        ({"neighbors": 10}, "candidates.neighbors"),
+    ],
+)
+def test_candidate_source_settings_are_checked(values: dict[str, int], location: str) -> None:
+    with pytest.raises(ConfigurationError, match=location):
+        load_settings(candidates=values)

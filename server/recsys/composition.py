@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from recsys.index.host import ShardHost
     from recsys.index.snapshots import SnapshotManager
     from recsys.release import ReleaseManifest
+    from recsys.similarity.neighbours import ItemNeighbours
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ class Components:
         self.candidate_scorer: CandidateScorer | None = None
         self.recommend_pipeline: RecommendPipeline | None = None
         self.consumer: EventConsumer | None = None
+        # The item-to-item neighbour store (`item_neighbours`), once read.
+        self._item_neighbours: ItemNeighbours | None = None
         # Set by `fail`: a background worker the process exists for died; the server stops
         # and the process exits non-zero, so its supervisor (recsys up, Kubernetes) restarts it.
         self.fatal_error: str | None = None
@@ -268,6 +271,18 @@ class Components:
     @functools.cached_property
     def index_metrics(self) -> IndexMetrics:
         return IndexMetrics(self.registry)
+
+    async def item_neighbours(self) -> ItemNeighbours | None:
+        """The neighbour store of `candidates.neighbours_path` (None when unset), read once per
+        process in a thread; ConfigurationError naming the path when it cannot be read."""
+        path = self.settings.candidates.neighbours_path
+        if path is None:
+            return None
+        if self._item_neighbours is None:
+            from recsys.candidate_sources import read_neighbour_store
+
+            self._item_neighbours = await asyncio.to_thread(read_neighbour_store, path)
+        return self._item_neighbours
 
     def ranker(self, name: str) -> Ranker:
         ranker = self.adapter("ranker", name)

@@ -289,6 +289,28 @@ class MetadataCacheSettings(_Section):
     version_poll_seconds: float = Field(default=5.0, gt=0, le=3_600)
 
 
+class CandidatesSettings(_Section):
+    """The candidate sources merged with retrieval before ranking (recsys.domain.candidates):
+    item-to-item neighbours of the user's history and popularity. Retrieval's depth stays
+    `recommend.candidates`. With neither (no store, popularity 0) Recommend ranks retrieval's
+    candidates alone, as before."""
+
+    # The neighbour store `item_neighbours.npz` written by `recsys train`, loaded once at
+    # startup (a missing or unreadable file stops the process). None: no neighbour source.
+    neighbours_path: Path | None = None
+    # Candidates from the neighbour source per request.
+    neighbours: int = Field(default=200, ge=0)
+    # Candidates from popularity merged into every personalised pool; 0: none (popularity
+    # then only stands in when retrieval finds nothing, as before).
+    popularity: int = Field(default=0, ge=0)
+    # Budget of the neighbour source; past it the answer is served without it, flagged
+    # `partial_candidates`.
+    neighbours_timeout_ms: int = Field(default=20, gt=0)
+    # At most this many history items seed the neighbour source. The SQL history carries no
+    # order, so the highest item ids are kept (the sorted ids' last `history_limit`).
+    history_limit: int = Field(default=500, ge=1)
+
+
 class IngestSettings(_Section):
     """IngestService and the event sink interactions go to."""
 
@@ -775,6 +797,7 @@ class RecsysSettings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     recommend: RecommendSettings = RecommendSettings()
     metadata_cache: MetadataCacheSettings = MetadataCacheSettings()
+    candidates: CandidatesSettings = CandidatesSettings()
     ingest: IngestSettings = IngestSettings()
     kafka: KafkaSettings = KafkaSettings()
     consumer: ConsumerSettings = ConsumerSettings()

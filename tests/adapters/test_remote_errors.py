@@ -12,6 +12,7 @@ import pytest
 
 from recsys.adapters.remote import GrpcCandidateSource, GrpcScorer
 from recsys.adapters.shards.grpc import GrpcShardClient
+from recsys.domain.candidates import SourceKind, SourceList, merge_sources
 from recsys.domain.ranking import Backend
 from recsys.domain.requests import RequestContext
 from recsys.domain.retrieval import RetrievalQuery
@@ -24,6 +25,7 @@ from recsys.errors import (
 )
 from recsys.grpc_server.app import GrpcApplication, ServiceBinding
 from recsys.v1 import (
+    common_pb2,
     index_shard_service_pb2,
     index_shard_service_pb2_grpc,
     rank_service_pb2,
@@ -50,6 +52,7 @@ class ScriptedDependency(
         # request in columns looks empty to it) and answers `items`.
         self.before_columns = False
         self.rank_layouts: list[str] = []
+        self.rank_requests: list[rank_service_pb2.RankRequest] = []
 
     async def _fail_if_scripted(self, context: grpc.aio.ServicerContext) -> None:
         if self.failure is not None:
@@ -71,6 +74,7 @@ class ScriptedDependency(
         await self._fail_if_scripted(context)
         response = rank_service_pb2.RankResponse(model_version="ranker:1")
         self.rank_layouts.append("columns" if request.candidate_item_ids else "sub-messages")
+        self.rank_requests.append(request)
         if self.before_columns:
             if not request.candidates:
                 raise InvalidArgument([FieldViolation("candidates", "must be 1 to 5000, got 0")])
@@ -290,3 +294,44 @@ async def test_the_remote_scorer_speaks_sub_messages_to_a_rank_server_before_col
         assert scored.item_ids.tolist() == [3, 1, 2]
     # Refused once in columns, said again in sub-messages, which it then keeps to.
     assert scripted.rank_layouts == ["columns", "sub-messages", "sub-messages"]
+
+
+async def test_the_remote_scorer_sends_the_sources_in_either_layout(
+    dependency: tuple[ScriptedDependency, GrpcApplication],
+) -> None:
+    scripted, app = dependency
+    scripted.before_columns = True
+    merged = merge_sources(
+        [
+            SourceList.of(SourceKind.POPULARITY, [2, 3]),
+            SourceList.of(SourceKind.RETRIEVAL, [3, 1], [0.9, 0.2]),
+        ]
+    )
+    scores = np.array([0.9, 0.2, 0.1], np.float32)
+    scorer = GrpcScorer(app.address, timeout_seconds=5)
+    try:
+        await scorer.score(
+            "u1", merged.item_ids, scores, RequestContext(), sources=merged.columns, history_size=9
+        )
+        await scorer.score("u1", merged.item_ids, scores, RequestContext())
+    finally:
+        await scorer.close()
+    assert scripted.rank_layouts == ["columns", "sub-messages", "sub-messages"]
+    first, retried, bare = scripted.rank_requests
+    assert list(first.candidate_item_ids) == merged.item_ids.tolist() == [3, 1, 2]
+    assert [candidate.item_id for candidate in retried.candidates] == [3, 1, 2]
+    # The same columns, in merge order, whichever layout carried the candidates.
+    for request in (first, retried):
+        assert [column.source for column in request.candidate_sources] == [
+            common_pb2.CANDIDATE_SOURCE_RETRIEVAL,
+            common_pb2.CANDIDATE_SOURCE_POPULARITY,
+        ]
+        retrieval, popularity = request.candidate_sources
+        assert list(retrieval.scores) == [np.float32(0.9), np.float32(0.2), 0.0]
+        assert list(retrieval.positions) == [0, 1, -1]
+        assert list(popularity.scores) == [0.5, 0.0, 1.0]
+        assert list(popularity.positions) == [1, -1, 0]
+        assert request.HasField("user_history_size")
+        assert request.user_history_size == 9
+    assert not bare.candidate_sources
+    assert not bare.HasField("user_history_size")

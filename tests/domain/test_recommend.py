@@ -168,7 +168,9 @@ class Scorer:
     default_features: bool = False
     calls: int = 0
 
-    async def score(self, user_id, item_ids, candidate_scores, context) -> ScoredCandidates:  # type: ignore[no-untyped-def]
+    async def score(  # type: ignore[no-untyped-def]
+        self, user_id, item_ids, candidate_scores, context, *, sources=None, history_size=None
+    ) -> ScoredCandidates:
         self.calls += 1
         order = np.argsort(-item_ids)
         return ScoredCandidates(

@@ -25,14 +25,18 @@ def test_the_committed_repository_serves_version_one() -> None:
     assert ranker.model_version == "ranker:1"
     config = (ROOT / "triton_models" / "ranker" / "config.pbtxt").read_text()
     assert 'platform: "onnxruntime_onnx"' in config
-    assert "dims: [ 12 ]" in config
-    assert len(RANKING_FEATURES) == 12
+    # Each version's width is its schema's: version 1 predates the candidate-source features.
+    assert "dims: [ -1 ]" in config
+    assert len(RANKING_FEATURES) == 17
+    assert (
+        ModelRepository(ROOT / "triton_models").read("1").schema.features == (RANKING_FEATURES[:12])
+    )
 
 
 @pytest.mark.parametrize(
     "features",
-    [RANKING_FEATURES[:-1], tuple(reversed(RANKING_FEATURES)), (*RANKING_FEATURES, "extra")],
-    ids=["missing", "reordered", "extra"],
+    [(*RANKING_FEATURES, "extra"), (*RANKING_FEATURES[:3], RANKING_FEATURES[0])],
+    ids=["unknown", "repeated"],
 )
 def test_schema_mismatch_is_refused(tmp_path: Path, features: tuple[str, ...]) -> None:
     write_reference_version(tmp_path / "ranker", "1", features=features)
@@ -40,9 +44,28 @@ def test_schema_mismatch_is_refused(tmp_path: Path, features: tuple[str, ...]) -
         ModelRepository(tmp_path).read("1")
 
 
+async def test_a_model_reads_the_columns_its_schema_names_in_its_order(tmp_path: Path) -> None:
+    # The same named weights over the features in another order and over a subset: the Rank
+    # service's full matrix is projected onto each schema, so the scores agree.
+    weights = {"candidate_score": 2.0, "item_popularity": -1.0, "neighbour_score": 3.0}
+    write_reference_version(tmp_path / "ranker", "1", weights=weights)
+    write_reference_version(
+        tmp_path / "reversed", "1", features=tuple(reversed(RANKING_FEATURES)), weights=weights
+    )
+    subset = ("neighbour_score", "item_popularity", "candidate_score")
+    write_reference_version(tmp_path / "subset", "1", features=subset, weights=weights)
+    scores = []
+    for name in ("ranker", "reversed", "subset"):
+        ranker = OnnxRanker(ModelRepository(tmp_path, name))
+        ranker.load()
+        scores.append(await ranker.score(FEATURES, timeout=5))
+    np.testing.assert_allclose(scores[0], scores[1], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(scores[0], scores[2], rtol=0, atol=1e-6)
+
+
 def test_startup_serves_the_newest_valid_version(tmp_path: Path) -> None:
     write_reference_version(tmp_path / "ranker", "1")
-    write_reference_version(tmp_path / "ranker", "2", features=RANKING_FEATURES[:5])
+    write_reference_version(tmp_path / "ranker", "2", features=(*RANKING_FEATURES[:5], "extra"))
     ranker = OnnxRanker(ModelRepository(tmp_path))
     assert ranker.load().version == "1"
     (tmp_path / "ranker" / "1" / SCHEMA_FILE).unlink()

@@ -158,10 +158,10 @@ async def test_remote_scorer_gets_the_servers_order_and_sends_the_context(
     score = local_scorer.score
 
     async def recording(
-        user_id: str, item_ids: Any, scores: Any, given: RequestContext
+        user_id: str, item_ids: Any, scores: Any, given: RequestContext, **features: Any
     ) -> ScoredCandidates:
         received.append(given)
-        return await score(user_id, item_ids, scores, given)
+        return await score(user_id, item_ids, scores, given, **features)
 
     monkeypatch.setattr(local_scorer, "score", recording)
     scorer = GrpcScorer(app.address, timeout_seconds=5)

@@ -73,11 +73,18 @@ def rank_request(
     user_id: str,
     candidates: Iterable[tuple[int, float]],
     context: common_pb2.RequestContext | None,
+    candidate_sources: Iterable[rank_service_pb2.CandidateSourceColumn] = (),
+    user_history_size: int | None = None,
 ) -> rank_service_pb2.RankRequest:
     # Sent as sub-messages, which every Rank server reads (one older than the packed columns
     # reads a request in columns as one without candidates); the platform's own callers, which
     # are upgraded with Rank, use the columns. The response keeps its `items` layout.
-    request = rank_service_pb2.RankRequest(user_id=user_id, context=context)
+    request = rank_service_pb2.RankRequest(
+        user_id=user_id,
+        context=context,
+        candidate_sources=candidate_sources,
+        user_history_size=user_history_size,
+    )
     add = request.candidates.add
     for item_id, score in candidates:
         add(item_id=item_id, candidate_score=score)

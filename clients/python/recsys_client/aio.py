@@ -123,10 +123,17 @@ class AsyncRecsysClient:
         candidates: Iterable[tuple[int, float]],
         *,
         context: common_pb2.RequestContext | None = None,
+        candidate_sources: Iterable[rank_service_pb2.CandidateSourceColumn] = (),
+        user_history_size: int | None = None,
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> rank_service_pb2.RankResponse:
-        request = _requests.rank_request(user_id, candidates, context)
+        """`candidate_sources`: what each candidate source said about the candidates (one score
+        and one position per candidate, in the order of `candidates`); `user_history_size`: the
+        number of items in the user's history. Both optional ranking features."""
+        request = _requests.rank_request(
+            user_id, candidates, context, candidate_sources, user_history_size
+        )
         return await self._call(self.rank_stub.Rank, request, timeout, request_id)
 
     async def check_health(self, service: str = "", *, timeout: float | None = None) -> str:

@@ -4,6 +4,8 @@ satisfy the Recommend pipeline's CandidateSource and Scorer (distributed mode)."
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -11,6 +13,7 @@ import numpy.typing as npt
 from recsys.adapters.channels import outbound_channel, reconnect_options
 from recsys.adapters.grpc_errors import call
 from recsys.deadlines import outbound_timeout
+from recsys.domain.candidates import MERGE_ORDER, SourceColumn, SourceKind
 from recsys.domain.ordering import ranked_order
 from recsys.domain.ranking import Backend
 from recsys.domain.requests import DeviceType, RequestContext
@@ -33,6 +36,11 @@ _DEVICE_TYPES = {
     DeviceType.WEB: common_pb2.DEVICE_TYPE_WEB,
     DeviceType.TABLET: common_pb2.DEVICE_TYPE_TABLET,
     DeviceType.TV: common_pb2.DEVICE_TYPE_TV,
+}
+_CANDIDATE_SOURCES = {
+    SourceKind.RETRIEVAL: common_pb2.CANDIDATE_SOURCE_RETRIEVAL,
+    SourceKind.NEIGHBOURS: common_pb2.CANDIDATE_SOURCE_NEIGHBOURS,
+    SourceKind.POPULARITY: common_pb2.CANDIDATE_SOURCE_POPULARITY,
 }
 # How long Rank requests go as sub-messages after a server refused columns (an older server).
 SUB_MESSAGES_RETRY_SECONDS = 60.0
@@ -110,18 +118,22 @@ class GrpcScorer:
         item_ids: npt.NDArray[np.int64],
         candidate_scores: npt.NDArray[np.float32],
         context: RequestContext,
+        *,
+        sources: Mapping[SourceKind, SourceColumn] | None = None,
+        history_size: int | None = None,
     ) -> ScoredCandidates:
         columns = time.monotonic() >= self._sub_messages_until
+        request = _RankInputs(user_id, item_ids, candidate_scores, context, sources, history_size)
         try:
             try:
-                response = await self._rank(user_id, item_ids, candidate_scores, context, columns)
+                response = await self._rank(request, columns)
             except InvalidArgument as error:
                 # A Rank server older than the columns reads a request in columns as one without
                 # candidates: say it again in sub-messages, and keep to them for a minute.
                 if not columns or not any(v.field == "candidates" for v in error.violations):
                     raise
                 self._sub_messages_until = time.monotonic() + SUB_MESSAGES_RETRY_SECONDS
-                response = await self._rank(user_id, item_ids, candidate_scores, context, False)
+                response = await self._rank(request, False)
         except (Unavailable, DeadlineExceeded):
             # The rank service itself is down or slow: order by the retrieval score (rule
             # fallback). Its refusals of our request are raised: they are bugs to see.
@@ -138,30 +150,37 @@ class GrpcScorer:
             default_features=response.default_features,
         )
 
-    async def _rank(
-        self,
-        user_id: str,
-        item_ids: npt.NDArray[np.int64],
-        candidate_scores: npt.NDArray[np.float32],
-        context: RequestContext,
-        columns: bool,
-    ) -> rank_service_pb2.RankResponse:
+    async def _rank(self, inputs: _RankInputs, columns: bool) -> rank_service_pb2.RankResponse:
         # Packed columns both ways: a fraction of the cost of a sub-message per candidate. The
         # response layout is asked for either way: an older server ignores it and answers
         # `items`, which ranked_columns reads too.
         request = rank_service_pb2.RankRequest(
-            user_id=user_id,
+            user_id=inputs.user_id,
             # The device and time feed the model's context features, as in-process.
-            context=_context_to_proto(context),
+            context=_context_to_proto(inputs.context),
             response_layout=retrieve_pb2.CANDIDATE_LAYOUT_COLUMNS,
         )
         if columns:
-            request.candidate_item_ids.extend(item_ids.tolist())
-            request.candidate_scores.extend(candidate_scores.tolist())
+            request.candidate_item_ids.extend(inputs.item_ids.tolist())
+            request.candidate_scores.extend(inputs.candidate_scores.tolist())
         else:
             add = request.candidates.add
-            for item_id, score in zip(item_ids.tolist(), candidate_scores.tolist(), strict=True):
+            ranked = zip(inputs.item_ids.tolist(), inputs.candidate_scores.tolist(), strict=True)
+            for item_id, score in ranked:
                 add(item_id=item_id, candidate_score=score)
+        # The sources' columns are aligned with the candidates in either layout; a Rank server
+        # older than them ignores both fields and ranks without those features.
+        add_source = request.candidate_sources.add
+        for source in MERGE_ORDER:
+            column = (inputs.sources or {}).get(source)
+            if column is not None:
+                add_source(
+                    source=_CANDIDATE_SOURCES[source],
+                    scores=column.scores.tolist(),
+                    positions=column.positions.tolist(),
+                )
+        if inputs.history_size is not None:
+            request.user_history_size = inputs.history_size
         # No time left is a slow dependency too: the rule order still answers in time.
         timeout = outbound_timeout(self.timeout_seconds)
         response: rank_service_pb2.RankResponse = await call(
@@ -171,6 +190,18 @@ class GrpcScorer:
 
     async def close(self) -> None:
         await self.channel.close()
+
+
+@dataclass(frozen=True)
+class _RankInputs:
+    """One Score call's arguments, sent in either request layout."""
+
+    user_id: str
+    item_ids: npt.NDArray[np.int64]
+    candidate_scores: npt.NDArray[np.float32]
+    context: RequestContext
+    sources: Mapping[SourceKind, SourceColumn] | None
+    history_size: int | None
 
 
 def _context_to_proto(context: RequestContext) -> common_pb2.RequestContext:

@@ -11,16 +11,24 @@ import datetime as dt
 import enum
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from recsys.deadlines import outbound_timeout
+from recsys.domain.candidates import SourceColumn, SourceKind
 from recsys.domain.circuit_breaker import CircuitBreaker
 from recsys.domain.observers import NullObserver, RankingObserver
 from recsys.domain.requests import DeviceType
-from recsys.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
+from recsys.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    Unavailable,
+)
 from recsys.ports.ranker import Ranker
 
 logger = logging.getLogger(__name__)
@@ -28,7 +36,9 @@ logger = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float32]
 
 # The features the Rank service assembles, in column order. A ranking model's feature schema
-# must list exactly these (the model repository refuses any other).
+# names the ones it reads, in its own column order (`feature_columns`); a name not here is
+# refused by the model repository. Models trained before the candidate-source features were
+# added name the first 12 and keep serving.
 RANKING_FEATURES: tuple[str, ...] = (
     "candidate_score",
     "user_item_dot",
@@ -42,6 +52,15 @@ RANKING_FEATURES: tuple[str, ...] = (
     "device_web",
     "device_tablet",
     "device_tv",
+    # What the candidate sources said (recsys.domain.candidates): the item-to-item neighbours'
+    # score over the user's history (0 where that source did not find the item), and each
+    # source's placement as 1 / (1 + position) (0 where it did not find the item).
+    "neighbour_score",
+    "retrieval_rank_score",
+    "neighbour_rank_score",
+    "popularity_rank_score",
+    # log(1 + the number of items in the user's history): how much the sources know of them.
+    "user_activity",
 )
 _DEVICE_COLUMNS = {
     DeviceType.UNKNOWN: 7,
@@ -51,11 +70,33 @@ _DEVICE_COLUMNS = {
     DeviceType.TV: 11,
 }
 
+_SOURCE_COLUMNS = {
+    SourceKind.RETRIEVAL: RANKING_FEATURES.index("retrieval_rank_score"),
+    SourceKind.NEIGHBOURS: RANKING_FEATURES.index("neighbour_rank_score"),
+    SourceKind.POPULARITY: RANKING_FEATURES.index("popularity_rank_score"),
+}
+_NEIGHBOUR_SCORE = RANKING_FEATURES.index("neighbour_score")
+_USER_ACTIVITY = RANKING_FEATURES.index("user_activity")
+
 
 class Backend(enum.Enum):
     MODEL = "model"
     CPU_MODEL = "cpu_model"
     RULE_FALLBACK = "rule_fallback"
+
+
+def feature_columns(names: tuple[str, ...]) -> npt.NDArray[np.int64] | None:
+    """The columns of the assembled matrix a model reads, in its order; None when it reads
+    every column in the assembled order (no projection). ValueError for an unknown or repeated
+    name."""
+    unknown = [name for name in names if name not in RANKING_FEATURES]
+    if unknown:
+        raise ValueError(f"unknown features {unknown}")
+    if len(set(names)) != len(names):
+        raise ValueError("a feature is named twice")
+    if names == RANKING_FEATURES:
+        return None
+    return np.array([RANKING_FEATURES.index(name) for name in names], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -71,6 +112,18 @@ class RankingInputs:
     user_vector: FloatArray | None
     request_time: dt.datetime
     device_type: DeviceType
+    # What each candidate source said about the candidates (absent sources: zeros).
+    sources: Mapping[SourceKind, SourceColumn] = field(default_factory=dict)
+    # Items in the user's history; None when unknown (the feature is then 0).
+    history_size: int | None = None
+
+
+def _rank_scores(positions: npt.NDArray[np.int64]) -> FloatArray:
+    """1 / (1 + position) where found, 0 where not (position -1)."""
+    result: FloatArray = np.where(
+        positions >= 0, 1.0 / (1.0 + np.maximum(positions, 0)), 0.0
+    ).astype(np.float32)
+    return result
 
 
 def assemble_features(inputs: RankingInputs) -> FloatArray:
@@ -87,6 +140,22 @@ def assemble_features(inputs: RankingInputs) -> FloatArray:
     matrix[:, 5] = math.sin(2 * math.pi * hour / 24)
     matrix[:, 6] = math.cos(2 * math.pi * hour / 24)
     matrix[:, _DEVICE_COLUMNS[inputs.device_type]] = 1.0
+    for source, column in inputs.sources.items():
+        if len(column.positions) != count:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "candidate_sources",
+                        f"the {source.value} column has {len(column.positions)} rows for "
+                        f"{count} candidates",
+                    )
+                ]
+            )
+        matrix[:, _SOURCE_COLUMNS[source]] = _rank_scores(column.positions)
+        if source is SourceKind.NEIGHBOURS:
+            matrix[:, _NEIGHBOUR_SCORE] = column.scores
+    if inputs.history_size is not None:
+        matrix[:, _USER_ACTIVITY] = math.log1p(max(0, inputs.history_size))
     return matrix
 
 

@@ -7,11 +7,13 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from recsys.domain.candidates import SourceColumn, SourceKind
 from recsys.domain.observers import NullObserver, RankingObserver
 from recsys.domain.ordering import ranked_order
 from recsys.domain.ranking import Backend, RankingChain, RankingInputs, assemble_features
@@ -55,7 +57,13 @@ class CandidateScorer:
         item_ids: npt.NDArray[np.int64],
         candidate_scores: npt.NDArray[np.float32],
         context: RequestContext,
+        *,
+        sources: Mapping[SourceKind, SourceColumn] | None = None,
+        history_size: int | None = None,
     ) -> ScoredCandidates:
+        """`sources`: what each candidate source said about the candidates (ranking features;
+        absent sources read as not having found them); `history_size`: the number of items in
+        the user's history (None: unknown)."""
         count = len(item_ids)
         features_read = await self._read_features(user_id, item_ids.tolist())
         user, items = features_read if features_read is not None else (None, _defaults(count))
@@ -81,6 +89,8 @@ class CandidateScorer:
                 user_vector=user_vector,
                 request_time=context.request_time or dt.datetime.now(dt.UTC),
                 device_type=context.device_type,
+                sources=sources or {},
+                history_size=history_size,
             )
         )
         started = time.perf_counter()

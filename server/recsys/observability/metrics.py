@@ -44,10 +44,12 @@ LATENCY_BUCKETS = (
     0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 # What a caller of the pipeline reads as candidate generation (the seed's "candidates" timer).
-CANDIDATE_STAGES = frozenset({"retrieval", "popularity", "popular_in_category", "similar_to_liked"})
+CANDIDATE_STAGES = frozenset(
+    {"retrieval", "neighbours", "popularity", "popular_in_category", "similar_to_liked"}
+)
 DEGRADATION_KINDS = (
     "fallback_ranking", "partial_retrieval", "default_features", "popularity_candidates",
-    "metadata_unavailable",
+    "metadata_unavailable", "partial_candidates",
 )  # fmt: skip
 
 

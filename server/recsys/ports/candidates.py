@@ -9,12 +9,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from recsys.domain.candidates import SourceColumn, SourceKind
 from recsys.domain.recommend.values import CandidatePool
 from recsys.domain.requests import RecommendQuery, RequestContext
 from recsys.domain.retrieval import RetrievalQuery, RetrievalResult
@@ -35,6 +37,8 @@ class CandidateRequest:
     profile: UserProfile | None
     # The embedding version the index is expected to serve (item vectors' queries carry it).
     embedding_version: str = ""
+    # The user's consumed and recent items (what the neighbour source starts from).
+    history: frozenset[int] = frozenset()
 
 
 class CandidateSource(Protocol):
@@ -53,4 +57,11 @@ class Scorer(Protocol):
         item_ids: npt.NDArray[np.int64],
         candidate_scores: npt.NDArray[np.float32],
         context: RequestContext,
-    ) -> ScoredCandidates: ...
+        *,
+        sources: Mapping[SourceKind, SourceColumn] | None = None,
+        history_size: int | None = None,
+    ) -> ScoredCandidates:
+        """`sources`: what each candidate source said about the candidates (aligned with
+        `item_ids`); `history_size`: the number of items in the user's history (None:
+        unknown). Both are ranking features."""
+        ...

@@ -5,8 +5,11 @@
     <root>/<model_name>/<version>/feature_schema.json
 
 The feature schema is versioned with the model: it names the model's input and output tensors
-and lists its features in column order. A version whose schema differs from what the Rank
-service assembles is refused (FAILED_PRECONDITION) and never served.
+and lists its features in column order. The Rank service assembles every feature it knows
+(`RANKING_FEATURES`) and hands each model the columns its schema names, in its order, so a
+model trained before a feature was added keeps serving. A version whose schema names a feature
+the Rank service does not assemble (or one twice) is refused (FAILED_PRECONDITION) and never
+served.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from recsys.domain.ranking import RANKING_FEATURES
+from recsys.domain.ranking import RANKING_FEATURES, feature_columns
 from recsys.errors import FailedPrecondition, NotFound
 
 MODEL_FILE = "model.onnx"
@@ -31,6 +36,13 @@ class FeatureSchema(BaseModel):
     input_name: str = "features"
     output_name: str = "scores"
     features: tuple[str, ...]
+
+    def project(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """The model's input from the assembled matrix (every column of RANKING_FEATURES)."""
+        columns = feature_columns(self.features)
+        if columns is None:
+            return features
+        return np.ascontiguousarray(features[:, columns])
 
 
 class SchemaMismatch(FailedPrecondition):
@@ -54,13 +66,15 @@ class ModelVersion:
 
 
 def check_schema(schema: FeatureSchema, where: str) -> None:
-    if schema.features != RANKING_FEATURES:
-        missing = [name for name in RANKING_FEATURES if name not in schema.features]
-        extra = [name for name in schema.features if name not in RANKING_FEATURES]
+    try:
+        feature_columns(schema.features)
+    except ValueError as error:
         raise SchemaMismatch(
-            f"{where}: the model's feature schema does not match the features the Rank service "
-            f"assembles (missing {missing}, unexpected {extra}, or a different order)"
-        )
+            f"{where}: the model's feature schema names features the Rank service does not "
+            f"assemble ({error}; it assembles {list(RANKING_FEATURES)})"
+        ) from error
+    if not schema.features:
+        raise SchemaMismatch(f"{where}: the model's feature schema names no feature")
 
 
 class ModelRepository:

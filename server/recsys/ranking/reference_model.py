@@ -24,11 +24,16 @@ REFERENCE_WEIGHTS = {
 OPSET = 17
 
 
-def reference_model(weights: dict[str, float] | None = None, bias: float = -1.0) -> onnx.ModelProto:
-    """scores[n, 1] = sigmoid(features[n, F] @ W + b), with a dynamic batch dimension."""
+def reference_model(
+    weights: dict[str, float] | None = None,
+    bias: float = -1.0,
+    features: tuple[str, ...] = RANKING_FEATURES,
+) -> onnx.ModelProto:
+    """scores[n, 1] = sigmoid(features[n, F] @ W + b) over the named `features` in their
+    order, with a dynamic batch dimension."""
     chosen = weights or REFERENCE_WEIGHTS
-    vector = np.array([[chosen.get(name, 0.0)] for name in RANKING_FEATURES], dtype=np.float32)
-    count = len(RANKING_FEATURES)
+    vector = np.array([[chosen.get(name, 0.0)] for name in features], dtype=np.float32)
+    count = len(features)
     graph = helper.make_graph(
         nodes=[
             helper.make_node("MatMul", ["features", "weights"], ["logits_raw"]),
@@ -61,6 +66,6 @@ def write_reference_version(
     """Writes `<model_folder>/<version>/model.onnx` and its feature schema."""
     folder = model_folder / version
     folder.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(reference_model(weights), folder / MODEL_FILE)
+    onnx.save_model(reference_model(weights, features=features), folder / MODEL_FILE)
     write_schema(folder / SCHEMA_FILE, FeatureSchema(features=features))
     return folder

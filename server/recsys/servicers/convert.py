@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
 from google.protobuf import timestamp_pb2
 
+from recsys.domain.candidates import SourceColumn, SourceKind
 from recsys.domain.interactions import Interaction, InteractionKind
 from recsys.domain.requests import DeviceType, RecommendQuery, RequestContext
 from recsys.domain.validation import Violations
-from recsys.v1 import common_pb2, interaction_event_pb2, recommend_service_pb2
+from recsys.v1 import common_pb2, interaction_event_pb2, rank_service_pb2, recommend_service_pb2
 
 _DEVICE_TYPES = {
     common_pb2.DEVICE_TYPE_UNSPECIFIED: DeviceType.UNKNOWN,
@@ -20,6 +22,17 @@ _DEVICE_TYPES = {
     common_pb2.DEVICE_TYPE_TABLET: DeviceType.TABLET,
     common_pb2.DEVICE_TYPE_TV: DeviceType.TV,
 }
+
+CANDIDATE_SOURCES = {
+    SourceKind.RETRIEVAL: common_pb2.CANDIDATE_SOURCE_RETRIEVAL,
+    SourceKind.NEIGHBOURS: common_pb2.CANDIDATE_SOURCE_NEIGHBOURS,
+    SourceKind.POPULARITY: common_pb2.CANDIDATE_SOURCE_POPULARITY,
+}
+_SOURCE_KINDS = {number: kind for kind, number in CANDIDATE_SOURCES.items()}
+CANDIDATE_SOURCE_NAMES = {
+    kind: common_pb2.CandidateSource.Name(number) for kind, number in CANDIDATE_SOURCES.items()
+}
+_SOURCE_NAMES = ", ".join(CANDIDATE_SOURCE_NAMES.values())
 
 _INTERACTION_KINDS = {
     interaction_event_pb2.INTERACTION_TYPE_VIEW: InteractionKind.VIEW,
@@ -87,6 +100,77 @@ def interaction_from_proto(
         ),
         surface=event.surface,
     )
+
+
+def candidate_sources_from_proto(
+    columns: Sequence[rank_service_pb2.CandidateSourceColumn],
+    count: int,
+    violations: Violations,
+    *,
+    field: str = "candidate_sources",
+) -> dict[SourceKind, SourceColumn]:
+    """What each source said about the request's `count` candidates, by source. Every problem
+    is added to `violations` naming the column's field (`candidate_sources[1].positions`);
+    a column with one is left out of the answer."""
+    sources: dict[SourceKind, SourceColumn] = {}
+    seen: set[SourceKind] = set()
+    for index, column in enumerate(columns):
+        path = f"{field}[{index}]"
+        valid = True
+        kind = _SOURCE_KINDS.get(column.source)
+        if kind is None:
+            # UNSPECIFIED, or a source newer than this server: its features have no column.
+            violations.add(f"{path}.source", f"must be one of {_SOURCE_NAMES}, got {column.source}")
+            valid = False
+        elif kind in seen:
+            violations.add(f"{path}.source", f"{CANDIDATE_SOURCE_NAMES[kind]} is given twice")
+            valid = False
+        else:
+            seen.add(kind)
+        scores = np.fromiter(column.scores, np.float32, len(column.scores))
+        positions = np.fromiter(column.positions, np.int64, len(column.positions))
+        for name, length in (("scores", len(scores)), ("positions", len(positions))):
+            if length != count:
+                violations.add(
+                    f"{path}.{name}", f"must hold one entry per candidate: {length} for {count}"
+                )
+                valid = False
+        if not np.isfinite(scores).all():
+            violations.add(f"{path}.scores", "scores must be finite")
+            valid = False
+        if len(positions) and positions.min() < -1:
+            violations.add(f"{path}.positions", "positions must be -1 (not found) or above")
+            valid = False
+        if valid and kind is not None:
+            sources[kind] = SourceColumn(kind, scores, positions)
+    return sources
+
+
+def history_size_from_proto(
+    request: rank_service_pb2.RankRequest, violations: Violations
+) -> int | None:
+    """The user's history size; None when the caller did not give it (unknown)."""
+    if not request.HasField("user_history_size"):
+        return None
+    if request.user_history_size < 0:
+        violations.add(
+            "user_history_size", f"must be non-negative, got {request.user_history_size}"
+        )
+    return request.user_history_size
+
+
+def candidate_sources_to_proto(
+    values: Iterable[str],
+) -> list[common_pb2.CandidateSource.ValueType]:
+    """`SourceKind` values as CandidateSource numbers, in the given order; a value that names
+    no source is left out (a flag must never fail an answer)."""
+    numbers: list[common_pb2.CandidateSource.ValueType] = []
+    for value in values:
+        try:
+            numbers.append(CANDIDATE_SOURCES[SourceKind(value)])
+        except ValueError:
+            continue
+    return numbers
 
 
 _LENGTH_DELIMITED = 2  # the wire type of packed repeated fields

@@ -18,7 +18,12 @@ from recsys.errors import ConfigurationError, FailedPrecondition, RecsysError
 from recsys.grpc_server.app import ServiceBinding
 from recsys.observability.metrics import RankingMetrics
 from recsys.ports.ranker import Ranker
-from recsys.servicers.convert import packed_floats, request_context_from_proto
+from recsys.servicers.convert import (
+    candidate_sources_from_proto,
+    history_size_from_proto,
+    packed_floats,
+    request_context_from_proto,
+)
 from recsys.settings import RankSettings
 from recsys.v1 import common_pb2
 from recsys.v1 import rank_service_pb2 as rank_pb2
@@ -64,9 +69,17 @@ class RankServicer(rank_grpc.RankServiceServicer):
                     "candidate_scores" if field == "candidate_item_ids" else field,
                     "candidate scores must be finite",
                 )
+        # Aligned with the candidates whichever layout they came in.
+        sources = candidate_sources_from_proto(request.candidate_sources, count, violations)
+        history_size = history_size_from_proto(request, violations)
         violations.raise_if_any()
         scored = await self.scorer.score(
-            request.user_id, item_ids, scores, request_context_from_proto(request.context)
+            request.user_id,
+            item_ids,
+            scores,
+            request_context_from_proto(request.context),
+            sources=sources,
+            history_size=history_size,
         )
         response = rank_pb2.RankResponse(
             model_version=scored.model_version,

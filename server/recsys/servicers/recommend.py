@@ -10,18 +10,12 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from recsys.adapters.candidates.popularity import (
-    PopularInCategoryCandidates,
-    RisingCandidates,
-    TrendingCandidates,
-)
-from recsys.adapters.candidates.retrieval import RetrievalCandidates
-from recsys.adapters.candidates.similar import SimilarToLikedCandidates
 from recsys.adapters.dependency_probe import check_readiness, probe_dependency
 from recsys.adapters.remote import GrpcCandidateSource, GrpcScorer
+from recsys.candidate_sources import candidate_sources
 from recsys.domain.erasure import UserDataEraser
 from recsys.domain.ranking import Backend
-from recsys.domain.recommend.pipeline import CandidateSources, RecommendPipeline
+from recsys.domain.recommend.pipeline import RecommendPipeline
 from recsys.domain.recommend.values import Reason, Recommendation, RecommendConfig
 from recsys.domain.requests import validate_recommend_query
 from recsys.domain.validation import Violations
@@ -31,7 +25,7 @@ from recsys.grpc_server.interceptors import current_caller
 from recsys.observability.logging import current_request_id
 from recsys.observability.metrics import RecommendMetrics
 from recsys.ports.candidates import Scorer, VectorSearch
-from recsys.servicers.convert import recommend_query_from_proto
+from recsys.servicers.convert import candidate_sources_to_proto, recommend_query_from_proto
 from recsys.settings import RecommendSettings, RecsysSettings
 from recsys.v1 import common_pb2, recommend_service_pb2, recommend_service_pb2_grpc
 
@@ -79,6 +73,8 @@ def to_proto(answer: Recommendation) -> recommend_service_pb2.RecommendResponse:
             default_features=flags.default_features,
             popularity_candidates=flags.popularity_candidates,
             metadata_unavailable=flags.metadata_unavailable,
+            partial_candidates=flags.partial_candidates,
+            failed_candidate_sources=candidate_sources_to_proto(flags.failed_candidate_sources),
         ),
     )
     add = response.items.add
@@ -187,23 +183,7 @@ async def build(components: Components) -> list[ServiceBinding]:
             "(`recsys serve embedded`) or set recommend.retrieve_target and recommend.rank_target"
         )
     config = recommend_config(settings)
-    per_source = config.cold_start_candidates_per_source
-    sources = CandidateSources(
-        personalized=RetrievalCandidates(search, count=config.candidates),
-        fallback=TrendingCandidates(metadata, count=config.candidates),
-        # Reasons go to the first source that found an item: the user's own choices first.
-        cold_start=(
-            PopularInCategoryCandidates(metadata, count=per_source),
-            RisingCandidates(
-                components.item_counters,
-                TrendingCandidates(metadata, count=per_source),
-                count=per_source,
-            ),
-            SimilarToLikedCandidates(
-                features, search, per_item=config.cold_start_similar_per_liked_item
-            ),
-        ),
-    )
+    sources = await candidate_sources(components, search, config)
     pipeline = RecommendPipeline(
         config,
         features=features,

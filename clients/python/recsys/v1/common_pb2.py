@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16recsys/v1/common.proto\x12\trecsys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n\x0eRequestContext\x12*\n\x0b\x64\x65vice_type\x18\x01 \x01(\x0e\x32\x15.recsys.v1.DeviceType\x12\x0f\n\x07\x63ountry\x18\x02 \x01(\t\x12\x0e\n\x06locale\x18\x03 \x01(\t\x12\x30\n\x0crequest_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x08\x63\x61tegory\x18\x05 \x01(\tH\x00\x88\x01\x01\x42\x0b\n\t_category\"<\n\x0f\x45mbeddingVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x19\n\x11\x65mbedding_version\x18\x02 \x01(\t*\x82\x01\n\nDeviceType\x12\x1b\n\x17\x44\x45VICE_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44\x45VICE_TYPE_MOBILE\x10\x01\x12\x13\n\x0f\x44\x45VICE_TYPE_WEB\x10\x02\x12\x16\n\x12\x44\x45VICE_TYPE_TABLET\x10\x03\x12\x12\n\x0e\x44\x45VICE_TYPE_TV\x10\x04*\xae\x01\n\x0eRankingBackend\x12\x1f\n\x1bRANKING_BACKEND_UNSPECIFIED\x10\x00\x12\x19\n\x15RANKING_BACKEND_MODEL\x10\x01\x12\x1d\n\x19RANKING_BACKEND_CPU_MODEL\x10\x02\x12!\n\x1dRANKING_BACKEND_RULE_FALLBACK\x10\x03\x12\x1e\n\x1aRANKING_BACKEND_COLD_START\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16recsys/v1/common.proto\x12\trecsys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n\x0eRequestContext\x12*\n\x0b\x64\x65vice_type\x18\x01 \x01(\x0e\x32\x15.recsys.v1.DeviceType\x12\x0f\n\x07\x63ountry\x18\x02 \x01(\t\x12\x0e\n\x06locale\x18\x03 \x01(\t\x12\x30\n\x0crequest_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x08\x63\x61tegory\x18\x05 \x01(\tH\x00\x88\x01\x01\x42\x0b\n\t_category\"<\n\x0f\x45mbeddingVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x19\n\x11\x65mbedding_version\x18\x02 \x01(\t*\x82\x01\n\nDeviceType\x12\x1b\n\x17\x44\x45VICE_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44\x45VICE_TYPE_MOBILE\x10\x01\x12\x13\n\x0f\x44\x45VICE_TYPE_WEB\x10\x02\x12\x16\n\x12\x44\x45VICE_TYPE_TABLET\x10\x03\x12\x12\n\x0e\x44\x45VICE_TYPE_TV\x10\x04*\xae\x01\n\x0eRankingBackend\x12\x1f\n\x1bRANKING_BACKEND_UNSPECIFIED\x10\x00\x12\x19\n\x15RANKING_BACKEND_MODEL\x10\x01\x12\x1d\n\x19RANKING_BACKEND_CPU_MODEL\x10\x02\x12!\n\x1dRANKING_BACKEND_RULE_FALLBACK\x10\x03\x12\x1e\n\x1aRANKING_BACKEND_COLD_START\x10\x04*\x95\x01\n\x0f\x43\x61ndidateSource\x12 \n\x1c\x43\x41NDIDATE_SOURCE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43\x41NDIDATE_SOURCE_RETRIEVAL\x10\x01\x12\x1f\n\x1b\x43\x41NDIDATE_SOURCE_NEIGHBOURS\x10\x02\x12\x1f\n\x1b\x43\x41NDIDATE_SOURCE_POPULARITY\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEVICETYPE']._serialized_end=445
   _globals['_RANKINGBACKEND']._serialized_start=448
   _globals['_RANKINGBACKEND']._serialized_end=622
+  _globals['_CANDIDATESOURCE']._serialized_start=625
+  _globals['_CANDIDATESOURCE']._serialized_end=774
   _globals['_REQUESTCONTEXT']._serialized_start=71
   _globals['_REQUESTCONTEXT']._serialized_end=250
   _globals['_EMBEDDINGVECTOR']._serialized_start=252

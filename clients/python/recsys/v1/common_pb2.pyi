@@ -118,6 +118,36 @@ RANKING_BACKEND_COLD_START: RankingBackend.ValueType  # 4
 """The simplified cold-start ranking: popularity plus category match."""
 Global___RankingBackend: _TypeAlias = RankingBackend  # noqa: Y015
 
+class _CandidateSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CandidateSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CandidateSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CANDIDATE_SOURCE_UNSPECIFIED: _CandidateSource.ValueType  # 0
+    """Not given; rejected wherever a source is required."""
+    CANDIDATE_SOURCE_RETRIEVAL: _CandidateSource.ValueType  # 1
+    """Approximate nearest-neighbour search of the user's embedding in the index shards."""
+    CANDIDATE_SOURCE_NEIGHBOURS: _CandidateSource.ValueType  # 2
+    """Item-to-item neighbours of the items in the user's history."""
+    CANDIDATE_SOURCE_POPULARITY: _CandidateSource.ValueType  # 3
+    """The most popular (or trending) items of the catalogue."""
+
+class CandidateSource(_CandidateSource, metaclass=_CandidateSourceEnumTypeWrapper):
+    """A source of ranking candidates. Recommend merges the candidates of several sources before
+    ranking; what each source said about a candidate is a ranking feature.
+    """
+
+CANDIDATE_SOURCE_UNSPECIFIED: CandidateSource.ValueType  # 0
+"""Not given; rejected wherever a source is required."""
+CANDIDATE_SOURCE_RETRIEVAL: CandidateSource.ValueType  # 1
+"""Approximate nearest-neighbour search of the user's embedding in the index shards."""
+CANDIDATE_SOURCE_NEIGHBOURS: CandidateSource.ValueType  # 2
+"""Item-to-item neighbours of the items in the user's history."""
+CANDIDATE_SOURCE_POPULARITY: CandidateSource.ValueType  # 3
+"""The most popular (or trending) items of the catalogue."""
+Global___CandidateSource: _TypeAlias = CandidateSource  # noqa: Y015
+
 @_typing.final
 class RequestContext(_message.Message):
     """Context of one request: where and when the user asks."""

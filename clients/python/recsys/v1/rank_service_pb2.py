@@ -26,7 +26,7 @@ from recsys.v1 import common_pb2 as recsys_dot_v1_dot_common__pb2
 from recsys.v1 import retrieve_service_pb2 as recsys_dot_v1_dot_retrieve__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crecsys/v1/rank_service.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\x1a recsys/v1/retrieve_service.proto\"9\n\rRankCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\x17\n\x0f\x63\x61ndidate_score\x18\x02 \x01(\x02\"\xe3\x01\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12,\n\ncandidates\x18\x02 \x03(\x0b\x32\x18.recsys.v1.RankCandidate\x12*\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x19.recsys.v1.RequestContext\x12\x1a\n\x12\x63\x61ndidate_item_ids\x18\x04 \x03(\x03\x12\x18\n\x10\x63\x61ndidate_scores\x18\x05 \x03(\x02\x12\x33\n\x0fresponse_layout\x18\x06 \x01(\x0e\x32\x1a.recsys.v1.CandidateLayout\",\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x02\"\xb3\x01\n\x0cRankResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12*\n\x07\x62\x61\x63kend\x18\x03 \x01(\x0e\x32\x19.recsys.v1.RankingBackend\x12\x18\n\x10\x64\x65\x66\x61ult_features\x18\x04 \x01(\x08\x12\x10\n\x08item_ids\x18\x05 \x03(\x03\x12\x0e\n\x06scores\x18\x06 \x03(\x02\x32\x46\n\x0bRankService\x12\x37\n\x04Rank\x12\x16.recsys.v1.RankRequest\x1a\x17.recsys.v1.RankResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crecsys/v1/rank_service.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\x1a recsys/v1/retrieve_service.proto\"9\n\rRankCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\x17\n\x0f\x63\x61ndidate_score\x18\x02 \x01(\x02\"\xd6\x02\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12,\n\ncandidates\x18\x02 \x03(\x0b\x32\x18.recsys.v1.RankCandidate\x12*\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x19.recsys.v1.RequestContext\x12\x1a\n\x12\x63\x61ndidate_item_ids\x18\x04 \x03(\x03\x12\x18\n\x10\x63\x61ndidate_scores\x18\x05 \x03(\x02\x12\x33\n\x0fresponse_layout\x18\x06 \x01(\x0e\x32\x1a.recsys.v1.CandidateLayout\x12;\n\x11\x63\x61ndidate_sources\x18\x07 \x03(\x0b\x32 .recsys.v1.CandidateSourceColumn\x12\x1e\n\x11user_history_size\x18\x08 \x01(\x05H\x00\x88\x01\x01\x42\x14\n\x12_user_history_size\"f\n\x15\x43\x61ndidateSourceColumn\x12*\n\x06source\x18\x01 \x01(\x0e\x32\x1a.recsys.v1.CandidateSource\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x11\n\tpositions\x18\x03 \x03(\x05\",\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x02\"\xb3\x01\n\x0cRankResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12*\n\x07\x62\x61\x63kend\x18\x03 \x01(\x0e\x32\x19.recsys.v1.RankingBackend\x12\x18\n\x10\x64\x65\x66\x61ult_features\x18\x04 \x01(\x08\x12\x10\n\x08item_ids\x18\x05 \x03(\x03\x12\x0e\n\x06scores\x18\x06 \x03(\x02\x32\x46\n\x0bRankService\x12\x37\n\x04Rank\x12\x16.recsys.v1.RankRequest\x1a\x17.recsys.v1.RankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,11 +36,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RANKCANDIDATE']._serialized_start=101
   _globals['_RANKCANDIDATE']._serialized_end=158
   _globals['_RANKREQUEST']._serialized_start=161
-  _globals['_RANKREQUEST']._serialized_end=388
-  _globals['_SCOREDITEM']._serialized_start=390
-  _globals['_SCOREDITEM']._serialized_end=434
-  _globals['_RANKRESPONSE']._serialized_start=437
-  _globals['_RANKRESPONSE']._serialized_end=616
-  _globals['_RANKSERVICE']._serialized_start=618
-  _globals['_RANKSERVICE']._serialized_end=688
+  _globals['_RANKREQUEST']._serialized_end=503
+  _globals['_CANDIDATESOURCECOLUMN']._serialized_start=505
+  _globals['_CANDIDATESOURCECOLUMN']._serialized_end=607
+  _globals['_SCOREDITEM']._serialized_start=609
+  _globals['_SCOREDITEM']._serialized_end=653
+  _globals['_RANKRESPONSE']._serialized_start=656
+  _globals['_RANKRESPONSE']._serialized_end=835
+  _globals['_RANKSERVICE']._serialized_start=837
+  _globals['_RANKSERVICE']._serialized_end=907
 # @@protoc_insertion_point(module_scope)

@@ -60,12 +60,18 @@ class RankRequest(_message.Message):
     CANDIDATE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     CANDIDATE_SCORES_FIELD_NUMBER: _builtins.int
     RESPONSE_LAYOUT_FIELD_NUMBER: _builtins.int
+    CANDIDATE_SOURCES_FIELD_NUMBER: _builtins.int
+    USER_HISTORY_SIZE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user to rank for; see the user id format in common.proto. Required."""
     response_layout: _retrieve_service_pb2.CandidateLayout.ValueType
     """How the response carries the scored candidates: COLUMNS gives `item_ids` and `scores` (and
     leaves `items` empty); unspecified, or a value this server does not know, gives `items`.
     Independent of the layout of the request's candidates.
+    """
+    user_history_size: _builtins.int
+    """The number of items in the user's history (a ranking feature); non-negative. Absent when
+    unknown: the model reads the feature's default.
     """
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___RankCandidate]:
@@ -87,6 +93,15 @@ class RankRequest(_message.Message):
     def candidate_scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """With `candidate_item_ids`: their retrieval scores, aligned with it (same length)."""
 
+    @_builtins.property
+    def candidate_sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___CandidateSourceColumn]:
+        """What each candidate source said about the candidates (ranking features); at most one
+        column per source, none with CANDIDATE_SOURCE_UNSPECIFIED or a source this server does not
+        know. Each column is aligned with the request's candidates in whichever layout they come
+        (`candidates` or `candidate_item_ids`): one score and one position per candidate. A source
+        without a column reads as having found none of the candidates. Optional.
+        """
+
     def __init__(
         self,
         *,
@@ -96,14 +111,58 @@ class RankRequest(_message.Message):
         candidate_item_ids: _abc.Iterable[_builtins.int] | None = ...,
         candidate_scores: _abc.Iterable[_builtins.float] | None = ...,
         response_layout: _retrieve_service_pb2.CandidateLayout.ValueType = ...,
+        candidate_sources: _abc.Iterable[Global___CandidateSourceColumn] | None = ...,
+        user_history_size: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_user_history_size", b"_user_history_size", "context", b"context", "user_history_size", b"user_history_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_item_ids", b"candidate_item_ids", "candidate_scores", b"candidate_scores", "candidates", b"candidates", "context", b"context", "response_layout", b"response_layout", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_user_history_size", b"_user_history_size", "candidate_item_ids", b"candidate_item_ids", "candidate_scores", b"candidate_scores", "candidate_sources", b"candidate_sources", "candidates", b"candidates", "context", b"context", "response_layout", b"response_layout", "user_history_size", b"user_history_size", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__user_history_size: _TypeAlias = _typing.Literal["user_history_size"]  # noqa: Y015
+    _WhichOneofArgType__user_history_size: _TypeAlias = _typing.Literal["_user_history_size", b"_user_history_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__user_history_size) -> _WhichOneofReturnType__user_history_size | None: ...
+
+Global___RankRequest: _TypeAlias = RankRequest  # noqa: Y015
+
+@_typing.final
+class CandidateSourceColumn(_message.Message):
+    """What one candidate source said about each candidate of a RankRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    POSITIONS_FIELD_NUMBER: _builtins.int
+    source: _common_pb2.CandidateSource.ValueType
+    """The source; required (not CANDIDATE_SOURCE_UNSPECIFIED) and unique within the request."""
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The source's score of each candidate, aligned with the request's candidates (same length);
+        0 where the source did not find the candidate. Higher is better; the scale is the source's
+        own. Finite.
+        """
+
+    @_builtins.property
+    def positions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The candidate's 0-based position in the source's own ranked list (0 = its best), aligned
+        with the request's candidates (same length); -1 where the source did not find it. Never
+        below -1.
+        """
+
+    def __init__(
+        self,
+        *,
+        source: _common_pb2.CandidateSource.ValueType = ...,
+        scores: _abc.Iterable[_builtins.float] | None = ...,
+        positions: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["positions", b"positions", "scores", b"scores", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RankRequest: _TypeAlias = RankRequest  # noqa: Y015
+Global___CandidateSourceColumn: _TypeAlias = CandidateSourceColumn  # noqa: Y015
 
 @_typing.final
 class ScoredItem(_message.Message):

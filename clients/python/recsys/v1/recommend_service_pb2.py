@@ -25,27 +25,27 @@ _sym_db = _symbol_database.Default()
 from recsys.v1 import common_pb2 as recsys_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!recsys/v1/recommend_service.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"\x8a\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07surface\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12*\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x19.recsys.v1.RequestContext\x12\x19\n\x11\x65xcluded_item_ids\x18\x05 \x03(\x03\"\x89\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12/\n\x06reason\x18\x04 \x01(\x0e\x32\x1f.recsys.v1.RecommendationReason\x12\x13\n\x0breason_text\x18\x05 \x01(\t\"\xef\x01\n\x0b\x44\x65gradation\x12\x19\n\x11served_from_cache\x18\x01 \x01(\x08\x12\x1f\n\x17served_from_precomputed\x18\x02 \x01(\x08\x12\x18\n\x10\x66\x61llback_ranking\x18\x03 \x01(\x08\x12\x19\n\x11partial_retrieval\x18\x04 \x01(\x08\x12\x18\n\x10\x66\x61iled_shard_ids\x18\x05 \x03(\x05\x12\x18\n\x10\x64\x65\x66\x61ult_features\x18\x06 \x01(\x08\x12\x1d\n\x15popularity_candidates\x18\x07 \x01(\x08\x12\x1c\n\x14metadata_unavailable\x18\x08 \x01(\x08\"\x8a\x02\n\x11RecommendResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.recsys.v1.RecommendedItem\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rindex_version\x18\x04 \x01(\t\x12\x12\n\ncold_start\x18\x05 \x01(\x08\x12\x13\n\x0b\x65xplanation\x18\x06 \x01(\t\x12+\n\x0b\x64\x65gradation\x18\x07 \x01(\x0b\x32\x16.recsys.v1.Degradation\x12\x32\n\x0franking_backend\x18\x08 \x01(\x0e\x32\x19.recsys.v1.RankingBackend\"(\n\x15\x44\x65leteUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x7f\n\x16\x44\x65leteUserDataResponse\x12\x14\n\x0c\x64\x65leted_keys\x18\x01 \x01(\x05\x12\x1c\n\x14\x64\x65leted_interactions\x18\x02 \x01(\x05\x12\x16\n\x0eprofile_erased\x18\x03 \x01(\x08\x12\x19\n\x11\x64\x65letion_event_id\x18\x04 \x01(\t*\xe4\x01\n\x14RecommendationReason\x12%\n!RECOMMENDATION_REASON_UNSPECIFIED\x10\x00\x12&\n\"RECOMMENDATION_REASON_PERSONALIZED\x10\x01\x12*\n&RECOMMENDATION_REASON_SIMILAR_TO_LIKED\x10\x02\x12-\n)RECOMMENDATION_REASON_POPULAR_IN_CATEGORY\x10\x03\x12\"\n\x1eRECOMMENDATION_REASON_TRENDING\x10\x04\x32\xb1\x01\n\x10RecommendService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12U\n\x0e\x44\x65leteUserData\x12 .recsys.v1.DeleteUserDataRequest\x1a!.recsys.v1.DeleteUserDataResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!recsys/v1/recommend_service.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"\x8a\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07surface\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12*\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x19.recsys.v1.RequestContext\x12\x19\n\x11\x65xcluded_item_ids\x18\x05 \x03(\x03\"\x89\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12/\n\x06reason\x18\x04 \x01(\x0e\x32\x1f.recsys.v1.RecommendationReason\x12\x13\n\x0breason_text\x18\x05 \x01(\t\"\xc9\x02\n\x0b\x44\x65gradation\x12\x19\n\x11served_from_cache\x18\x01 \x01(\x08\x12\x1f\n\x17served_from_precomputed\x18\x02 \x01(\x08\x12\x18\n\x10\x66\x61llback_ranking\x18\x03 \x01(\x08\x12\x19\n\x11partial_retrieval\x18\x04 \x01(\x08\x12\x18\n\x10\x66\x61iled_shard_ids\x18\x05 \x03(\x05\x12\x18\n\x10\x64\x65\x66\x61ult_features\x18\x06 \x01(\x08\x12\x1d\n\x15popularity_candidates\x18\x07 \x01(\x08\x12\x1c\n\x14metadata_unavailable\x18\x08 \x01(\x08\x12\x1a\n\x12partial_candidates\x18\t \x01(\x08\x12<\n\x18\x66\x61iled_candidate_sources\x18\n \x03(\x0e\x32\x1a.recsys.v1.CandidateSource\"\x8a\x02\n\x11RecommendResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.recsys.v1.RecommendedItem\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rindex_version\x18\x04 \x01(\t\x12\x12\n\ncold_start\x18\x05 \x01(\x08\x12\x13\n\x0b\x65xplanation\x18\x06 \x01(\t\x12+\n\x0b\x64\x65gradation\x18\x07 \x01(\x0b\x32\x16.recsys.v1.Degradation\x12\x32\n\x0franking_backend\x18\x08 \x01(\x0e\x32\x19.recsys.v1.RankingBackend\"(\n\x15\x44\x65leteUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x7f\n\x16\x44\x65leteUserDataResponse\x12\x14\n\x0c\x64\x65leted_keys\x18\x01 \x01(\x05\x12\x1c\n\x14\x64\x65leted_interactions\x18\x02 \x01(\x05\x12\x16\n\x0eprofile_erased\x18\x03 \x01(\x08\x12\x19\n\x11\x64\x65letion_event_id\x18\x04 \x01(\t*\xe4\x01\n\x14RecommendationReason\x12%\n!RECOMMENDATION_REASON_UNSPECIFIED\x10\x00\x12&\n\"RECOMMENDATION_REASON_PERSONALIZED\x10\x01\x12*\n&RECOMMENDATION_REASON_SIMILAR_TO_LIKED\x10\x02\x12-\n)RECOMMENDATION_REASON_POPULAR_IN_CATEGORY\x10\x03\x12\"\n\x1eRECOMMENDATION_REASON_TRENDING\x10\x04\x32\xb1\x01\n\x10RecommendService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12U\n\x0e\x44\x65leteUserData\x12 .recsys.v1.DeleteUserDataRequest\x1a!.recsys.v1.DeleteUserDataResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsys.v1.recommend_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECOMMENDATIONREASON']._serialized_start=1036
-  _globals['_RECOMMENDATIONREASON']._serialized_end=1264
+  _globals['_RECOMMENDATIONREASON']._serialized_start=1126
+  _globals['_RECOMMENDATIONREASON']._serialized_end=1354
   _globals['_RECOMMENDREQUEST']._serialized_start=73
   _globals['_RECOMMENDREQUEST']._serialized_end=211
   _globals['_RECOMMENDEDITEM']._serialized_start=214
   _globals['_RECOMMENDEDITEM']._serialized_end=351
   _globals['_DEGRADATION']._serialized_start=354
-  _globals['_DEGRADATION']._serialized_end=593
-  _globals['_RECOMMENDRESPONSE']._serialized_start=596
-  _globals['_RECOMMENDRESPONSE']._serialized_end=862
-  _globals['_DELETEUSERDATAREQUEST']._serialized_start=864
-  _globals['_DELETEUSERDATAREQUEST']._serialized_end=904
-  _globals['_DELETEUSERDATARESPONSE']._serialized_start=906
-  _globals['_DELETEUSERDATARESPONSE']._serialized_end=1033
-  _globals['_RECOMMENDSERVICE']._serialized_start=1267
-  _globals['_RECOMMENDSERVICE']._serialized_end=1444
+  _globals['_DEGRADATION']._serialized_end=683
+  _globals['_RECOMMENDRESPONSE']._serialized_start=686
+  _globals['_RECOMMENDRESPONSE']._serialized_end=952
+  _globals['_DELETEUSERDATAREQUEST']._serialized_start=954
+  _globals['_DELETEUSERDATAREQUEST']._serialized_end=994
+  _globals['_DELETEUSERDATARESPONSE']._serialized_start=996
+  _globals['_DELETEUSERDATARESPONSE']._serialized_end=1123
+  _globals['_RECOMMENDSERVICE']._serialized_start=1357
+  _globals['_RECOMMENDSERVICE']._serialized_end=1534
 # @@protoc_insertion_point(module_scope)

@@ -151,6 +151,8 @@ class Degradation(_message.Message):
     DEFAULT_FEATURES_FIELD_NUMBER: _builtins.int
     POPULARITY_CANDIDATES_FIELD_NUMBER: _builtins.int
     METADATA_UNAVAILABLE_FIELD_NUMBER: _builtins.int
+    PARTIAL_CANDIDATES_FIELD_NUMBER: _builtins.int
+    FAILED_CANDIDATE_SOURCES_FIELD_NUMBER: _builtins.int
     served_from_cache: _builtins.bool
     """Served from the response cache `recommendations:{user}:{surface}` (up to 5 minutes old)."""
     served_from_precomputed: _builtins.bool
@@ -176,9 +178,15 @@ class Degradation(_message.Message):
     consumed may not all be excluded, the user's own filters (blocked categories, age) may not
     apply, and items whose metadata could not be read are left out (filters fail closed).
     """
+    partial_candidates: _builtins.bool
+    """A candidate source failed or timed out; the candidates come from the others."""
     @_builtins.property
     def failed_shard_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Ids of the index shards that failed when `partial_retrieval` is true."""
+
+    @_builtins.property
+    def failed_candidate_sources(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.CandidateSource.ValueType]:
+        """The candidate sources that failed when `partial_candidates` is true, each once."""
 
     def __init__(
         self,
@@ -191,10 +199,12 @@ class Degradation(_message.Message):
         default_features: _builtins.bool = ...,
         popularity_candidates: _builtins.bool = ...,
         metadata_unavailable: _builtins.bool = ...,
+        partial_candidates: _builtins.bool = ...,
+        failed_candidate_sources: _abc.Iterable[_common_pb2.CandidateSource.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_features", b"default_features", "failed_shard_ids", b"failed_shard_ids", "fallback_ranking", b"fallback_ranking", "metadata_unavailable", b"metadata_unavailable", "partial_retrieval", b"partial_retrieval", "popularity_candidates", b"popularity_candidates", "served_from_cache", b"served_from_cache", "served_from_precomputed", b"served_from_precomputed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_features", b"default_features", "failed_candidate_sources", b"failed_candidate_sources", "failed_shard_ids", b"failed_shard_ids", "fallback_ranking", b"fallback_ranking", "metadata_unavailable", b"metadata_unavailable", "partial_candidates", b"partial_candidates", "partial_retrieval", b"partial_retrieval", "popularity_candidates", b"popularity_candidates", "served_from_cache", b"served_from_cache", "served_from_precomputed", b"served_from_precomputed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -65,13 +65,13 @@ def load_session(version: ModelVersion, *, threads: int, use_gpu: bool = False) 
             reason="FEATURE_SCHEMA_MISMATCH",
         )
     width = inputs[schema.input_name].shape[-1]
-    if isinstance(width, int) and width != len(RANKING_FEATURES):
+    if isinstance(width, int) and width != len(schema.features):
         raise FailedPrecondition(
-            f"{version.label}: the model takes {width} features, the Rank service assembles "
-            f"{len(RANKING_FEATURES)}",
+            f"{version.label}: the model takes {width} features, its schema names "
+            f"{len(schema.features)}",
             reason="FEATURE_SCHEMA_MISMATCH",
         )
-    canary = np.random.default_rng(0).random((CANARY_ROWS, len(RANKING_FEATURES)), np.float32)
+    canary = np.random.default_rng(0).random((CANARY_ROWS, len(schema.features)), np.float32)
     try:
         (scores,) = session.run([schema.output_name], {schema.input_name: canary})
     except Exception as error:
@@ -214,6 +214,7 @@ class OnnxRanker(Ranker):
                 f"features have shape {features.shape}", reason="FEATURE_SCHEMA_MISMATCH"
             )
         schema = loaded.version.schema
+        features = schema.project(features)
         rows = max(features.shape[0], 1)
 
         def run() -> npt.NDArray[np.float32]:

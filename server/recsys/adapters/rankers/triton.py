@@ -81,6 +81,10 @@ class TritonRanker(Ranker):
         self.url = url
         self.model_name = model_name
         self.requested_version = model_version
+        # Without a schema (the repository is not readable here), the model's input width
+        # decides at connect: features are only ever appended, so a narrower model reads the
+        # first columns (a model trained before the candidate-source features).
+        self._schema_given = schema is not None
         self.schema = schema or FeatureSchema(features=RANKING_FEATURES)
         self.max_batch_size = max_batch_size
         security = channel_security("model_server", outbound or OutboundSettings(), url)
@@ -104,6 +108,7 @@ class TritonRanker(Ranker):
             rank.model_name,
             # "" lets the server pick its latest; a release pins it (recsys.composition).
             model_version=rank.model_version,
+            schema=_repository_schema(settings),
             max_batch_size=rank.triton_max_batch_size,
             outbound=settings.outbound,
         )
@@ -142,10 +147,16 @@ class TritonRanker(Ranker):
                 reason="FEATURE_SCHEMA_MISMATCH",
             )
         width = inputs[self._input_name][-1] if inputs[self._input_name] else -1
-        if width not in (-1, len(RANKING_FEATURES)):
+        if not self._schema_given and 0 < width < len(RANKING_FEATURES):
+            self.schema = self.schema.model_copy(update={"features": RANKING_FEATURES[:width]})
+            logger.warning(
+                "no feature schema for the served model: it takes the first features",
+                extra={"model": self.model_name, "features": width},
+            )
+        if width not in (-1, len(self.schema.features)):
             raise FailedPrecondition(
-                f"{self.model_name} on {self.url} takes {width} features, the Rank service "
-                f"assembles {len(RANKING_FEATURES)}",
+                f"{self.model_name} on {self.url} takes {width} features, its schema names "
+                f"{len(self.schema.features)}",
                 reason="FEATURE_SCHEMA_MISMATCH",
             )
         if metadata.versions:
@@ -167,6 +178,7 @@ class TritonRanker(Ranker):
     async def score(
         self, features: npt.NDArray[np.float32], *, timeout: float
     ) -> npt.NDArray[np.float32]:
+        features = self.schema.project(features)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         parts = []
@@ -209,3 +221,20 @@ class TritonRanker(Ranker):
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def _repository_schema(settings: RecsysSettings) -> FeatureSchema | None:
+    """The served version's feature schema from the model repository the inference server
+    loads (`rank.model_repository`, shared with it); None (every feature) when it cannot be
+    read here."""
+    from recsys.ranking.model_repository import ModelRepository
+
+    rank = settings.rank
+    try:
+        return (
+            ModelRepository(rank.model_repository, rank.model_name)
+            .read(rank.model_version or None)
+            .schema
+        )
+    except RecsysError:
+        return None

@@ -36,12 +36,22 @@ class Trace:
 
     flags: set[Flag] = field(default_factory=set)
     failed_shard_ids: set[int] = field(default_factory=set)
+    # Candidate sources (`SourceKind` values) that failed or ran out of time.
+    failed_candidate_sources: set[str] = field(default_factory=set)
 
     def raise_flag(self, flag: Flag) -> None:
         self.flags.add(flag)
 
+    def candidate_source_failed(self, source: str) -> None:
+        self.flags.add(Flag.PARTIAL_CANDIDATES)
+        self.failed_candidate_sources.add(source)
+
     def degradation(self) -> Degradation:
-        return Degradation.of(self.flags, self.failed_shard_ids)
+        return Degradation.of(
+            self.flags,
+            self.failed_shard_ids,
+            failed_candidate_sources=self.failed_candidate_sources,
+        )
 
 
 class Guard:

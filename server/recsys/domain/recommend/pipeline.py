@@ -3,7 +3,8 @@
 rate limit -> response cache -> profile, history, user features (timeout -> defaults) and
 pre-computed results, read together -> a pre-computed answer re-checked (exclusions, privacy
 filters, diversity; not re-ranked) or: cold start or retrieval (version mismatch or outage ->
-popularity) -> ranking (breaker -> fallbacks) -> selection (exclusions, privacy filters,
+popularity) merged with the neighbours of the user's history and popularity (`mixing`, when
+configured) -> ranking (breaker -> fallbacks) -> selection (exclusions, privacy filters,
 diversity) -> top N -> cache -> answer. `compute` is the same run without the rate limit and
 either cache, for `recsys precompute`.
 
@@ -23,8 +24,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from recsys.domain.candidates import SourceKind, select_candidates
 from recsys.domain.ranking import Backend
 from recsys.domain.recommend.guard import Guard, Trace, is_outage
+from recsys.domain.recommend.mixing import ExtraSource, MixedCandidates, mix, read_sources
 from recsys.domain.recommend.observer import NullRecommendObserver, RecommendObserver
 from recsys.domain.recommend.selection import cold_start_ranking, merge_pools, select
 from recsys.domain.recommend.single_flight import SingleFlight
@@ -71,6 +74,17 @@ class CandidateSources:
     fallback: CandidateSource
     # A user without an embedding or history: merged in order, first reason wins.
     cold_start: Sequence[CandidateSource]
+    # Merged with the personalised candidates before ranking, each source's placement a
+    # ranking feature (None: not configured; with neither, retrieval's candidates alone).
+    # Neighbours of the user's history, within their own budget:
+    neighbours: CandidateSource | None = None
+    neighbours_timeout_seconds: float = 0.02
+    # Popularity, within the metadata budget:
+    popularity: CandidateSource | None = None
+
+    @property
+    def mixed(self) -> bool:
+        return self.neighbours is not None or self.popularity is not None
 
 
 class RecommendPipeline:
@@ -182,8 +196,13 @@ class RecommendPipeline:
             trace.raise_flag(Flag.DEFAULT_FEATURES)
         if retrieved is None:
             retrieved = await self._retrieve(query, embedding, trace)
-        pool = await self._personalized_or_fallback(query, retrieved, profile, trace)
-        answer = await self._rank_and_select(query, pool, profile, consumed, trace)
+        mixed = None
+        if self.sources.mixed:
+            mixed = await self._mixed(query, retrieved, profile, consumed, trace)
+            pool = mixed.pool
+        else:
+            pool = await self._personalized_or_fallback(query, retrieved, profile, trace)
+        answer = await self._rank_and_select(query, pool, profile, consumed, trace, mixed=mixed)
         # A degraded answer is not cached: the cache would serve it for minutes after the
         # dependency recovered, and without its flags.
         if cacheable and answer.items and not answer.degradation.kinds():
@@ -444,6 +463,53 @@ class RecommendPipeline:
         trace.raise_flag(Flag.POPULARITY_CANDIDATES)
         return await self._fallback_pool(self._request(query, None, profile), trace)
 
+    async def _mixed(
+        self,
+        query: RecommendQuery,
+        retrieved: CandidatePool,
+        profile: UserProfile | None,
+        consumed: set[int],
+        trace: Trace,
+    ) -> MixedCandidates:
+        """Retrieval's candidates merged with the neighbours' of the user's history and
+        popularity's, read together once the history is in; history and the request's
+        exclusions left out. When retrieval found nothing, the fallback source's candidates
+        (flagged, as without the merge) stand in for popularity's, and the neighbours' are
+        still ranked."""
+        sources = self.sources
+        request = dataclasses.replace(
+            self._request(query, None, profile), history=frozenset(consumed)
+        )
+        extras = []
+        if sources.neighbours is not None:
+            extras.append(
+                ExtraSource(
+                    SourceKind.NEIGHBOURS, sources.neighbours, sources.neighbours_timeout_seconds
+                )
+            )
+        if len(retrieved):
+            if sources.popularity is not None:
+                extras.append(
+                    ExtraSource(
+                        SourceKind.POPULARITY,
+                        sources.popularity,
+                        self.config.metadata_timeout_seconds,
+                    )
+                )
+            pools = await read_sources(self.guard, extras, request, trace)
+        else:
+            trace.raise_flag(Flag.POPULARITY_CANDIDATES)
+            pools, fallback = await asyncio.gather(
+                read_sources(self.guard, extras, request, trace),
+                self._fallback_pool(request, trace),
+            )
+            pools[SourceKind.POPULARITY] = fallback
+        return mix(
+            {SourceKind.RETRIEVAL: retrieved, **pools},
+            excluded=consumed | set(query.excluded_item_ids),
+            index_version=retrieved.index_version,
+        )
+
     async def _fallback_pool(self, request: CandidateRequest, trace: Trace) -> CandidatePool:
         source = self.sources.fallback
         return await self.guard.read(
@@ -519,7 +585,11 @@ class RecommendPipeline:
         profile: UserProfile | None,
         consumed: set[int],
         trace: Trace,
+        *,
+        mixed: MixedCandidates | None = None,
     ) -> Recommendation:
+        """`mixed`: what each source said about `pool`'s candidates (aligned with it), passed
+        to the scorer as features with the size of the user's history."""
         excluded = frozenset(consumed | set(query.excluded_item_ids))
         keep = [position for position, item in enumerate(pool.item_ids) if item not in excluded]
         model_version, backend = "", None
@@ -527,7 +597,18 @@ class RecommendPipeline:
             item_ids = np.array([pool.item_ids[i] for i in keep], dtype=np.int64)
             scores = np.array([pool.scores[i] for i in keep], dtype=np.float32)
             async with self.guard.timed("ranking"):
-                scored = await self.scorer.score(query.user_id, item_ids, scores, query.context)
+                if mixed is None:
+                    scored = await self.scorer.score(query.user_id, item_ids, scores, query.context)
+                else:
+                    rows = np.array(keep, dtype=np.int64)
+                    scored = await self.scorer.score(
+                        query.user_id,
+                        item_ids,
+                        scores,
+                        query.context,
+                        sources=select_candidates(mixed.merged, rows).columns,
+                        history_size=len(consumed),
+                    )
             model_version, backend = scored.model_version, scored.backend
             if scored.backend is not Backend.MODEL:
                 trace.raise_flag(Flag.FALLBACK_RANKING)

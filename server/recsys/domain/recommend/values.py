@@ -52,6 +52,7 @@ class Flag(enum.Enum):
     DEFAULT_FEATURES = "default_features"
     POPULARITY_CANDIDATES = "popularity_candidates"
     METADATA_UNAVAILABLE = "metadata_unavailable"
+    PARTIAL_CANDIDATES = "partial_candidates"
 
 
 # Flags that mean a dependency failed (counted, and such answers are not cached); the other two
@@ -62,6 +63,7 @@ DEGRADATIONS = (
     Flag.DEFAULT_FEATURES,
     Flag.POPULARITY_CANDIDATES,
     Flag.METADATA_UNAVAILABLE,
+    Flag.PARTIAL_CANDIDATES,
 )
 
 
@@ -75,11 +77,24 @@ class Degradation:
     default_features: bool = False
     popularity_candidates: bool = False
     metadata_unavailable: bool = False
+    # A candidate source failed or timed out; the candidates come from the others.
+    partial_candidates: bool = False
+    # The sources that failed (`SourceKind` values), each once, in sorted order.
+    failed_candidate_sources: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, flags: Iterable[Flag], failed_shard_ids: Iterable[int] = ()) -> Degradation:
+    def of(
+        cls,
+        flags: Iterable[Flag],
+        failed_shard_ids: Iterable[int] = (),
+        failed_candidate_sources: Iterable[str] = (),
+    ) -> Degradation:
         raised = {flag.value: True for flag in flags}
-        return cls(**raised, failed_shard_ids=tuple(sorted(set(failed_shard_ids))))
+        return cls(
+            **raised,
+            failed_shard_ids=tuple(sorted(set(failed_shard_ids))),
+            failed_candidate_sources=tuple(sorted(set(failed_candidate_sources))),
+        )
 
     def kinds(self) -> list[str]:
         """The degradations that apply, by name (metric labels)."""

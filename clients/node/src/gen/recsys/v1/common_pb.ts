@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file recsys/v1/common.proto.
  */
 export const file_recsys_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChZyZWNzeXMvdjEvY29tbW9uLnByb3RvEglyZWNzeXMudjEiswEKDlJlcXVlc3RDb250ZXh0EioKC2RldmljZV90eXBlGAEgASgOMhUucmVjc3lzLnYxLkRldmljZVR5cGUSDwoHY291bnRyeRgCIAEoCRIOCgZsb2NhbGUYAyABKAkSMAoMcmVxdWVzdF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCghjYXRlZ29yeRgFIAEoCUgAiAEBQgsKCV9jYXRlZ29yeSI8Cg9FbWJlZGRpbmdWZWN0b3ISDgoGdmFsdWVzGAEgAygCEhkKEWVtYmVkZGluZ192ZXJzaW9uGAIgASgJKoIBCgpEZXZpY2VUeXBlEhsKF0RFVklDRV9UWVBFX1VOU1BFQ0lGSUVEEAASFgoSREVWSUNFX1RZUEVfTU9CSUxFEAESEwoPREVWSUNFX1RZUEVfV0VCEAISFgoSREVWSUNFX1RZUEVfVEFCTEVUEAMSEgoOREVWSUNFX1RZUEVfVFYQBCquAQoOUmFua2luZ0JhY2tlbmQSHwobUkFOS0lOR19CQUNLRU5EX1VOU1BFQ0lGSUVEEAASGQoVUkFOS0lOR19CQUNLRU5EX01PREVMEAESHQoZUkFOS0lOR19CQUNLRU5EX0NQVV9NT0RFTBACEiEKHVJBTktJTkdfQkFDS0VORF9SVUxFX0ZBTExCQUNLEAMSHgoaUkFOS0lOR19CQUNLRU5EX0NPTERfU1RBUlQQBGIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChZyZWNzeXMvdjEvY29tbW9uLnByb3RvEglyZWNzeXMudjEiswEKDlJlcXVlc3RDb250ZXh0EioKC2RldmljZV90eXBlGAEgASgOMhUucmVjc3lzLnYxLkRldmljZVR5cGUSDwoHY291bnRyeRgCIAEoCRIOCgZsb2NhbGUYAyABKAkSMAoMcmVxdWVzdF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCghjYXRlZ29yeRgFIAEoCUgAiAEBQgsKCV9jYXRlZ29yeSI8Cg9FbWJlZGRpbmdWZWN0b3ISDgoGdmFsdWVzGAEgAygCEhkKEWVtYmVkZGluZ192ZXJzaW9uGAIgASgJKoIBCgpEZXZpY2VUeXBlEhsKF0RFVklDRV9UWVBFX1VOU1BFQ0lGSUVEEAASFgoSREVWSUNFX1RZUEVfTU9CSUxFEAESEwoPREVWSUNFX1RZUEVfV0VCEAISFgoSREVWSUNFX1RZUEVfVEFCTEVUEAMSEgoOREVWSUNFX1RZUEVfVFYQBCquAQoOUmFua2luZ0JhY2tlbmQSHwobUkFOS0lOR19CQUNLRU5EX1VOU1BFQ0lGSUVEEAASGQoVUkFOS0lOR19CQUNLRU5EX01PREVMEAESHQoZUkFOS0lOR19CQUNLRU5EX0NQVV9NT0RFTBACEiEKHVJBTktJTkdfQkFDS0VORF9SVUxFX0ZBTExCQUNLEAMSHgoaUkFOS0lOR19CQUNLRU5EX0NPTERfU1RBUlQQBCqVAQoPQ2FuZGlkYXRlU291cmNlEiAKHENBTkRJREFURV9TT1VSQ0VfVU5TUEVDSUZJRUQQABIeChpDQU5ESURBVEVfU09VUkNFX1JFVFJJRVZBTBABEh8KG0NBTkRJREFURV9TT1VSQ0VfTkVJR0hCT1VSUxACEh8KG0NBTkRJREFURV9TT1VSQ0VfUE9QVUxBUklUWRADYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * Context of one request: where and when the user asks.
@@ -192,4 +192,46 @@ export enum RankingBackend {
  */
 export const RankingBackendSchema: GenEnum<RankingBackend> = /*@__PURE__*/
   enumDesc(file_recsys_v1_common, 1);
+
+/**
+ * A source of ranking candidates. Recommend merges the candidates of several sources before
+ * ranking; what each source said about a candidate is a ranking feature.
+ *
+ * @generated from enum recsys.v1.CandidateSource
+ */
+export enum CandidateSource {
+  /**
+   * Not given; rejected wherever a source is required.
+   *
+   * @generated from enum value: CANDIDATE_SOURCE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Approximate nearest-neighbour search of the user's embedding in the index shards.
+   *
+   * @generated from enum value: CANDIDATE_SOURCE_RETRIEVAL = 1;
+   */
+  RETRIEVAL = 1,
+
+  /**
+   * Item-to-item neighbours of the items in the user's history.
+   *
+   * @generated from enum value: CANDIDATE_SOURCE_NEIGHBOURS = 2;
+   */
+  NEIGHBOURS = 2,
+
+  /**
+   * The most popular (or trending) items of the catalogue.
+   *
+   * @generated from enum value: CANDIDATE_SOURCE_POPULARITY = 3;
+   */
+  POPULARITY = 3,
+}
+
+/**
+ * Describes the enum recsys.v1.CandidateSource.
+ */
+export const CandidateSourceSchema: GenEnum<CandidateSource> = /*@__PURE__*/
+  enumDesc(file_recsys_v1_common, 2);
 

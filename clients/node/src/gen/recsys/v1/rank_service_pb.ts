@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { RankingBackend, RequestContext } from "./common_pb.js";
+import type { CandidateSource, RankingBackend, RequestContext } from "./common_pb.js";
 import { file_recsys_v1_common } from "./common_pb.js";
 import type { CandidateLayout } from "./retrieve_service_pb.js";
 import { file_recsys_v1_retrieve_service } from "./retrieve_service_pb.js";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file recsys/v1/rank_service.proto.
  */
 export const file_recsys_v1_rank_service: GenFile = /*@__PURE__*/
-  fileDesc("ChxyZWNzeXMvdjEvcmFua19zZXJ2aWNlLnByb3RvEglyZWNzeXMudjEiOQoNUmFua0NhbmRpZGF0ZRIPCgdpdGVtX2lkGAEgASgDEhcKD2NhbmRpZGF0ZV9zY29yZRgCIAEoAiLjAQoLUmFua1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIsCgpjYW5kaWRhdGVzGAIgAygLMhgucmVjc3lzLnYxLlJhbmtDYW5kaWRhdGUSKgoHY29udGV4dBgDIAEoCzIZLnJlY3N5cy52MS5SZXF1ZXN0Q29udGV4dBIaChJjYW5kaWRhdGVfaXRlbV9pZHMYBCADKAMSGAoQY2FuZGlkYXRlX3Njb3JlcxgFIAMoAhIzCg9yZXNwb25zZV9sYXlvdXQYBiABKA4yGi5yZWNzeXMudjEuQ2FuZGlkYXRlTGF5b3V0IiwKClNjb3JlZEl0ZW0SDwoHaXRlbV9pZBgBIAEoAxINCgVzY29yZRgCIAEoAiKzAQoMUmFua1Jlc3BvbnNlEiQKBWl0ZW1zGAEgAygLMhUucmVjc3lzLnYxLlNjb3JlZEl0ZW0SFQoNbW9kZWxfdmVyc2lvbhgCIAEoCRIqCgdiYWNrZW5kGAMgASgOMhkucmVjc3lzLnYxLlJhbmtpbmdCYWNrZW5kEhgKEGRlZmF1bHRfZmVhdHVyZXMYBCABKAgSEAoIaXRlbV9pZHMYBSADKAMSDgoGc2NvcmVzGAYgAygCMkYKC1JhbmtTZXJ2aWNlEjcKBFJhbmsSFi5yZWNzeXMudjEuUmFua1JlcXVlc3QaFy5yZWNzeXMudjEuUmFua1Jlc3BvbnNlYgZwcm90bzM", [file_recsys_v1_common, file_recsys_v1_retrieve_service]);
+  fileDesc("ChxyZWNzeXMvdjEvcmFua19zZXJ2aWNlLnByb3RvEglyZWNzeXMudjEiOQoNUmFua0NhbmRpZGF0ZRIPCgdpdGVtX2lkGAEgASgDEhcKD2NhbmRpZGF0ZV9zY29yZRgCIAEoAiLWAgoLUmFua1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIsCgpjYW5kaWRhdGVzGAIgAygLMhgucmVjc3lzLnYxLlJhbmtDYW5kaWRhdGUSKgoHY29udGV4dBgDIAEoCzIZLnJlY3N5cy52MS5SZXF1ZXN0Q29udGV4dBIaChJjYW5kaWRhdGVfaXRlbV9pZHMYBCADKAMSGAoQY2FuZGlkYXRlX3Njb3JlcxgFIAMoAhIzCg9yZXNwb25zZV9sYXlvdXQYBiABKA4yGi5yZWNzeXMudjEuQ2FuZGlkYXRlTGF5b3V0EjsKEWNhbmRpZGF0ZV9zb3VyY2VzGAcgAygLMiAucmVjc3lzLnYxLkNhbmRpZGF0ZVNvdXJjZUNvbHVtbhIeChF1c2VyX2hpc3Rvcnlfc2l6ZRgIIAEoBUgAiAEBQhQKEl91c2VyX2hpc3Rvcnlfc2l6ZSJmChVDYW5kaWRhdGVTb3VyY2VDb2x1bW4SKgoGc291cmNlGAEgASgOMhoucmVjc3lzLnYxLkNhbmRpZGF0ZVNvdXJjZRIOCgZzY29yZXMYAiADKAISEQoJcG9zaXRpb25zGAMgAygFIiwKClNjb3JlZEl0ZW0SDwoHaXRlbV9pZBgBIAEoAxINCgVzY29yZRgCIAEoAiKzAQoMUmFua1Jlc3BvbnNlEiQKBWl0ZW1zGAEgAygLMhUucmVjc3lzLnYxLlNjb3JlZEl0ZW0SFQoNbW9kZWxfdmVyc2lvbhgCIAEoCRIqCgdiYWNrZW5kGAMgASgOMhkucmVjc3lzLnYxLlJhbmtpbmdCYWNrZW5kEhgKEGRlZmF1bHRfZmVhdHVyZXMYBCABKAgSEAoIaXRlbV9pZHMYBSADKAMSDgoGc2NvcmVzGAYgAygCMkYKC1JhbmtTZXJ2aWNlEjcKBFJhbmsSFi5yZWNzeXMudjEuUmFua1JlcXVlc3QaFy5yZWNzeXMudjEuUmFua1Jlc3BvbnNlYgZwcm90bzM", [file_recsys_v1_common, file_recsys_v1_retrieve_service]);
 
 /**
  * A candidate to score.
@@ -96,6 +96,25 @@ export type RankRequest = Message<"recsys.v1.RankRequest"> & {
    * @generated from field: recsys.v1.CandidateLayout response_layout = 6;
    */
   responseLayout: CandidateLayout;
+
+  /**
+   * What each candidate source said about the candidates (ranking features); at most one
+   * column per source, none with CANDIDATE_SOURCE_UNSPECIFIED or a source this server does not
+   * know. Each column is aligned with the request's candidates in whichever layout they come
+   * (`candidates` or `candidate_item_ids`): one score and one position per candidate. A source
+   * without a column reads as having found none of the candidates. Optional.
+   *
+   * @generated from field: repeated recsys.v1.CandidateSourceColumn candidate_sources = 7;
+   */
+  candidateSources: CandidateSourceColumn[];
+
+  /**
+   * The number of items in the user's history (a ranking feature); non-negative. Absent when
+   * unknown: the model reads the feature's default.
+   *
+   * @generated from field: optional int32 user_history_size = 8;
+   */
+  userHistorySize?: number | undefined;
 };
 
 /**
@@ -104,6 +123,45 @@ export type RankRequest = Message<"recsys.v1.RankRequest"> & {
  */
 export const RankRequestSchema: GenMessage<RankRequest> = /*@__PURE__*/
   messageDesc(file_recsys_v1_rank_service, 1);
+
+/**
+ * What one candidate source said about each candidate of a RankRequest.
+ *
+ * @generated from message recsys.v1.CandidateSourceColumn
+ */
+export type CandidateSourceColumn = Message<"recsys.v1.CandidateSourceColumn"> & {
+  /**
+   * The source; required (not CANDIDATE_SOURCE_UNSPECIFIED) and unique within the request.
+   *
+   * @generated from field: recsys.v1.CandidateSource source = 1;
+   */
+  source: CandidateSource;
+
+  /**
+   * The source's score of each candidate, aligned with the request's candidates (same length);
+   * 0 where the source did not find the candidate. Higher is better; the scale is the source's
+   * own. Finite.
+   *
+   * @generated from field: repeated float scores = 2;
+   */
+  scores: number[];
+
+  /**
+   * The candidate's 0-based position in the source's own ranked list (0 = its best), aligned
+   * with the request's candidates (same length); -1 where the source did not find it. Never
+   * below -1.
+   *
+   * @generated from field: repeated int32 positions = 3;
+   */
+  positions: number[];
+};
+
+/**
+ * Describes the message recsys.v1.CandidateSourceColumn.
+ * Use `create(CandidateSourceColumnSchema)` to create a new message.
+ */
+export const CandidateSourceColumnSchema: GenMessage<CandidateSourceColumn> = /*@__PURE__*/
+  messageDesc(file_recsys_v1_rank_service, 2);
 
 /**
  * One scored candidate.
@@ -131,7 +189,7 @@ export type ScoredItem = Message<"recsys.v1.ScoredItem"> & {
  * Use `create(ScoredItemSchema)` to create a new message.
  */
 export const ScoredItemSchema: GenMessage<ScoredItem> = /*@__PURE__*/
-  messageDesc(file_recsys_v1_rank_service, 2);
+  messageDesc(file_recsys_v1_rank_service, 3);
 
 /**
  * Scored candidates.
@@ -189,7 +247,7 @@ export type RankResponse = Message<"recsys.v1.RankResponse"> & {
  * Use `create(RankResponseSchema)` to create a new message.
  */
 export const RankResponseSchema: GenMessage<RankResponse> = /*@__PURE__*/
-  messageDesc(file_recsys_v1_rank_service, 3);
+  messageDesc(file_recsys_v1_rank_service, 4);
 
 /**
  * Scores candidates for a user with the ranking model, behind a circuit breaker with a CPU
