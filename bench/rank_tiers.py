@@ -83,7 +83,9 @@ async def _quality(
         shards=offline.shards,
         features=offline.features,
         scorer=scorer,
-        candidates=CANDIDATES,
+        mix=offline.mix,
+        neighbours=offline.neighbours,
+        history_limit=offline.history_limit,
     )
     train = models.table
     relevant: dict[str, set[int]] = {}

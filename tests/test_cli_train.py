@@ -117,9 +117,16 @@ def test_eval_prints_the_table_and_writes_the_report(
         ["eval", *SYNTHETIC, "--protocol", "random", "--no-served", "--report", str(report)],
     )
     assert result.exit_code == 0, result.output
-    assert "| per-user random 75/25 | retrieval + ranking |" in result.output
+    assert "| per-user random 75/25 | candidate sources + ranking |" in result.output
     (written,) = json.loads(report.read_text())
-    assert set(written["rows"]) == {"popularity", "retrieval", "retrieval + ranking"}
+    assert set(written["rows"]) == {
+        "popularity",
+        "retrieval",
+        "item neighbours",
+        "EASE^R",
+        "candidate sources + ranking",
+    }
+    assert written["training"]["candidate_mix"]["retrieval"] > 0
     assert 0 < written["rows"]["retrieval"]["ndcg"] <= 1
 
 

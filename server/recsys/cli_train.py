@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -59,6 +60,16 @@ def train(
     factors: Annotated[int, typer.Option(min=1, max=4096, help="Embedding dimension.")] = 64,
     regularization: Annotated[float, typer.Option(min=0.0, help="ALS regularisation.")] = 20.0,
     iterations: Annotated[int, typer.Option(min=1, help="ALS iterations.")] = 15,
+    tune: Annotated[
+        str | None,
+        typer.Option(
+            help="Choose ALS, EASE^R lambda, candidate mix and ranker settings on a validation "
+            "split of the training data: random (each user's pairs 75/25) or last (each "
+            "user's latest pair), the protocol the model will be judged by. The chosen values "
+            "and validation scores go into train_report.json. The --factors, --regularization "
+            "and --iterations options are then the search's starting point.",
+        ),
+    ] = None,
     load_features: Annotated[
         bool,
         typer.Option(
@@ -93,11 +104,21 @@ def train(
     embedding = EmbeddingSettings(
         factors=factors, regularization=regularization, iterations=iterations
     )
+    tune_split = None
+    if tune is not None:
+        from recsys.evaluation.evaluate import Protocol, split
+
+        try:
+            tune_protocol = Protocol(tune)
+        except ValueError as error:
+            raise fail(ValueError(f"--tune: {error}")) from error
+        tune_split = functools.partial(split, protocol=tune_protocol, seed=43)
     try:
         models = train_models(
             catalogue,
             table,
             embedding=embedding,
+            tune_split=tune_split,
             embedding_version=embedding_version,
             show_progress=sys.stderr.isatty(),
             step=_say,
@@ -213,10 +234,19 @@ def evaluate(
     ] = "embedded",
     k: Annotated[int, typer.Option(min=1, max=100, help="List length.")] = 10,
     split_seed: Annotated[int, typer.Option(help="Seed of the random split.")] = 42,
+    tune: Annotated[
+        bool,
+        typer.Option(
+            "--tune/--no-tune",
+            help="Choose the training settings (ALS, EASE^R lambda, candidate mix, ranker) on "
+            "a validation split of each protocol's training part, as `recsys train --tune`.",
+        ),
+    ] = False,
     report: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
 ) -> None:
-    """Offline evaluation on a held-out split: popularity, retrieval, retrieval + ranking and
-    the served path (gRPC, diversity off), with P/R/NDCG/MAP@k, coverage and diversity."""
+    """Offline evaluation on a held-out split: popularity, retrieval, item neighbours, EASE^R,
+    candidate sources + ranking and the served path (gRPC, diversity off), with P/R/NDCG/MAP@k,
+    coverage and diversity."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from recsys.evaluation.evaluate import Layout, Protocol, evaluate_protocol, markdown_table
@@ -239,6 +269,7 @@ def evaluate(
                 k=k,
                 seed=split_seed,
                 served=served,
+                tune=tune,
                 layout=chosen_layout,
                 progress=_say,
             )
@@ -278,6 +309,7 @@ def evaluate(
                         "degraded_answers": result.degraded,
                         "seconds": result.seconds,
                         "rows": {name: row.as_dict() for name, row in result.rows.items()},
+                        "training": result.training,
                     }
                     for result in results
                 ],

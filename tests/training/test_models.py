@@ -12,10 +12,20 @@ import pytest
 from recsys.adapters.rankers.onnx import OnnxRanker
 from recsys.data.features_file import load_features
 from recsys.data.synthetic import synthetic_catalogue
+from recsys.domain.candidates import CandidateMix
 from recsys.domain.ranking import RANKING_FEATURES, RankingInputs, assemble_features
 from recsys.domain.requests import DeviceType
 from recsys.index.embeddings_file import load_embeddings
 from recsys.ranking.model_repository import ModelRepository
+from recsys.similarity.fit import NeighbourSettings
+from recsys.similarity.neighbours import load_neighbours
+from recsys.training.candidates import (
+    CandidateModels,
+    fit_candidate_models,
+    pool_features,
+    ranker_rows,
+    user_pool,
+)
 from recsys.training.dataset import InteractionTable, random_split
 from recsys.training.models import (
     EmbeddingSettings,
@@ -24,12 +34,12 @@ from recsys.training.models import (
     fit_ranker,
     next_model_version,
     ranker_to_onnx,
-    ranker_training_rows,
     write_model_version,
 )
 from recsys.training.pipeline import item_signals, train_models, write_artifacts
 
 SMALL = EmbeddingSettings(factors=16, regularization=5.0, iterations=5)
+MIX = CandidateMix(retrieval=50, neighbours=50, popularity=10)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +50,16 @@ def catalogue():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def table(catalogue) -> InteractionTable:  # type: ignore[no-untyped-def]
     return InteractionTable.from_catalogue(catalogue)
+
+
+@pytest.fixture(scope="module")
+def inner_and_held_out(catalogue, table: InteractionTable):  # type: ignore[no-untyped-def]
+    """Candidate sources fitted on three quarters of each user's pairs, and the rest."""
+    inner, held_out = random_split(table, train_ratio=0.75, seed=1)
+    models = fit_candidate_models(
+        catalogue, inner, SMALL, NeighbourSettings(), signals_of=item_signals
+    )
+    return models, held_out
 
 
 def test_embeddings_have_a_row_per_user_and_item(table: InteractionTable) -> None:
@@ -53,15 +73,13 @@ def test_embeddings_have_a_row_per_user_and_item(table: InteractionTable) -> Non
     assert own > scores.mean() + 0.1
 
 
-def test_onnx_export_scores_as_lightgbm_does(catalogue, table: InteractionTable) -> None:  # type: ignore[no-untyped-def]
+def test_onnx_export_scores_as_lightgbm_does(inner_and_held_out) -> None:  # type: ignore[no-untyped-def]
     import onnxruntime
 
-    inner, held_out = random_split(table, train_ratio=0.75, seed=1)
-    embeddings = fit_embeddings(inner.matrix(), SMALL)
-    features, labels, groups = ranker_training_rows(
-        embeddings, item_signals(catalogue, inner), inner.items_by_user(),
-        held_out.items_by_user(), candidates=50,
-    )  # fmt: skip
+    models, held_out = inner_and_held_out
+    features, labels, groups = ranker_rows(
+        models, models.table.items_by_user(), held_out.items_by_user(), MIX
+    )
     assert features.shape == (sum(groups), len(RANKING_FEATURES))
     assert 0 < labels.mean() < 1
     booster = fit_ranker(features, labels, groups, RankerSettings(min_child_samples=20))
@@ -77,6 +95,7 @@ def test_written_artifacts_serve_through_the_onnx_ranker(  # type: ignore[no-unt
     tmp_path: Path,
 ) -> None:
     models = train_models(catalogue, table, embedding=SMALL, embedding_version="als-test")
+    assert models.report["tuning"] is None  # no tuning split given
     repository = tmp_path / "models"
     write_model_version(repository / "ranker", "1", models.ranker_onnx)  # an older version
     artifacts = write_artifacts(models, output=tmp_path / "out", model_repository=repository)
@@ -90,6 +109,13 @@ def test_written_artifacts_serve_through_the_onnx_ranker(  # type: ignore[no-unt
             models, output=tmp_path / "refused", model_repository=repository, model_version="1"
         )
     assert not (tmp_path / "refused").exists()
+
+    # The neighbour store the neighbours candidate source serves, beside the embeddings.
+    assert artifacts.neighbours_path == tmp_path / "out" / "item_neighbours.npz"
+    neighbours = load_neighbours(artifacts.neighbours_path)
+    assert models.neighbours is not None
+    assert np.array_equal(neighbours.item_ids, table.item_ids)
+    assert neighbours.method == models.neighbours.method
 
     embeddings = load_embeddings(artifacts.embeddings_path)
     assert embeddings.embedding_version == "als-test"
@@ -133,16 +159,27 @@ def await_scores(ranker: OnnxRanker, features: np.ndarray) -> np.ndarray:
     return asyncio.run(ranker.score(features, timeout=5.0))
 
 
-def test_ranker_rows_sample_at_most_max_users(catalogue, table: InteractionTable) -> None:  # type: ignore[no-untyped-def]
-    inner, held_out = random_split(table, train_ratio=0.75, seed=1)
-    embeddings = fit_embeddings(inner.matrix(), SMALL)
-    arguments = (embeddings, item_signals(catalogue, inner), inner.items_by_user(),
-                 held_out.items_by_user())  # fmt: skip
-    every_features, _, every = ranker_training_rows(*arguments, candidates=50)
-    # One user per matrix product gives the same rows as the default blocks.
-    one_by_one, _, groups = ranker_training_rows(*arguments, candidates=50, block=1)
-    assert groups == every
-    np.testing.assert_allclose(one_by_one, every_features, rtol=1e-5, atol=1e-6)
-    _, _, sampled = ranker_training_rows(*arguments, candidates=50, max_users=40, seed=2)
+def test_ranker_rows_sample_at_most_max_users(inner_and_held_out) -> None:  # type: ignore[no-untyped-def]
+    models: CandidateModels = inner_and_held_out[0]
+    seen, held = models.table.items_by_user(), inner_and_held_out[1].items_by_user()
+    every_features, every_labels, every = ranker_rows(models, seen, held, MIX)
+    # The same inputs give the same rows, byte for byte.
+    again_features, again_labels, again = ranker_rows(models, seen, held, MIX)
+    assert again == every
+    assert again_features.tobytes() == every_features.tobytes()
+    assert again_labels.tobytes() == every_labels.tobytes()
+    # Blocks of users scored by one matrix product give the rows of one user at a time.
+    one_by_one = [
+        pool_features(models, row, user_pool(models, row, seen[row], MIX), len(seen[row]))
+        for row in range(models.table.user_count)
+        if np.isin(
+            user_pool(models, row, seen[row], MIX).item_ids, models.table.item_ids[held[row]]
+        ).any()
+    ]
+    assert [len(rows) for rows in one_by_one] == every
+    np.testing.assert_allclose(np.concatenate(one_by_one), every_features, rtol=1e-5, atol=1e-6)
+    _, _, sampled = ranker_rows(models, seen, held, MIX, max_users=40, seed=2)
     assert len(every) > 40
     assert 0 < len(sampled) <= 40
+    _, _, resampled = ranker_rows(models, seen, held, MIX, max_users=40, seed=3)
+    assert resampled != sampled

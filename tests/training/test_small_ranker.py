@@ -15,18 +15,20 @@ from scipy.stats import spearmanr
 
 from recsys.adapters.rankers.onnx import OnnxRanker
 from recsys.data.synthetic import synthetic_catalogue
+from recsys.domain.candidates import CandidateMix
+from recsys.domain.ranking import RANKING_FEATURES
 from recsys.ranking.model_repository import ModelRepository
+from recsys.similarity.fit import NeighbourSettings
+from recsys.training.candidates import fit_candidate_models, ranker_rows
 from recsys.training.dataset import InteractionTable, random_split
 from recsys.training.models import (
     EmbeddingSettings,
     RankerSettings,
     distillation_targets,
-    fit_embeddings,
     fit_ranker,
     fit_small_ranker,
     next_model_version,
     ranker_to_onnx,
-    ranker_training_rows,
     write_model_version,
 )
 from recsys.training.pipeline import TrainedModels, item_signals, train_models, write_artifacts
@@ -44,11 +46,15 @@ def catalogue():  # type: ignore[no-untyped-def]
 def rows(catalogue):  # type: ignore[no-untyped-def]
     table = InteractionTable.from_catalogue(catalogue)
     inner, held_out = random_split(table, train_ratio=0.75, seed=1)
-    embeddings = fit_embeddings(inner.matrix(), SMALL)
-    return ranker_training_rows(
-        embeddings, item_signals(catalogue, inner), inner.items_by_user(),
-        held_out.items_by_user(), candidates=50,
-    )  # fmt: skip
+    models = fit_candidate_models(
+        catalogue, inner, SMALL, NeighbourSettings(), signals_of=item_signals
+    )
+    return ranker_rows(
+        models,
+        inner.items_by_user(),
+        held_out.items_by_user(),
+        CandidateMix(retrieval=50, neighbours=50, popularity=10),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +110,7 @@ def test_both_models_are_written_under_one_version_and_load(
     assert small.model_version == "ranker_small:4"
     full = OnnxRanker(ModelRepository(repository, "ranker"))
     full.load()
-    features = np.random.default_rng(0).random((30, 12), np.float32)
+    features = np.random.default_rng(0).random((30, len(RANKING_FEATURES)), np.float32)
     small_scores = asyncio.run(small.score(features, timeout=5.0))
     full_scores = asyncio.run(full.score(features, timeout=5.0))
     assert small_scores.shape == full_scores.shape == (30,)

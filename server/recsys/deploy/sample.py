@@ -2,7 +2,8 @@
 snapshot, SQLite metadata (items, users, training interactions) and a settings file pointing
 the embedded mode at them. `make run` (`recsys demo`) and `recsys eval` (the served path) use it.
 
-    <folder>/training/     item_embeddings.npz, features.npz, train_report.json
+    <folder>/training/     item_embeddings.npz, features.npz, train_report.json (and
+                           item_neighbours.npz, the neighbour source's store, when trained)
     <folder>/models/ranker/<version>/   the ranking model (a Triton model repository)
     <folder>/snapshots/    one snapshot folder per shard
     <folder>/recsys.db     SQLite metadata
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.data.catalogue import Catalogue, load_catalogue
+from recsys.domain.candidates import CandidateMix
 from recsys.index.builder import build_shard_snapshots
 from recsys.index.embeddings_file import load_embeddings
 from recsys.index.snapshots import SnapshotManager
@@ -49,8 +51,17 @@ def index_spec_for(dimension: int, items: int) -> IndexSpec:
     )
 
 
-def deployment_settings(folder: Path, dimension: int, num_shards: int) -> dict[str, Any]:
-    return {
+def deployment_settings(
+    folder: Path,
+    dimension: int,
+    num_shards: int,
+    *,
+    neighbours_path: Path | None = None,
+    mix: CandidateMix | None = None,
+) -> dict[str, Any]:
+    """With a neighbour store, its candidates and popularity's are merged with retrieval's in
+    the mix training chose (the ranking model learnt on pools of that mix)."""
+    settings: dict[str, Any] = {
         "index": {
             "num_shards": num_shards,
             "snapshot_dir": str(folder / "snapshots"),
@@ -63,6 +74,15 @@ def deployment_settings(folder: Path, dimension: int, num_shards: int) -> dict[s
         # the same cores: the 50 ms budget of a database server would degrade answers here.
         "recommend": {"metadata_timeout_ms": 250},
     }
+    if neighbours_path is not None:
+        mix = mix or CandidateMix()
+        settings["recommend"]["candidates"] = mix.retrieval
+        settings["candidates"] = {
+            "neighbours_path": str(neighbours_path),
+            "neighbours": mix.neighbours,
+            "popularity": mix.popularity,
+        }
+    return settings
 
 
 def _toml(settings: dict[str, Any]) -> str:
@@ -132,7 +152,14 @@ async def prepare_deployment(
     artifacts, index_version, dimension = await asyncio.to_thread(
         _write_files, models, folder, num_shards, say
     )
-    settings = deployment_settings(folder, dimension, num_shards)
+    settings = deployment_settings(
+        folder,
+        dimension,
+        num_shards,
+        # Without a neighbour store (not trained) retrieval serves alone.
+        neighbours_path=artifacts.neighbours_path,
+        mix=models.candidate_mix,
+    )
     say(f"loading {len(catalogue.items)} items, {len(catalogue.users)} users into SQLite")
     loaded = load_settings(database=settings["database"])
     await asyncio.to_thread(prepare_schema, loaded.database)

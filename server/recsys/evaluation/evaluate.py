@@ -1,8 +1,12 @@
-"""`recsys eval`: train on a split, then measure four recommenders on the held-out part:
+"""`recsys eval`: train on a split, then measure these recommenders on the held-out part:
 
 - popularity: the most interacted-with items of the training data;
-- retrieval: the embeddings' top candidates (retrieval alone);
-- retrieval + ranking: those candidates re-scored by the ranking model (ONNX Runtime);
+- retrieval: the embeddings' top candidates (the ANN source alone);
+- item neighbours: the neighbour source alone (the store `recsys train` built);
+- EASE^R: Steck's closed form fitted on the training split (lambda: the one training chose on
+  its validation split), the strongest simple baseline, always measured on the same split;
+- candidate sources + ranking: every source merged, re-scored by the ranking model (ONNX
+  Runtime);
 - served: the same through a running deployment over gRPC (Recommend, diversity off): the
   embedded mode in this process, or the distributed layout of `recsys up` (10 shard
   processes, retrieve, rank, recommend).
@@ -11,7 +15,7 @@ Every row removes the user's training items and applies the same privacy filter 
 Recommend service applies (`allowed_by_privacy`). The offline rows read the deployment's own
 artifacts (shard snapshots, feature snapshot, exported model) through the serving code, and
 every list follows one ordering rule (score, then item id), so the served row equals the
-retrieval + ranking row by construction; `parity` reports the share of users whose lists are
+candidate sources + ranking row by construction; `parity` reports the share of users whose lists are
 identical, and anything below 1.0 is a bug.
 """
 
@@ -19,10 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,13 @@ import numpy.typing as npt
 from recsys.adapters.features.in_memory import InMemoryFeatureStore
 from recsys.data.catalogue import Catalogue
 from recsys.deploy.sample import SampleDeployment, prepare_deployment
+from recsys.domain.candidates import (
+    CandidateMix,
+    MergedCandidates,
+    SourceKind,
+    SourceList,
+    merge_sources,
+)
 from recsys.domain.ordering import ranked_order, top_k_order
 from recsys.domain.policies import privacy_filter
 from recsys.domain.requests import RequestContext
@@ -40,13 +52,21 @@ from recsys.domain.scoring import CandidateScorer
 from recsys.evaluation.metrics import TopKMetrics, evaluate_lists
 from recsys.index.shard_index import ShardIndex
 from recsys.ports.metadata import ItemMetadata, UserProfile
+from recsys.similarity.fit import ease_weights
+from recsys.similarity.neighbours import ItemNeighbours, load_neighbours
+from recsys.training.candidates import HISTORY_LIMIT, history_seeds
 from recsys.training.dataset import InteractionTable, leave_last_out, random_split
 from recsys.training.models import EmbeddingSettings, RankerSettings
 from recsys.training.pipeline import TrainedModels, train_models
+from recsys.training.tuning import TuningGrid
 
 logger = logging.getLogger(__name__)
 
 IntArray = npt.NDArray[np.int64]
+
+
+# The retrieval row's depth: the ANN source alone, its top k after the user's own items.
+RETRIEVAL_ROW_DEPTH = 1000
 
 
 class Protocol(enum.StrEnum):
@@ -60,7 +80,9 @@ PROTOCOL_TITLES = {
 }
 
 
-def split(table: InteractionTable, protocol: Protocol, seed: int) -> tuple[InteractionTable, ...]:
+def split(
+    table: InteractionTable, protocol: Protocol, seed: int
+) -> tuple[InteractionTable, InteractionTable]:
     if protocol is Protocol.RANDOM:
         return random_split(table, train_ratio=0.75, seed=seed)
     return leave_last_out(table)
@@ -68,7 +90,7 @@ def split(table: InteractionTable, protocol: Protocol, seed: int) -> tuple[Inter
 
 class OfflineRecommender:
     """The evaluation's own implementation of each row, from the deployment's artifacts, so
-    that the served row must equal the retrieval + ranking row by construction:
+    that the served row must equal the candidate sources + ranking row by construction:
 
     - candidates: the deployment's shard snapshots searched in this process (the same FAISS
       indexes the shards load) and merged by the ordering rule (score, then item id);
@@ -85,17 +107,23 @@ class OfflineRecommender:
         shards: list[ShardIndex],
         features: InMemoryFeatureStore,
         scorer: CandidateScorer,
-        candidates: int,
+        mix: CandidateMix,
+        neighbours: ItemNeighbours | None = None,
+        history_limit: int = HISTORY_LIMIT,
     ) -> None:
         self.models = models
-        self.candidates = candidates
+        self.mix = mix
+        self.candidates = mix.retrieval
+        self.neighbours = neighbours
+        self.history_limit = history_limit
         self.shards = shards
         self.features = features
         self.scorer = scorer
         self.item_ids = models.table.item_ids
         self.metadata: dict[int, ItemMetadata] = {item.item_id: item for item in catalogue.items}
         self.profiles: dict[str, UserProfile] = {user.user_id: user for user in catalogue.users}
-        self.seen = [set(self.item_ids[rows].tolist()) for rows in models.table.items_by_user()]
+        self.seen_rows = models.table.items_by_user()
+        self.seen = [set(self.item_ids[rows].tolist()) for rows in self.seen_rows]
         popularity = models.signals.popularity
         self.popular_ids = self.item_ids[ranked_order(self.item_ids, popularity)]
 
@@ -105,8 +133,9 @@ class OfflineRecommender:
         catalogue: Catalogue,
         models: TrainedModels,
         deployment: SampleDeployment,
-        candidates: int,
+        candidates: int | None = None,
     ) -> OfflineRecommender:
+        """`candidates`: retrieval's depth when not the deployment's (`recommend.candidates`)."""
         from recsys.adapters.rankers.onnx import OnnxRanker
         from recsys.adapters.snapshots.local import LocalSnapshotStore
         from recsys.data.features_file import load_features, load_into_store
@@ -138,13 +167,24 @@ class OfflineRecommender:
         scorer = CandidateScorer(
             chain, features, feature_timeout_seconds=settings.rank.feature_timeout_ms / 1000
         )
+        sources = settings.candidates
+        neighbours = None
+        if sources.neighbours_path is not None and sources.neighbours > 0:
+            neighbours = await asyncio.to_thread(load_neighbours, sources.neighbours_path)
+        mix = CandidateMix(
+            retrieval=settings.recommend.candidates,
+            neighbours=sources.neighbours if neighbours is not None else 0,
+            popularity=sources.popularity,
+        )
         return cls(
             catalogue,
             models,
             shards=shards,
             features=features,
             scorer=scorer,
-            candidates=candidates,
+            mix=mix,
+            neighbours=neighbours,
+            history_limit=sources.history_limit,
         )
 
     def _finish(self, user_row: int, item_ids: list[int], k: int) -> list[int]:
@@ -157,35 +197,96 @@ class OfflineRecommender:
     async def popularity(self, user_row: int, k: int) -> list[int]:
         return self._finish(user_row, self.popular_ids.tolist(), k)
 
-    async def _candidates(self, user_row: int) -> tuple[IntArray, npt.NDArray[np.float32]]:
-        """The top candidates of every shard for the user's served embedding, merged."""
+    async def _candidates(
+        self, user_row: int, depth: int | None = None
+    ) -> tuple[IntArray, npt.NDArray[np.float32]]:
+        """Retrieval's candidates: the top of every shard for the user's served embedding,
+        merged (the user's items included, as the Retrieve service answers)."""
         user = await self.features.get_user_features(self.models.table.user_ids[user_row])
         if user.embedding is None:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         query = user.embedding.vector.reshape(1, -1)
-        hits = [shard.search(query, self.candidates)[0] for shard in self.shards]
+        depth = depth or self.candidates
+        hits = [shard.search(query, depth)[0] for shard in self.shards]
         ids = np.concatenate([hit.item_ids for hit in hits])
         scores = np.concatenate([hit.scores for hit in hits])
-        top = top_k_order(ids, scores, self.candidates)
+        top = top_k_order(ids, scores, depth)
         return ids[top], scores[top]
 
     async def retrieval(self, user_row: int, k: int) -> list[int]:
-        ids, _ = await self._candidates(user_row)
+        # Deep enough that a heavy user's own items leave k others (the ANN source alone).
+        ids, _ = await self._candidates(user_row, max(self.candidates, RETRIEVAL_ROW_DEPTH))
         return self._finish(user_row, ids.tolist(), k)
 
-    async def ranked(self, user_row: int, k: int) -> list[int]:
+    async def neighbour_list(self, user_row: int, k: int) -> list[int]:
+        if self.neighbours is None:
+            return []
+        found = self.neighbours.top(self._history(user_row), k)
+        return self._finish(user_row, found.item_ids.tolist(), k)
+
+    def _history(self, user_row: int) -> IntArray:
+        return history_seeds(np.fromiter(self.seen[user_row], np.int64), self.history_limit)
+
+    async def merged(self, user_row: int) -> MergedCandidates:
+        """Every source's candidates merged as the Recommend pipeline merges them: retrieval's
+        top (the user's items included, as the index answers), the neighbours of the history,
+        the most popular items; the history left out."""
         ids, scores = await self._candidates(user_row)
-        keep = ~np.isin(ids, np.fromiter(self.seen[user_row], np.int64))
-        ids, scores = ids[keep], scores[keep]
-        if not len(ids):
+        lists = [SourceList(SourceKind.RETRIEVAL, ids, scores)]
+        if self.neighbours is not None and self.mix.neighbours > 0:
+            lists.append(self.neighbours.top(self._history(user_row), self.mix.neighbours))
+        if self.mix.popularity > 0:
+            lists.append(
+                SourceList.of(SourceKind.POPULARITY, self.popular_ids[: self.mix.popularity])
+            )
+        return merge_sources(lists, excluded=np.fromiter(self.seen[user_row], np.int64))
+
+    async def ranked(self, user_row: int, k: int) -> list[int]:
+        pool = await self.merged(user_row)
+        if not len(pool):
             return []
         scored = await self.scorer.score(
-            self.models.table.user_ids[user_row], ids, scores, RequestContext()
+            self.models.table.user_ids[user_row],
+            pool.item_ids,
+            pool.score_of(SourceKind.RETRIEVAL),
+            RequestContext(),
+            sources=pool.columns,
+            history_size=len(self.seen[user_row]),
         )
         return self._finish(user_row, scored.item_ids.tolist(), k)
 
     async def close(self) -> None:
         await self.scorer.chain.primary.close()
+
+
+RANKED_ROW = "candidate sources + ranking"
+EASE_ROW = "EASE^R"
+
+
+class EaseBaseline:
+    """EASE^R (Steck 2019) fitted on the training split with the lambda training chose (on its
+    validation split when tuned): scores `x_u . B` over the whole catalogue, the user's items
+    left out, then the same privacy filter as every row. Only while the catalogue is small
+    enough for its dense inverse (`NeighbourSettings.ease_max_items`)."""
+
+    def __init__(self, weights: npt.NDArray[np.float32], offline: OfflineRecommender) -> None:
+        self.weights = weights
+        self.offline = offline
+        self.item_ids = offline.models.table.item_ids
+
+    @classmethod
+    def fit(cls, models: TrainedModels, offline: OfflineRecommender) -> EaseBaseline | None:
+        settings = models.neighbour_settings
+        if models.table.item_count > settings.ease_max_items:
+            return None
+        return cls(ease_weights(models.table.matrix(), settings.ease_lambda), offline)
+
+    async def recommend(self, user_row: int, k: int) -> list[int]:
+        seen = self.offline.seen_rows[user_row]
+        scores = self.weights[seen].sum(axis=0, dtype=np.float64).astype(np.float32)
+        scores[seen] = -np.inf
+        head = top_k_order(self.item_ids, scores, k + 200)
+        return self.offline._finish(user_row, self.item_ids[head].tolist(), k)
 
 
 @dataclass
@@ -197,6 +298,8 @@ class ProtocolResult:
     train_pairs: int
     test_pairs: int
     seconds: dict[str, float] = field(default_factory=dict)
+    # What training chose and measured (train_report.json's content: settings, tuning).
+    training: dict[str, Any] = field(default_factory=dict)
 
 
 def training_catalogue(catalogue: Catalogue, models: TrainedModels) -> Catalogue:
@@ -230,14 +333,17 @@ def served_row(layout: Layout) -> str:
     return f"served (gRPC, {layout.value})"
 
 
-def evaluation_overrides(candidates: int) -> dict[str, dict[str, Any]]:
+def evaluation_overrides(candidates: int | None = None) -> dict[str, dict[str, Any]]:
     """Offline parity: the ranked order as is, nobody throttled, budgets no call runs into
-    (a timeout would degrade an answer and so change it)."""
+    (a timeout would degrade an answer and so change it). `candidates`: retrieval's depth when
+    not the deployment's."""
+    depth = {} if candidates is None else {"candidates": candidates}
     return {
+        "candidates": {"neighbours_timeout_ms": 5_000},
         "recommend": {
             "diversity_enabled": False,
             "rate_limit_enabled": False,
-            "candidates": candidates,
+            **depth,
             "feature_timeout_ms": 5_000,
             "cache_timeout_ms": 5_000,
             "metadata_timeout_ms": 5_000,
@@ -302,7 +408,7 @@ async def served_lists(
     users: list[str],
     *,
     k: int,
-    candidates: int,
+    candidates: int | None = None,
     layout: Layout = Layout.EMBEDDED,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, list[int]], int]:
@@ -420,23 +526,38 @@ async def evaluate_protocol(
     protocol: Protocol,
     *,
     k: int = 10,
-    candidates: int = 1000,
+    candidates: int | None = None,
     seed: int = 42,
     served: bool = True,
     embedding: EmbeddingSettings | None = None,
     ranker: RankerSettings | None = None,
+    tune: bool = False,
+    tuning_grid: TuningGrid | None = None,
     workdir: Path | None = None,
     layout: Layout = Layout.EMBEDDED,
     progress: Callable[[str], None] | None = None,
 ) -> ProtocolResult:
+    """`candidates`: retrieval's depth instead of the trained mix's; `tune`: training chooses
+    its settings on a validation split of the training part made by the same protocol (the
+    test part is never seen)."""
     say = progress or (lambda message: None)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     table = InteractionTable.from_catalogue(catalogue)
     train, test = split(table, protocol, seed)
     say(f"{protocol.value}: {len(train)} training pairs, {len(test)} held out; training")
+    tune_split = functools.partial(split, protocol=protocol, seed=seed + 1) if tune else None
     models = await asyncio.to_thread(
-        train_models, catalogue, train, embedding=embedding, ranker=ranker
+        functools.partial(
+            train_models,
+            catalogue,
+            train,
+            embedding=embedding,
+            ranker=ranker,
+            tune_split=tune_split,
+            tuning_grid=tuning_grid,
+            step=say,
+        )
     )
     seconds["train"] = round(time.perf_counter() - started, 2)
     with tempfile.TemporaryDirectory(prefix="recsys-eval-", dir=workdir) as folder:
@@ -464,7 +585,7 @@ async def _measure(
     deployment: SampleDeployment,
     *,
     k: int,
-    candidates: int,
+    candidates: int | None,
     served: bool,
     layout: Layout,
     say: Callable[[str], None],
@@ -485,16 +606,22 @@ async def _measure(
 
     rows: dict[str, TopKMetrics] = {}
     ranked: dict[str, list[int]] = {}
-    for name, method in (
+    methods: list[tuple[str, Callable[[int, int], Awaitable[list[int]]]]] = [
         ("popularity", offline.popularity),
         ("retrieval", offline.retrieval),
-        ("retrieval + ranking", offline.ranked),
-    ):
+    ]
+    if offline.neighbours is not None:
+        methods.append(("item neighbours", offline.neighbour_list))
+    ease = EaseBaseline.fit(models, offline)
+    if ease is not None:
+        methods.append((EASE_ROW, ease.recommend))
+    methods.append((RANKED_ROW, offline.ranked))
+    for name, method in methods:
         clock = time.perf_counter()
         lists = {user: await method(user_rows[user], k) for user in relevant}
         rows[name] = measure(lists)
         seconds[name] = round(time.perf_counter() - clock, 2)
-        if name == "retrieval + ranking":
+        if name == RANKED_ROW:
             ranked = lists
     parity = degraded = None
     if served:
@@ -505,7 +632,9 @@ async def _measure(
         rows[served_row(layout)] = measure(answers)
         parity = sum(answers.get(user) == ranked[user] for user in relevant) / len(relevant)
         seconds[served_row(layout)] = round(time.perf_counter() - clock, 2)
-    return ProtocolResult(protocol, rows, parity, degraded, len(train), len(test), seconds)
+    return ProtocolResult(
+        protocol, rows, parity, degraded, len(train), len(test), seconds, models.report
+    )
 
 
 def markdown_table(results: list[ProtocolResult], *, k: int = 10) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from recsys.domain.candidates import SourceColumn, SourceKind
 from recsys.domain.ordering import top_k_order
 from recsys.domain.ranking import RANKING_FEATURES, RankingInputs, assemble_features
 from recsys.domain.requests import DeviceType
@@ -46,16 +47,20 @@ class EmbeddingSettings:
 
 @dataclass(frozen=True)
 class RankerSettings:
+    # LightGBM's ranking objective: "lambdarank" or "rank_xendcg" (cross-entropy NDCG loss;
+    # `recsys train --tune` chooses between them on its validation split).
+    objective: str = "lambdarank"
     trees: int = 100
     learning_rate: float = 0.05
     leaves: int = 7
     min_child_samples: int = 200
-    # Candidates per user in the ranker's training rows (retrieval's top, seen items removed).
-    candidates: int = 100
-    # Share of each user's training pairs held out to label the ranker's rows.
-    holdout_ratio: float = 0.1
-    # Users whose candidates become rows, sampled when more have held-out items: each costs a
-    # pass over the whole catalogue, and a ranker of 12 features needs no more.
+    # Share of each user's training pairs held out to label the ranker's rows, in each of
+    # `folds` seeded splits: every fold fits the candidate sources without its held-out pairs
+    # and labels its users' pools with them (more labelled pools than one split gives).
+    holdout_ratio: float = 0.15
+    folds: int = 5
+    # Users whose pools become rows, over all folds (a seeded sample per fold): each costs a
+    # pass over the whole catalogue, and a ranker of 17 features needs no more.
     max_users: int = 10_000
     seed: int = 0
     # The small model of tiered ranking (recsys.domain.rank_routing), distilled from this one:
@@ -143,13 +148,16 @@ def top_of(scores: FloatArray, count: int) -> tuple[IntArray, FloatArray]:
     return head, scores[head]
 
 
-def feature_rows(
+def candidate_feature_rows(
     user_vector: FloatArray,
     candidate_rows: IntArray,
     candidate_scores: FloatArray,
     item_vectors: FloatArray,
     signals: ItemSignals,
     user_row: int,
+    *,
+    sources: Mapping[SourceKind, SourceColumn] | None = None,
+    history_size: int | None = None,
 ) -> FloatArray:
     """The candidates' feature matrix, assembled by the same function the Rank service uses."""
     preferences = signals.preferences[user_row]
@@ -163,85 +171,20 @@ def feature_rows(
             user_vector=user_vector,
             request_time=TRAINING_REQUEST_TIME,
             device_type=DeviceType.UNKNOWN,
+            sources=sources or {},
+            history_size=history_size,
         )
     )
-
-
-def ranker_training_rows(
-    embeddings: Embeddings,
-    signals: ItemSignals,
-    seen: Sequence[IntArray],
-    held_out: Sequence[IntArray],
-    candidates: int,
-    *,
-    max_users: int | None = None,
-    seed: int = 0,
-    show_progress: bool = False,
-    block: int | None = None,
-) -> tuple[FloatArray, FloatArray, list[int]]:
-    """For each user with held-out items (at most `max_users`, a seeded sample): retrieval's
-    top candidates (seen items removed), labelled 1 when held out. Returns features, labels
-    and group sizes. `block` users are scored per matrix product (default: about 128 MB of
-    scores)."""
-    from tqdm import tqdm
-
-    users = np.array([row for row, items in enumerate(held_out) if len(items)], dtype=np.int64)
-    if max_users is not None and len(users) > max_users:
-        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-    item_vectors = embeddings.item_vectors
-    block = block or max(1, (1 << 25) // max(1, len(item_vectors)))
-    features, labels, groups = [], [], []
-    with tqdm(total=len(users), desc="ranker rows", unit="user", disable=not show_progress) as bar:
-        for start in range(0, len(users), block):
-            chunk = users[start : start + block]
-            block_scores = (embeddings.user_vectors[chunk] @ item_vectors.T).astype(
-                np.float32, copy=False
-            )
-            for position, user_row in enumerate(chunk.tolist()):
-                group = _ranker_group(
-                    embeddings, signals, user_row, block_scores[position],
-                    seen[user_row], held_out[user_row], candidates,
-                )  # fmt: skip
-                if group is not None:
-                    features.append(group[0])
-                    labels.append(group[1])
-                    groups.append(len(group[1]))
-            bar.update(len(chunk))
-    if not groups:
-        raise ValueError("no user has a held-out item among its candidates; too little data")
-    return np.concatenate(features), np.concatenate(labels), groups
-
-
-def _ranker_group(
-    embeddings: Embeddings,
-    signals: ItemSignals,
-    user_row: int,
-    item_scores: FloatArray,
-    seen_rows: IntArray,
-    positive_rows: IntArray,
-    candidates: int,
-) -> tuple[FloatArray, FloatArray] | None:
-    """One user's rows: retrieval's top candidates (seen removed), labelled by the held-out
-    items; None when none is among them (lambdarank learns nothing from such a group)."""
-    rows, scores = top_of(item_scores, candidates + len(seen_rows))
-    keep = ~np.isin(rows, seen_rows)
-    rows, scores = rows[keep][:candidates], scores[keep][:candidates]
-    label = np.isin(rows, positive_rows).astype(np.float32)
-    if not label.any():
-        return None
-    user_vector = embeddings.user_vectors[user_row]
-    return feature_rows(
-        user_vector, rows, scores, embeddings.item_vectors, signals, user_row
-    ), label
 
 
 def fit_ranker(
     features: FloatArray, labels: FloatArray, groups: list[int], settings: RankerSettings
 ) -> Any:
-    """A LightGBM lambdarank model; returns its Booster."""
+    """A LightGBM ranking model (`settings.objective`); returns its Booster."""
     import lightgbm
 
     model = lightgbm.LGBMRanker(
+        objective=settings.objective,
         n_estimators=settings.trees,
         learning_rate=settings.learning_rate,
         num_leaves=settings.leaves,

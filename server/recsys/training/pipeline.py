@@ -1,11 +1,13 @@
 """`recsys train`: embeddings and ranking model from a catalogue's interactions, and the files
 the platform serves from them.
 
-The ranker must learn what retrieval misses, so its rows come from a model that has not seen the
-labels: a share of each user's training pairs (`RankerSettings.holdout_ratio`, 10%) is held
-out, embeddings are fitted on the rest, candidates are retrieved with them and labelled by the
-held-out pairs. The small model of tiered ranking is distilled from the ranker on the same rows.
-The served embeddings are then fitted on every training pair."""
+Candidates come from several sources merged before ranking (ALS retrieval, item-to-item
+neighbours, popularity; recsys.training.candidates). The ranker must learn what they miss, so its
+rows come from sources that have not seen the labels: a share of each user's training pairs
+(`RankerSettings.holdout_ratio`) is held out, the sources are fitted on the rest, each user's
+merged pool is labelled by the held-out pairs. The small model of tiered ranking is distilled
+from the ranker on the same rows. The served sources are then fitted on every training pair.
+With `tune_split` every setting is first chosen on a validation split (recsys.training.tuning)."""
 
 from __future__ import annotations
 
@@ -14,36 +16,44 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from recsys.data.catalogue import Catalogue
 from recsys.data.features_file import FeatureSnapshot, save_features
+from recsys.domain.candidates import CandidateMix
+from recsys.domain.ranking import RANKING_FEATURES
 from recsys.index.embeddings_file import ItemEmbeddings, save_embeddings
-from recsys.training.dataset import InteractionTable, random_split
+from recsys.similarity.fit import NeighbourSettings
+from recsys.similarity.neighbours import ItemNeighbours, save_neighbours
+from recsys.training.candidates import cross_fitted_rows, fit_candidate_models, inner_models
+from recsys.training.dataset import InteractionTable
 from recsys.training.models import (
     Embeddings,
     EmbeddingSettings,
     ItemSignals,
     RankerSettings,
-    fit_embeddings,
     fit_ranker,
     fit_small_ranker,
     next_model_version,
     popularity_of,
     preferences_of,
     ranker_to_onnx,
-    ranker_training_rows,
     write_model_version,
 )
+from recsys.training.tuning import Split, TrainingSettings, TuningGrid, TuningReport, tune
 
 logger = logging.getLogger(__name__)
 
+IntArray = npt.NDArray[np.int64]
+
 EMBEDDINGS_FILE = "item_embeddings.npz"
 FEATURES_FILE = "features.npz"
+NEIGHBOURS_FILE = "item_neighbours.npz"
 REPORT_FILE = "train_report.json"
 
 
@@ -62,6 +72,14 @@ class TrainedModels:
     report: dict[str, Any] = field(default_factory=dict)
     # The small model of tiered ranking, distilled from the ranker; None: not trained.
     small_ranker_onnx: bytes | None = None
+    # The item-to-item neighbour store of the neighbours candidate source.
+    neighbours: ItemNeighbours | None = None
+    # How many candidates each source gives (the ranker was trained on pools of this mix).
+    candidate_mix: CandidateMix = field(default_factory=CandidateMix)
+    # Item ids by training popularity (the popularity source's order).
+    popular_ids: IntArray | None = None
+    # How the neighbour store was built (EASE^R's lambda...).
+    neighbour_settings: NeighbourSettings = field(default_factory=NeighbourSettings)
 
 
 def item_signals(catalogue: Catalogue, table: InteractionTable) -> ItemSignals:
@@ -92,12 +110,23 @@ def train_models(
     *,
     embedding: EmbeddingSettings | None = None,
     ranker: RankerSettings | None = None,
+    neighbours: NeighbourSettings | None = None,
+    mix: CandidateMix | None = None,
+    tune_split: Split | None = None,
+    tuning_grid: TuningGrid | None = None,
     embedding_version: str | None = None,
     show_progress: bool = False,
     step: Callable[[str], None] | None = None,
 ) -> TrainedModels:
-    embedding = embedding or EmbeddingSettings()
-    ranker = ranker or RankerSettings()
+    """`tune_split`: choose the settings on a validation split of `table` made by it (the
+    protocol of the evaluation to come: random or leave-last-out); the given settings are the
+    search's starting point and the values it does not search keep theirs."""
+    settings = TrainingSettings(
+        embedding=embedding or EmbeddingSettings(),
+        neighbours=neighbours or NeighbourSettings(),
+        mix=mix or CandidateMix(),
+        ranker=ranker or RankerSettings(),
+    )
     timings: dict[str, float] = {}
 
     def timed(name: str) -> Callable[[], None]:
@@ -106,23 +135,44 @@ def train_models(
         started = time.perf_counter()
         return lambda: timings.__setitem__(name, round(time.perf_counter() - started, 3))
 
-    done = timed("ranker rows: embeddings on part of each user's training pairs")
-    inner, held_out = random_split(
-        table, train_ratio=1 - ranker.holdout_ratio, seed=ranker.seed + 7
+    tuning: TuningReport | None = None
+    if tune_split is not None:
+        done = timed("tuning on a validation split of the training data")
+        tuning = tune(
+            catalogue,
+            table,
+            tune_split,
+            signals_of=item_signals,
+            start=settings,
+            grid=tuning_grid,
+            step=step,
+        )
+        settings = tuning.chosen
+        done()
+    ranker = settings.ranker
+    done = timed(
+        f"ranker rows: candidate sources fitted {ranker.folds} times, each without a share of "
+        "each user's training pairs"
     )
-    inner_embeddings = fit_embeddings(inner.matrix(), embedding, show_progress=show_progress)
-    features, labels, groups = ranker_training_rows(
-        inner_embeddings,
-        item_signals(catalogue, inner),
-        inner.items_by_user(),
-        held_out.items_by_user(),
-        ranker.candidates,
+    features, labels, groups = cross_fitted_rows(
+        inner_models(
+            catalogue,
+            table,
+            settings.embedding,
+            settings.neighbours,
+            holdout_ratio=ranker.holdout_ratio,
+            seed=ranker.seed,
+            signals_of=item_signals,
+            show_progress=show_progress,
+        ),
+        ranker.folds,
+        settings.mix,
         max_users=ranker.max_users,
         seed=ranker.seed,
         show_progress=show_progress,
     )
     done()
-    done = timed("ranking model: LightGBM lambdarank")
+    done = timed(f"ranking model: LightGBM {ranker.objective}")
     booster = fit_ranker(features, labels, groups, ranker)
     serialized = ranker_to_onnx(booster)
     done()
@@ -130,34 +180,53 @@ def train_models(
     small_booster = fit_small_ranker(features, booster, groups, ranker)
     small_serialized = ranker_to_onnx(small_booster, name="recsys_ranker_small")
     done()
-    done = timed("served embeddings: ALS on every training pair")
-    embeddings = fit_embeddings(table.matrix(), embedding, show_progress=show_progress)
+    done = timed("served candidate sources: ALS and item neighbours on every training pair")
+    served = fit_candidate_models(
+        catalogue,
+        table,
+        settings.embedding,
+        settings.neighbours,
+        signals_of=item_signals,
+        show_progress=show_progress,
+    )
     done()
     generated_at = dt.datetime.now(dt.UTC)
     importance = dict(
         zip(booster.feature_name(), booster.feature_importance().tolist(), strict=True)
     )
-    report = {
+    report: dict[str, Any] = {
         "users": table.user_count,
         "items": table.item_count,
         "training_pairs": len(table),
         "ranker_rows": len(labels),
         "ranker_groups": len(groups),
         "ranker_positive_share": round(float(labels.mean()), 4),
-        "ranker_split_importance": importance,
-        "embedding": embedding.__dict__,
-        "ranker": ranker.__dict__,
+        "ranker_split_importance": dict(zip(RANKING_FEATURES, importance.values(), strict=True)),
+        "embedding": asdict(settings.embedding),
+        "neighbours": {
+            **asdict(settings.neighbours),
+            "method": served.neighbours.method,
+            "layout": "dense" if served.neighbours.dense is not None else "top-k rows",
+            "bytes": served.neighbours.nbytes,
+        },
+        "candidate_mix": asdict(settings.mix),
+        "ranker": asdict(ranker),
+        "tuning": tuning.as_dict() if tuning is not None else None,
         "seconds": timings,
     }
     return TrainedModels(
         table=table,
-        embeddings=embeddings,
-        signals=item_signals(catalogue, table),
+        embeddings=served.embeddings,
+        signals=served.signals,
         ranker_onnx=serialized,
         embedding_version=embedding_version or default_embedding_version(generated_at),
         generated_at=generated_at,
         report=report,
         small_ranker_onnx=small_serialized,
+        neighbours=served.neighbours,
+        candidate_mix=settings.mix,
+        popular_ids=served.popular_ids,
+        neighbour_settings=settings.neighbours,
     )
 
 
@@ -193,6 +262,8 @@ class TrainingArtifacts:
     embedding_version: str
     # The small model's version folder (same version number), when one was trained.
     small_model_folder: Path | None = None
+    # The neighbour store (`candidates.neighbours_path`), when one was built.
+    neighbours_path: Path | None = None
 
 
 def write_artifacts(
@@ -229,6 +300,10 @@ def write_artifacts(
     small_folder = None
     if small_root is not None and models.small_ranker_onnx is not None:
         small_folder = write_model_version(small_root, version, models.small_ranker_onnx)
+    neighbours_path = None
+    if models.neighbours is not None:
+        neighbours_path = output / NEIGHBOURS_FILE
+        save_neighbours(neighbours_path, models.neighbours)
     report_path = output / REPORT_FILE
     report = {
         **models.report,
@@ -238,6 +313,7 @@ def write_artifacts(
         "small_model_folder": str(small_folder) if small_folder else None,
         "embeddings": str(embeddings_path),
         "features": str(features_path),
+        "neighbours_path": str(neighbours_path) if neighbours_path else None,
     }
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     return TrainingArtifacts(
@@ -248,4 +324,5 @@ def write_artifacts(
         version,
         models.embedding_version,
         small_folder,
+        neighbours_path,
     )
