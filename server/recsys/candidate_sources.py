@@ -51,6 +51,20 @@ def read_neighbour_store(path: Path) -> ItemNeighbours:
     return store
 
 
+def _check_mix(store: ItemNeighbours, retrieval: int, neighbours: int, popularity: int) -> None:
+    """Warns when the served mix is not the one the ranking model was trained on (recorded in
+    the store by `recsys train`): its source placements then mean something else."""
+    trained = store.parameters.get("candidate_mix")
+    served = {"retrieval": retrieval, "neighbours": neighbours, "popularity": popularity}
+    if isinstance(trained, dict) and trained != served:
+        logger.warning(
+            "the candidate mix differs from the one the ranking model was trained on: set "
+            "recommend.candidates, candidates.neighbours and candidates.popularity from "
+            "train_report.json's candidate_mix",
+            extra={"trained_mix": trained, "served_mix": served},
+        )
+
+
 async def candidate_sources(
     components: Components, search: VectorSearch, config: RecommendConfig
 ) -> CandidateSources:
@@ -66,7 +80,11 @@ async def candidate_sources(
         )
     popularity = None
     if settings.popularity > 0:
-        popularity = TrendingCandidates(metadata, count=settings.popularity)
+        # The catalogue-wide list whatever the request's category, as the ranker was trained
+        # on (selection keeps the category's items afterwards).
+        popularity = TrendingCandidates(metadata, count=settings.popularity, by_category=False)
+    if store is not None:
+        _check_mix(store, config.candidates, settings.neighbours, settings.popularity)
     return CandidateSources(
         personalized=RetrievalCandidates(search, count=config.candidates),
         fallback=TrendingCandidates(metadata, count=config.candidates),

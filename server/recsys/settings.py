@@ -299,15 +299,15 @@ class CandidatesSettings(_Section):
     # startup (a missing or unreadable file stops the process). None: no neighbour source.
     neighbours_path: Path | None = None
     # Candidates from the neighbour source per request.
-    neighbours: int = Field(default=200, ge=0)
+    neighbours: int = Field(default=300, ge=0)
     # Candidates from popularity merged into every personalised pool; 0: none (popularity
     # then only stands in when retrieval finds nothing, as before).
     popularity: int = Field(default=0, ge=0)
     # Budget of the neighbour source; past it the answer is served without it, flagged
     # `partial_candidates`.
     neighbours_timeout_ms: int = Field(default=20, gt=0)
-    # At most this many history items seed the neighbour source. The SQL history carries no
-    # order, so the highest item ids are kept (the sorted ids' last `history_limit`).
+    # At most this many history items seed the neighbour source. The history is read as a set,
+    # so the highest item ids the store knows are kept (as in training).
     history_limit: int = Field(default=500, ge=1)
 
 

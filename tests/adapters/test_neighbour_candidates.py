@@ -104,7 +104,7 @@ async def test_a_large_history_is_scored_off_the_event_loop(
     real = asyncio.to_thread
 
     async def to_thread(function: Callable[..., Any], *args: Any) -> Any:
-        threaded.append(len(args[0]))
+        threaded.append(len(function.args[0]))  # type: ignore[attr-defined]
         return await real(function, *args)
 
     monkeypatch.setattr(asyncio, "to_thread", to_thread)
@@ -119,3 +119,15 @@ async def test_a_large_history_is_scored_off_the_event_loop(
         expected = neighbours.top(history, 20)
         assert answer.item_ids == tuple(expected.item_ids.tolist())
         assert not history & set(answer.item_ids)
+
+
+async def test_items_the_store_does_not_know_take_no_seed_place() -> None:
+    # Items added after training have the highest ids: they must not crowd the known ones out
+    # of the `history_limit` seeds (they have no neighbours to give).
+    neighbours = store("ease_rows")
+    known = [int(item) for item in ITEM_IDS[:6]]
+    unknown = [int(ITEM_IDS.max()) + 1, int(ITEM_IDS.max()) + 2]
+    source = NeighbourCandidates(neighbours, count=10, history_limit=3)
+    pool = await source.candidates(request(set(known + unknown)))
+    expected = neighbours.top(known[-3:], 10)
+    assert pool.item_ids == tuple(expected.item_ids.tolist())

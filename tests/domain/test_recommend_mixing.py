@@ -156,8 +156,8 @@ async def test_a_healthy_merged_answer_is_cached() -> None:
 
 @pytest.mark.parametrize(
     "error",
-    [Unavailable("store gone"), FailedPrecondition("store stale")],
-    ids=["outage", "refusal"],
+    [Unavailable("store gone"), FailedPrecondition("store stale"), IndexError("bad row")],
+    ids=["outage", "refusal", "bug"],
 )
 async def test_a_failing_neighbour_source_is_flagged_and_the_answer_served(
     error: Exception,

@@ -136,8 +136,9 @@ class GrpcScorer:
                 response = await self._rank(request, False)
         except (Unavailable, DeadlineExceeded):
             # The rank service itself is down or slow: order by the retrieval score (rule
-            # fallback). Its refusals of our request are raised: they are bugs to see.
-            order = ranked_order(item_ids, candidate_scores)
+            # fallback), then the candidates other sources found, in the order they came (the
+            # merge's). Its refusals of our request are raised: they are bugs to see.
+            order = _fallback_order(item_ids, candidate_scores, sources)
             return ScoredCandidates(
                 item_ids[order], candidate_scores[order], Backend.RULE_FALLBACK, ""
             )
@@ -266,3 +267,20 @@ def ranked_columns(
         np.fromiter(response.item_ids, np.int64, count),
         np.fromiter(response.scores, np.float32, count),
     )
+
+
+def _fallback_order(
+    item_ids: npt.NDArray[np.int64],
+    candidate_scores: npt.NDArray[np.float32],
+    sources: Mapping[SourceKind, SourceColumn] | None,
+) -> npt.NDArray[np.int64]:
+    """Retrieval's candidates by its score, then the rest in the given order: a retrieval
+    score of 0 where retrieval did not find an item says nothing about it."""
+    retrieval = (sources or {}).get(SourceKind.RETRIEVAL)
+    if retrieval is None:
+        return ranked_order(item_ids, candidate_scores)
+    found = np.flatnonzero(retrieval.found)
+    rest = np.flatnonzero(~retrieval.found)
+    head = found[ranked_order(item_ids[found], candidate_scores[found])]
+    order: npt.NDArray[np.int64] = np.concatenate([head, rest]).astype(np.int64)
+    return order

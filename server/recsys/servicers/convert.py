@@ -118,8 +118,11 @@ def candidate_sources_from_proto(
         path = f"{field}[{index}]"
         valid = True
         kind = _SOURCE_KINDS.get(column.source)
+        if kind is None and column.source != common_pb2.CANDIDATE_SOURCE_UNSPECIFIED:
+            # A source newer than this server: no model it serves reads it, and refusing the
+            # request would fail every Recommend during a rolling upgrade.
+            continue
         if kind is None:
-            # UNSPECIFIED, or a source newer than this server: its features have no column.
             violations.add(f"{path}.source", f"must be one of {_SOURCE_NAMES}, got {column.source}")
             valid = False
         elif kind in seen:

@@ -49,19 +49,44 @@ def ease_weights(interactions: sp.csr_matrix, ease_lambda: float) -> FloatArray:
 
 
 def cooccurrence_rows(
-    interactions: sp.csr_matrix, per_item: int
+    interactions: sp.csr_matrix, per_item: int, *, block_nonzeros: int = 20_000_000
 ) -> tuple[IntArray, npt.NDArray[np.int32], FloatArray]:
     """Each item's top `per_item` neighbours by cosine co-occurrence, as CSR (indptr, indices,
-    weights); ties by item row."""
+    weights); ties by item row. Built a block of items at a time (about `block_nonzeros`
+    co-occurrences each), so memory follows the block, not the whole item x item product."""
     binary = interactions.copy().astype(np.float32)
     binary.data[:] = 1.0
+    item_count = binary.shape[1]
     counts = np.asarray(binary.sum(axis=0)).ravel().astype(np.float64)
-    gram = (binary.T @ binary).tocoo()
-    keep = gram.row != gram.col
-    rows, cols = gram.row[keep].astype(np.int64), gram.col[keep].astype(np.int64)
-    norms = np.sqrt(counts[rows] * counts[cols])
-    values = (gram.data[keep] / np.maximum(norms, 1e-12)).astype(np.float32)
-    return top_per_row(rows, cols, values, interactions.shape[1], per_item)
+    by_item = binary.T.tocsr()  # items x users
+    # Co-occurrences of item i: the sum of its users' history lengths (an upper bound).
+    lengths = np.asarray(binary.sum(axis=1)).ravel()
+    work = np.asarray(by_item @ lengths).ravel()
+    indptr_parts = [np.zeros(1, np.int64)]
+    index_parts: list[npt.NDArray[np.int32]] = []
+    weight_parts: list[FloatArray] = []
+    start = 0
+    while start < item_count:
+        # At least one item per block; as many more as fit the budget.
+        budget = np.cumsum(work[start:])
+        stop = start + max(1, int(np.searchsorted(budget, block_nonzeros, side="right")))
+        gram = (by_item[start:stop] @ binary).tocoo()
+        rows = gram.row.astype(np.int64) + start
+        cols = gram.col.astype(np.int64)
+        keep = rows != cols
+        rows, cols = rows[keep], cols[keep]
+        norms = np.sqrt(counts[rows] * counts[cols])
+        values = (gram.data[keep] / np.maximum(norms, 1e-12)).astype(np.float32)
+        indptr, indices, weights = top_per_row(rows - start, cols, values, stop - start, per_item)
+        indptr_parts.append(indptr[1:] + indptr_parts[-1][-1])
+        index_parts.append(indices)
+        weight_parts.append(weights)
+        start = stop
+    return (
+        np.concatenate(indptr_parts),
+        np.concatenate(index_parts) if index_parts else np.empty(0, np.int32),
+        np.concatenate(weight_parts) if weight_parts else np.empty(0, np.float32),
+    )
 
 
 def top_per_row(

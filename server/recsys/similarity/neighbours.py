@@ -90,10 +90,16 @@ class ItemNeighbours:
         sums = np.bincount(inverse, weights=self.weights[positions].astype(np.float64))
         return rows.astype(np.int64), sums.astype(np.float32)
 
-    def top(self, history_item_ids: Iterable[int], count: int) -> SourceList:
+    def top(
+        self, history_item_ids: Iterable[int], count: int, *, history_limit: int | None = None
+    ) -> SourceList:
         """The `count` items with the highest positive neighbour score from the history (its
-        own items left out), best first; ties by item id."""
+        own items left out), best first; ties by item id. `history_limit`: only the last that
+        many of the history's items the store knows, by item id, seed the scores (items added
+        since training have no neighbours and take no seed's place)."""
         history_rows = self.rows_of(history_item_ids)
+        if history_limit is not None:
+            history_rows = history_rows[-history_limit:] if history_limit > 0 else history_rows[:0]
         if not len(history_rows) or count <= 0:
             return SourceList.of(SourceKind.NEIGHBOURS, [], [])
         rows, scores = self.scores_of_rows(history_rows)

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -303,7 +303,10 @@ def write_artifacts(
     neighbours_path = None
     if models.neighbours is not None:
         neighbours_path = output / NEIGHBOURS_FILE
-        save_neighbours(neighbours_path, models.neighbours)
+        # The mix the ranking model was trained on travels with the store: Recommend warns
+        # when it serves another.
+        parameters = {**models.neighbours.parameters, "candidate_mix": asdict(models.candidate_mix)}
+        save_neighbours(neighbours_path, replace(models.neighbours, parameters=parameters))
     report_path = output / REPORT_FILE
     report = {
         **models.report,

@@ -47,6 +47,8 @@ IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
 Split = Callable[[InteractionTable], tuple[InteractionTable, InteractionTable]]
 K = 10
+# Fitted fold sources are cached across the tuning steps up to this catalogue size.
+CACHE_MAX_ITEMS = 200_000
 
 
 @dataclass(frozen=True)
@@ -276,9 +278,14 @@ def tune(
 
             def cached(fold: int) -> tuple[CandidateModels, list[IntArray]]:
                 fold_key = (ranker.holdout_ratio, ranker.seed, fold)
-                if fold_key not in fitted:
-                    fitted[fold_key] = fit_fold(fold)
-                return fitted[fold_key]
+                if fold_key in fitted:
+                    return fitted[fold_key]
+                models = fit_fold(fold)
+                # Kept for the next mix only while a fold's sources are small: at a million
+                # items each holds about a gigabyte.
+                if fit.item_count <= CACHE_MAX_ITEMS:
+                    fitted[fold_key] = models
+                return models
 
             rows_cache[key] = cross_fitted_rows(
                 cached, ranker.folds, mix, max_users=ranker.max_users, seed=ranker.seed

@@ -96,8 +96,8 @@ class RankRequest(_message.Message):
     @_builtins.property
     def candidate_sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___CandidateSourceColumn]:
         """What each candidate source said about the candidates (ranking features); at most one
-        column per source, none with CANDIDATE_SOURCE_UNSPECIFIED or a source this server does not
-        know. Each column is aligned with the request's candidates in whichever layout they come
+        column per source, none with CANDIDATE_SOURCE_UNSPECIFIED; a column of a source this
+        server does not know is ignored (a newer caller). Each column is aligned with the request's candidates in whichever layout they come
         (`candidates` or `candidate_item_ids`): one score and one position per candidate. A source
         without a column reads as having found none of the candidates. Optional.
         """

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from recsys.domain.recommend.values import CandidatePool, Reason
 from recsys.ports.candidates import CandidateRequest
@@ -25,12 +26,16 @@ class NeighbourCandidates:
     async def candidates(self, request: CandidateRequest) -> CandidatePool:
         if not request.history or self.count <= 0:
             return CandidatePool()
-        # The SQL history has no order: the highest item ids stand in for the latest ones.
-        history = sorted(request.history)[-self.history_limit :]
+        # The history arrives as a set: the highest item ids the store knows stand in for the
+        # latest ones (as in training, recsys.training.candidates.history_seeds).
+        history = sorted(request.history)
+        top = functools.partial(
+            self.store.top, history, self.count, history_limit=self.history_limit
+        )
         if len(history) > INLINE_MAX_HISTORY:
-            found = await asyncio.to_thread(self.store.top, history, self.count)
+            found = await asyncio.to_thread(top)
         else:
-            found = self.store.top(history, self.count)
+            found = top()
         return CandidatePool.ranked(
             found.item_ids.tolist(), Reason.SIMILAR_TO_LIKED, scores=found.scores.tolist()
         )

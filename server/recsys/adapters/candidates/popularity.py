@@ -12,16 +12,20 @@ from recsys.ports.metadata import MetadataRepository
 
 
 class TrendingCandidates:
-    """The most popular items, in the requested category when the request names one."""
+    """The most popular items, in the requested category when the request names one (unless
+    `by_category` is false: the catalogue-wide list, as a ranking feature needs it)."""
 
     name = "popularity"
 
-    def __init__(self, metadata: MetadataRepository, *, count: int) -> None:
+    def __init__(
+        self, metadata: MetadataRepository, *, count: int, by_category: bool = True
+    ) -> None:
         self.metadata = metadata
         self.count = count
+        self.by_category = by_category
 
     async def candidates(self, request: CandidateRequest) -> CandidatePool:
-        category = request.query.context.category
+        category = request.query.context.category if self.by_category else None
         ids = await self.metadata.popular_items(category=category, limit=self.count)
         return CandidatePool.ranked(ids, Reason.TRENDING)
 

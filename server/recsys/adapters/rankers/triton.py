@@ -147,6 +147,13 @@ class TritonRanker(Ranker):
                 reason="FEATURE_SCHEMA_MISMATCH",
             )
         width = inputs[self._input_name][-1] if inputs[self._input_name] else -1
+        if not self._schema_given and width == -1:
+            raise FailedPrecondition(
+                f"{self.model_name} on {self.url} takes a variable number of features and no "
+                "feature schema could be read for it: make its version folder readable under "
+                "rank.model_repository",
+                reason="FEATURE_SCHEMA_MISMATCH",
+            )
         if not self._schema_given and 0 < width < len(RANKING_FEATURES):
             self.schema = self.schema.model_copy(update={"features": RANKING_FEATURES[:width]})
             logger.warning(

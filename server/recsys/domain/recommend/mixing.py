@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -18,8 +19,10 @@ import numpy as np
 from recsys.domain.candidates import MergedCandidates, SourceKind, SourceList, merge_sources
 from recsys.domain.recommend.guard import Guard, Trace
 from recsys.domain.recommend.values import CandidatePool, Reason
-from recsys.errors import RecsysError
+from recsys.errors import RecsysError, Unavailable
 from recsys.ports.candidates import CandidateRequest, CandidateSource
+
+logger = logging.getLogger(__name__)
 
 # The reason a merged candidate is served with: its first source's (merge order).
 REASONS: Mapping[SourceKind, Reason] = {
@@ -56,7 +59,7 @@ async def read_sources(
     async def read(extra: ExtraSource) -> CandidatePool | None:
         pool: CandidatePool | None = await guard.read(
             extra.source.name,
-            functools.partial(extra.source.candidates, request),
+            functools.partial(_candidates, extra.source, request),
             fallback=None,
             trace=trace,
             budget_seconds=extra.budget_seconds,
@@ -84,6 +87,19 @@ def mix(
         index_version,
     )
     return MixedCandidates(pool, merged)
+
+
+async def _candidates(source: CandidateSource, request: CandidateRequest) -> CandidatePool:
+    """The source's answer; a failure that is not a RecsysError (a bug in a store: an index
+    out of range...) is logged and read as the source being unavailable, so it degrades the
+    answer like any outage instead of failing it."""
+    try:
+        return await source.candidates(request)
+    except RecsysError:
+        raise
+    except Exception as error:
+        logger.exception("candidate source failed", extra={"source": source.name})
+        raise Unavailable(f"candidate source {source.name} failed: {error!r}") from error
 
 
 def _always(error: RecsysError) -> bool:
