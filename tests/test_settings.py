@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from recsys.cli import app
+from recsys.domain.candidates import CandidateMix
 from recsys.errors import ConfigurationError
 from recsys.settings import load_settings
 
@@ -175,8 +176,9 @@ def test_candidate_sources_are_off_until_configured(
 ) -> None:
     defaults = load_settings().candidates
     assert (defaults.neighbours_path, defaults.popularity) == (None, 0)
+    # The neighbour count matches the default mix the ranker is trained on (CandidateMix).
     assert (defaults.neighbours, defaults.neighbours_timeout_ms, defaults.history_limit) == (
-        200,
+        CandidateMix().neighbours,
         20,
         500,
     )
