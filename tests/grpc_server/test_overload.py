@@ -20,7 +20,7 @@ from recsys.deploy.ports import free_port_range
 from recsys.deploy.sample import prepare_deployment
 from recsys.evaluation.evaluate import training_catalogue
 from recsys.training.dataset import InteractionTable
-from recsys.training.models import EmbeddingSettings
+from recsys.training.models import EmbeddingSettings, RankerSettings
 from recsys.training.pipeline import train_models
 from recsys_client import AsyncRecsysClient, ClientOptions
 from tests.support.load import closed_loop, open_loop
@@ -36,8 +36,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("overload")
     catalogue = synthetic_catalogue(5_000, USERS, interactions_per_user=10, seed=3)
     table = InteractionTable.from_catalogue(catalogue)
+    # Quality does not matter here: one fold of ranker rows keeps the setup well inside
+    # pytest's timeout on a busy machine.
     models = train_models(
-        catalogue, table, embedding=EmbeddingSettings(factors=16, regularization=5, iterations=4)
+        catalogue,
+        table,
+        embedding=EmbeddingSettings(factors=16, regularization=5, iterations=4),
+        ranker=RankerSettings(folds=1, max_users=1_000),
     )
     deployment = asyncio.run(
         prepare_deployment(training_catalogue(catalogue, models), models, folder / "deployment")
