@@ -1,4 +1,4 @@
-"""`recsys index ...`: build, inspect, verify and roll back shard snapshots."""
+"""`recsys index ...`: build, inspect, verify, canary-check and roll back shard snapshots."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from recsys.cli_common import fail
 from recsys.errors import RecsysError
 from recsys.index.builder import build_shard_snapshots, default_index_version
+from recsys.index.canary import check_canary, last_good_before, load_golden
 from recsys.index.embeddings_file import load_embeddings
 from recsys.index.snapshots import Expectations, SnapshotInvalid, SnapshotManager
 from recsys.index.spec import IndexSpec, IndexType, Metric
@@ -199,3 +200,63 @@ def rollback(snapshots: SnapshotsOption = Path("var/snapshots"), shard: ShardOpt
         except RecsysError as error:
             raise fail(error) from error
         typer.echo(f"shard {shard_id}: CURRENT -> {previous}")
+
+
+@index_app.command("canary")
+def canary(
+    snapshots: SnapshotsOption = Path("var/snapshots"),
+    shard: ShardOption = None,
+    rollback: Annotated[
+        bool,
+        typer.Option(
+            "--rollback/--no-rollback",
+            help="Point CURRENT of a failing shard at the newest older version that passes.",
+        ),
+    ] = True,
+) -> None:
+    """Search each shard's golden queries against its CURRENT version and compare with the
+    results recorded at build time; exit 1 if any shard fails (and roll it back)."""
+    manager = _manager(snapshots)
+    shard_ids = [shard] if shard is not None else manager.store.shard_ids()
+    failures = 0
+    for shard_id in shard_ids:
+        target = manager.store.current(shard_id)
+        if target is None:
+            typer.echo(f"shard {shard_id}: no CURRENT snapshot")
+            failures += 1
+            continue
+        expected: Expectations | None = None
+        try:
+            manifest = manager.manifest(shard_id, target)
+            expected = Expectations(shard_id=shard_id, num_shards=manifest.num_shards)
+            _, loaded = manager.verify(target, expected)
+            golden = load_golden(manager, shard_id, target)
+        except SnapshotInvalid as error:
+            problem = f"verification: {error.message}"
+        else:
+            if golden is None:
+                typer.echo(f"shard {shard_id}: {target} has no golden queries (not checked)")
+                continue
+            result = check_canary(loaded, golden)
+            if result.passed:
+                typer.echo(f"shard {shard_id}: {target} ok ({result.describe()})")
+                continue
+            problem = result.describe()
+        failures += 1
+        typer.echo(f"shard {shard_id}: {target} FAILED: {problem}")
+        if not rollback:
+            continue
+        if expected is None:
+            typer.echo(f"shard {shard_id}: its manifest is unreadable; see `recsys index rollback`")
+            continue
+        good = last_good_before(manager, expected, target)
+        if good is None:
+            typer.echo(f"shard {shard_id}: no older version passes; CURRENT stays {target}")
+            continue
+        manager.store.set_current(shard_id, good.index_version)
+        typer.echo(
+            f"shard {shard_id}: CURRENT -> {good.index_version} ({good.result.describe()}); "
+            "shards swap on their next poll"
+        )
+    if failures:
+        raise typer.Exit(code=1)

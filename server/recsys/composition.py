@@ -352,6 +352,9 @@ class Components:
             gpu_device=index.gpu_device,
             on_search=self.index_metrics.searched(shard_id),
             batcher=self.search_batcher,
+            canary_interval_seconds=index.canary_interval_seconds,
         )
         self.shard_hosts.append(host)
+        if index.canary_interval_seconds > 0:
+            self.run_in_background(host.watch_canary)
         return host

@@ -499,6 +499,9 @@ class IndexSettings(_Section):
     expected_embedding_version: str | None = None
     # Poll CURRENT this often and swap to a new version; 0 disables the watcher.
     snapshot_poll_seconds: float = Field(default=10.0, ge=0)
+    # Search the serving version's golden queries this often (and after every swap) and roll
+    # back to the last version that passes when they drift (index.canary); 0 disables it.
+    canary_interval_seconds: float = Field(default=300.0, ge=0)
     # FAISS OpenMP threads per process; 0 keeps FAISS's default (all cores). A request searches
     # one query, which FAISS does not split over threads, so serving wants 1: N shard processes
     # each starting a team per core only oversubscribe the cores (`recsys up` sets cores / N).

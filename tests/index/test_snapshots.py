@@ -67,7 +67,7 @@ def test_publish_then_load_round_trip(manager: SnapshotManager, embeddings: Item
         assert set((shard.item_ids() % NUM_SHARDS).tolist()) == {shard_id}
     manifest = json.loads((version_folder(manager, 0, "v1") / MANIFEST_FILE).read_text())
     assert manifest["spec"]["dimension"] == DIMENSION
-    assert set(manifest["files"]) == {INDEX_FILE}
+    assert set(manifest["files"]) == {INDEX_FILE, "golden.json"}
     assert len(manifest["files"][INDEX_FILE]) == 64
 
 

@@ -1,7 +1,8 @@
 """Builds N shard snapshots from one embeddings file (`recsys index build`).
 
 IVF builds train one coarse quantizer on a seeded sample of the whole catalogue and give it to
-every shard (see `recsys.index.quantizer`), so the shards search like one index."""
+every shard (see `recsys.index.quantizer`), so the shards search like one index. Each shard's
+snapshot carries golden queries for the quality canary (see `recsys.index.canary`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from recsys.index.canary import GOLDEN_FILE, GOLDEN_K, GOLDEN_QUERIES, record_golden
 from recsys.index.embeddings_file import ItemEmbeddings
 from recsys.index.quantizer import QUANTIZER_SEED, train_shared_index
 from recsys.index.shard_index import ShardIndex
@@ -33,8 +35,12 @@ def build_shard_snapshots(
     make_current: bool = True,
     on_shard_done: ProgressCallback | None = None,
     seed: int = QUANTIZER_SEED,
+    golden_queries: int = GOLDEN_QUERIES,
+    golden_k: int = GOLDEN_K,
 ) -> list[SnapshotManifest]:
-    """One snapshot per shard, shard s holding the items with `item_id % num_shards == s`.
+    """One snapshot per shard, shard s holding the items with `item_id % num_shards == s`,
+    with `golden_queries` of its item vectors and their top `golden_k` hits recorded beside it
+    (0: none).
 
     Every shard is written before any CURRENT pointer flips, so a failed build leaves the
     serving versions untouched."""
@@ -53,18 +59,23 @@ def build_shard_snapshots(
     manifests = []
     for shard_id in range(num_shards):
         mine = routes == shard_id
+        vectors = embeddings.vectors[mine]
         shard = ShardIndex.build(
             spec,
             shard_id=shard_id,
             num_shards=num_shards,
             item_ids=embeddings.item_ids[mine],
-            vectors=embeddings.vectors[mine],
+            vectors=vectors,
             index_version=index_version,
             embedding_version=embeddings.embedding_version,
             built_at=built_at,
             trained_index=trained,
         )
-        manifest = snapshots.publish(shard, make_current=False)
+        extra_files = {}
+        if golden_queries and shard.item_count:
+            golden = record_golden(shard, vectors, count=golden_queries, k=golden_k, seed=seed)
+            extra_files[GOLDEN_FILE] = golden.to_bytes()
+        manifest = snapshots.publish(shard, make_current=False, extra_files=extra_files)
         manifests.append(manifest)
         if on_shard_done is not None:
             on_shard_done(shard_id, manifest)

@@ -1,10 +1,13 @@
 """Hosts the serving index of one shard: searches off the event loop, mutations, and verified
-blue-green swaps to new snapshot versions (searches in flight keep the index they started on)."""
+blue-green swaps to new snapshot versions (searches in flight keep the index they started on),
+and the quality canary: the serving version's golden queries are searched after every swap and
+every `canary_interval_seconds`; a version that fails is rolled back (see `recsys.index.canary`)."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +25,7 @@ from recsys.errors import (
     Unavailable,
 )
 from recsys.index.batcher import SearchBatcher
+from recsys.index.canary import UNCHECKED, CanaryResult, check_version, last_good_before
 from recsys.index.shard_index import ShardIndex
 from recsys.index.snapshots import Expectations, SnapshotInvalid, SnapshotManager
 from recsys.index.spec import MAX_EF_SEARCH, MAX_NPROBE, IndexSpec
@@ -72,6 +76,7 @@ class ShardHost:
         gpu_device: int = 0,
         on_search: Callable[[float], None] | None = None,
         batcher: SearchBatcher | None = None,
+        canary_interval_seconds: float = 0.0,
     ) -> None:
         self.spec = spec
         # In-process shards sharing one: a fan-out's searches run as a few executor jobs.
@@ -89,6 +94,13 @@ class ShardHost:
         # False until the startup load finished: searches answer UNAVAILABLE meanwhile, so the
         # Retrieve service asks another replica instead of trusting an empty index.
         self.ready = False
+        # Canary: 0 turns it off. Exported by the metrics' VersionsCollector at each scrape.
+        self.canary_interval_seconds = canary_interval_seconds
+        self.canary_failing = False
+        self.canary_failures = 0
+        # Items upserted or deleted since the serving version was loaded: their golden hits
+        # no longer hold, so the canary leaves them out.
+        self._changed_ids: set[int] = set()
         self.current = ShardIndex.empty(
             spec,
             shard_id=shard_id,
@@ -155,11 +167,15 @@ class ShardHost:
                 f"serves {index.embedding_version!r}",
                 reason="EMBEDDING_VERSION_MISMATCH",
             )
-        return await self._run(index.upsert, item_ids, vectors)
+        written = await self._run(index.upsert, item_ids, vectors)
+        self._changed_ids.update(np.asarray(item_ids, dtype=np.int64).reshape(-1).tolist())
+        return written
 
     async def delete(self, item_ids: np.ndarray) -> int:
         index = self.current
-        return await self._run(index.delete, item_ids)
+        removed = await self._run(index.delete, item_ids)
+        self._changed_ids.update(np.asarray(item_ids, dtype=np.int64).reshape(-1).tolist())
+        return removed
 
     async def load_snapshot(self, version: str | None = None) -> SwapResult:
         """Verifies a version (default: the one CURRENT names) off the loop, then swaps it in
@@ -175,7 +191,7 @@ class ShardHost:
                 ):
                     await self._restore_current_pointer()
                 raise
-            return await self._swap(shard)
+            return await self._canary_after_swap(await self._swap(shard))
 
     async def _restore_current_pointer(self) -> None:
         assert self.snapshots is not None
@@ -210,7 +226,7 @@ class ShardHost:
         snapshots = self._snapshots_or_fail()
         async with self._swap_lock:
             shard = await self._run(snapshots.load_last_good, self.expectations)
-            return await self._swap(shard)
+            return await self._canary_after_swap(await self._swap(shard))
 
     async def _swap(self, shard: ShardIndex) -> SwapResult:
         if self._use_gpu:
@@ -218,6 +234,7 @@ class ShardHost:
         await self._run(self._warn_on_mixed_quantizers, shard)
         previous = self.current
         self.current = shard
+        self._changed_ids = set()
         logger.info(
             "index swapped in",
             extra={
@@ -277,3 +294,97 @@ class ShardHost:
                 )
             except Exception:
                 logger.exception("snapshot watcher failed", extra={"shard_id": self.shard_id})
+
+    # ------------------------------------------------------------------ quality canary
+
+    async def check_canary(self) -> CanaryResult:
+        """Searches the serving version's golden queries; on failure raises the alarm and rolls
+        back to the newest older version that passes its own check."""
+        async with self._swap_lock:
+            result, _ = await self._check_canary_locked()
+            return result
+
+    async def watch_canary(self) -> None:
+        """Checks the serving version every `canary_interval_seconds` (0: never)."""
+        if self.snapshots is None or self.canary_interval_seconds <= 0:
+            return
+        while True:
+            await asyncio.sleep(self.canary_interval_seconds)
+            if not self.ready:
+                continue
+            try:
+                await self.check_canary()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("index canary failed to run", extra={"shard_id": self.shard_id})
+
+    async def _canary_after_swap(self, swap: SwapResult) -> SwapResult:
+        """The swap's result, or the rollback's when the new version failed its canary."""
+        if self.canary_interval_seconds <= 0:
+            return swap
+        try:
+            _, rollback = await self._check_canary_locked()
+        except Exception:  # the canary never fails a swap that verification passed
+            logger.exception("index canary failed to run", extra={"shard_id": self.shard_id})
+            return swap
+        return rollback or swap
+
+    async def _check_canary_locked(self) -> tuple[CanaryResult, SwapResult | None]:
+        snapshots = self.snapshots
+        index = self.current
+        if snapshots is None or not index.index_version:
+            return UNCHECKED, None
+        check = functools.partial(
+            check_version, snapshots, index, changed_ids=frozenset(self._changed_ids)
+        )
+        try:
+            result = await self._run(check)
+        except (SnapshotInvalid, NotFound) as error:
+            logger.warning(
+                "index canary: golden queries unreadable",
+                extra={
+                    "shard_id": self.shard_id,
+                    "index_version": index.index_version,
+                    "reason": error.message,
+                },
+            )
+            return UNCHECKED, None
+        if result.passed:
+            if self.canary_failing:
+                logger.info(
+                    "index canary passes again",
+                    extra={"shard_id": self.shard_id, "index_version": index.index_version},
+                )
+            self.canary_failing = False
+            return result, None
+        self.canary_failing = True
+        self.canary_failures += 1
+        logger.error(
+            "index canary failed: the serving version answers unlike its build",
+            extra={
+                "shard_id": self.shard_id,
+                "index_version": index.index_version,
+                "reason": result.describe(),
+            },
+        )
+        good = await self._run(last_good_before, snapshots, self.expectations, index.index_version)
+        if good is None:
+            logger.error(
+                "index canary: no older version passes; still serving the failing one",
+                extra={"shard_id": self.shard_id, "index_version": index.index_version},
+            )
+            return result, None
+        await self._run(snapshots.store.set_current, self.shard_id, good.index_version)
+        swap = await self._swap(good.shard)
+        self.canary_failing = False
+        logger.warning(
+            "index canary rolled back to the last good version",
+            extra={
+                "shard_id": self.shard_id,
+                "index_version": good.index_version,
+                "refused": index.index_version,
+                "canary": good.result.describe(),
+            },
+        )
+        return result, swap

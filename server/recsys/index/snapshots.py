@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,11 +79,23 @@ class SnapshotManager:
 
     # ------------------------------------------------------------------ writing
 
-    def publish(self, shard: ShardIndex, *, make_current: bool = True) -> SnapshotManifest:
-        """Writes the shard as a new version, flips CURRENT to it and prunes old versions."""
+    def publish(
+        self,
+        shard: ShardIndex,
+        *,
+        make_current: bool = True,
+        extra_files: Mapping[str, bytes] | None = None,
+    ) -> SnapshotManifest:
+        """Writes the shard as a new version, flips CURRENT to it and prunes old versions.
+        `extra_files` (the canary's golden queries, say) are stored and checksummed with the
+        index files."""
         if not shard.index_version:
             raise ValueError("a snapshot needs an index version")
         files = shard.to_files()
+        extra = dict(extra_files or {})
+        if clashes := sorted(set(extra) & (set(files) | {MANIFEST_FILE})):
+            raise ValueError(f"extra snapshot files clash with the index files: {clashes}")
+        files.update(extra)
         manifest = SnapshotManifest(
             index_version=shard.index_version,
             shard_id=shard.shard_id,

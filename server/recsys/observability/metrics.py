@@ -487,7 +487,9 @@ class DatabasePoolCollector(Collector):
 
 class VersionsCollector(Collector):
     """What the process serves, read at each scrape: the ranking model's version, and each
-    hosted shard's index and embedding versions (build-info style gauges of value 1)."""
+    hosted shard's index and embedding versions (build-info style gauges of value 1), and each
+    hosted shard's quality canary (`recsys_index_canary_failing`, alerted on, and the count of
+    failed checks; see `recsys.index.canary`)."""
 
     def __init__(self, components: Any) -> None:
         self.components = components
@@ -511,6 +513,22 @@ class VersionsCollector(Collector):
                 [str(host.shard_id), current.index_version, current.embedding_version], 1
             )
         yield index
+        failing = GaugeMetricFamily(
+            "recsys_index_canary_failing",
+            "1 while the serving index fails its golden-query canary (no good version to roll "
+            "back to), else 0.",
+            labels=["shard_id"],
+        )
+        failures = CounterMetricFamily(
+            "recsys_index_canary_failures",
+            "Golden-query canary checks the serving index failed (each one rolls back).",
+            labels=["shard_id"],
+        )
+        for host in self.components.shard_hosts:
+            failing.add_metric([str(host.shard_id)], int(host.canary_failing))
+            failures.add_metric([str(host.shard_id)], host.canary_failures)
+        yield failing
+        yield failures
 
 
 class UserEmbeddingVersionsCollector(Collector):
