@@ -17,7 +17,6 @@ from recsys.training.candidates import (
     CandidateModels,
     cross_fitted_rows,
     fit_candidate_models,
-    history_seeds,
     inner_models,
     pool_features,
     ranker_rows,
@@ -52,11 +51,16 @@ def column(name: str) -> int:
     return RANKING_FEATURES.index(name)
 
 
-def test_history_seeds_are_the_newest_ids() -> None:
+def test_history_seeds_are_the_newest_ids(models: CandidateModels) -> None:
+    store = models.neighbours
     history = np.array([40, 7, 19, 7, 3, 88], np.int64)
-    assert history_seeds(history, 3).tolist() == [19, 40, 88]
-    assert history_seeds(history, 100).tolist() == [3, 7, 19, 40, 88]
-    assert history_seeds(history, 0).tolist() == []
+
+    def seeds(limit: int) -> list[int]:
+        return store.item_ids[store.seed_rows(history, limit)].tolist()
+
+    assert seeds(3) == [19, 40, 88]
+    assert seeds(100) == [3, 7, 19, 40, 88]
+    assert seeds(0) == []
 
 
 def test_the_pool_leaves_the_history_out_but_retrieval_positions_count_it(

@@ -54,7 +54,7 @@ from recsys.index.shard_index import ShardIndex
 from recsys.ports.metadata import ItemMetadata, UserProfile
 from recsys.similarity.fit import ease_weights
 from recsys.similarity.neighbours import ItemNeighbours, load_neighbours
-from recsys.training.candidates import HISTORY_LIMIT, history_seeds
+from recsys.training.candidates import HISTORY_LIMIT
 from recsys.training.dataset import InteractionTable, leave_last_out, random_split
 from recsys.training.models import EmbeddingSettings, RankerSettings
 from recsys.training.pipeline import TrainedModels, train_models
@@ -221,11 +221,11 @@ class OfflineRecommender:
     async def neighbour_list(self, user_row: int, k: int) -> list[int]:
         if self.neighbours is None:
             return []
-        found = self.neighbours.top(self._history(user_row), k)
+        found = self.neighbours.top(self._history(user_row), k, history_limit=self.history_limit)
         return self._finish(user_row, found.item_ids.tolist(), k)
 
     def _history(self, user_row: int) -> IntArray:
-        return history_seeds(np.fromiter(self.seen[user_row], np.int64), self.history_limit)
+        return self.item_ids[self.seen_rows[user_row]]
 
     async def merged(self, user_row: int) -> MergedCandidates:
         """Every source's candidates merged as the Recommend pipeline merges them: retrieval's
@@ -234,7 +234,11 @@ class OfflineRecommender:
         ids, scores = await self._candidates(user_row)
         lists = [SourceList(SourceKind.RETRIEVAL, ids, scores)]
         if self.neighbours is not None and self.mix.neighbours > 0:
-            lists.append(self.neighbours.top(self._history(user_row), self.mix.neighbours))
+            lists.append(
+                self.neighbours.top(
+                    self._history(user_row), self.mix.neighbours, history_limit=self.history_limit
+                )
+            )
         if self.mix.popularity > 0:
             lists.append(
                 SourceList.of(SourceKind.POPULARITY, self.popular_ids[: self.mix.popularity])

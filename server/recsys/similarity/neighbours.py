@@ -71,6 +71,15 @@ class ItemNeighbours:
         rows: IntArray = where[self.item_ids[where] == ids].astype(np.int64)
         return rows
 
+    def seed_rows(self, history_item_ids: Iterable[int], limit: int | None = None) -> IntArray:
+        """The rows of the history items that seed the scores: those the store knows, the last
+        `limit` by item id (ids grow with time in most catalogues, and the history is read as
+        a set); every known one without a limit."""
+        rows = self.rows_of(history_item_ids)
+        if limit is None:
+            return rows
+        return rows[-limit:] if limit > 0 else rows[:0]
+
     def scores_of_rows(self, history_rows: IntArray) -> tuple[IntArray, FloatArray]:
         """Item rows with a score from `history_rows` (every row when dense) and the scores."""
         if self.dense is not None:
@@ -97,9 +106,7 @@ class ItemNeighbours:
         own items left out), best first; ties by item id. `history_limit`: only the last that
         many of the history's items the store knows, by item id, seed the scores (items added
         since training have no neighbours and take no seed's place)."""
-        history_rows = self.rows_of(history_item_ids)
-        if history_limit is not None:
-            history_rows = history_rows[-history_limit:] if history_limit > 0 else history_rows[:0]
+        history_rows = self.seed_rows(history_item_ids, history_limit)
         if not len(history_rows) or count <= 0:
             return SourceList.of(SourceKind.NEIGHBOURS, [], [])
         rows, scores = self.scores_of_rows(history_rows)

@@ -78,13 +78,6 @@ def fit_candidate_models(
     )
 
 
-def history_seeds(history_item_ids: IntArray, limit: int = HISTORY_LIMIT) -> IntArray:
-    """The history items that seed the neighbour source: the last `limit` by item id (ids
-    grow with time in most catalogues; the SQL history carries no order)."""
-    ids = np.unique(np.asarray(history_item_ids, dtype=np.int64))
-    return ids[-limit:] if limit > 0 else ids[:0]
-
-
 def user_pool(
     models: CandidateModels,
     user_row: int,
@@ -107,7 +100,7 @@ def user_pool(
         rows, scores = top_of(item_scores, mix.retrieval)
         lists.append(SourceList(SourceKind.RETRIEVAL, table.item_ids[rows], scores))
     if mix.neighbours > 0:
-        lists.append(models.neighbours.top(history_seeds(seen_ids, history_limit), mix.neighbours))
+        lists.append(models.neighbours.top(seen_ids, mix.neighbours, history_limit=history_limit))
     if mix.popularity > 0:
         lists.append(SourceList.of(SourceKind.POPULARITY, models.popular_ids[: mix.popularity]))
     return merge_sources(lists, excluded=seen_ids)

@@ -26,10 +26,10 @@ from recsys.domain.candidates import CandidateMix
 from recsys.domain.ordering import ranked_order, top_k_order
 from recsys.similarity.fit import NeighbourSettings, build_neighbours
 from recsys.training.candidates import (
+    HISTORY_LIMIT,
     CandidateModels,
     cross_fitted_rows,
     fit_candidate_models,
-    history_seeds,
     inner_models,
     pool_features,
     user_pool,
@@ -166,7 +166,7 @@ def _neighbours_ndcg(validation: _Validation, settings: NeighbourSettings) -> fl
     store = build_neighbours(validation.fit.matrix(), validation.fit.item_ids, settings)
     item_ids = validation.fit.item_ids
     lists = [
-        store.top(history_seeds(item_ids[validation.seen[row]]), K).item_ids
+        store.top(item_ids[validation.seen[row]], K, history_limit=HISTORY_LIMIT).item_ids
         for row in validation.users.tolist()
     ]
     return ndcg(lists, validation.relevant)

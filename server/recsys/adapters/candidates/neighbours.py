@@ -27,7 +27,7 @@ class NeighbourCandidates:
         if not request.history or self.count <= 0:
             return CandidatePool()
         # The history arrives as a set: the highest item ids the store knows stand in for the
-        # latest ones (as in training, recsys.training.candidates.history_seeds).
+        # latest ones (`ItemNeighbours.seed_rows`, as in training).
         history = sorted(request.history)
         top = functools.partial(
             self.store.top, history, self.count, history_limit=self.history_limit
