@@ -7,6 +7,7 @@ import asyncio
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,6 +20,7 @@ from recsys.index.host import ShardHost
 from recsys.index.shard_index import INDEX_FILE
 from recsys.index.snapshots import MANIFEST_FILE, Expectations, SnapshotInvalid, SnapshotManager
 from recsys.index.spec import IndexSpec, IndexType
+from recsys.observability.metrics import VersionsCollector
 
 DIMENSION = 16
 NUM_SHARDS = 3
@@ -137,6 +139,17 @@ def test_lying_manifest_is_caught_by_the_contents_check(
         manager.load(expect(0))
 
 
+def refusals(host: ShardHost) -> float:
+    collector = VersionsCollector(SimpleNamespace(ranking_chain=None, shard_hosts=[host]))
+    (value,) = (
+        sample.value
+        for family in collector.collect()
+        for sample in family.samples
+        if sample.name == "recsys_index_snapshot_refusals_total"
+    )
+    return value
+
+
 async def test_a_refused_version_leaves_the_old_one_serving(
     manager: SnapshotManager, embeddings: ItemEmbeddings
 ) -> None:
@@ -147,11 +160,13 @@ async def test_a_refused_version_leaves_the_old_one_serving(
     )  # fmt: skip
     await host.start()
     assert host.current.index_version == "v1"
+    assert refusals(host) == 0
     publish(manager, embeddings, "v2")
     flip_byte(version_folder(manager, 0, "v2") / INDEX_FILE)
     with pytest.raises(SnapshotInvalid):
         await host.load_snapshot()
     assert host.current.index_version == "v1"
+    assert refusals(host) == 1  # the alert's metric
     # CURRENT named the refused version: it points back at the serving one.
     assert manager.store.current(0) == "v1"
     query = embeddings.vectors[:1]

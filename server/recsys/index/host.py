@@ -98,6 +98,9 @@ class ShardHost:
         self.canary_interval_seconds = canary_interval_seconds
         self.canary_failing = False
         self.canary_failures = 0
+        # Snapshot versions refused by verification (checksums, manifest, contents): a
+        # corrupted publication keeps the serving version and is counted here (alerted on).
+        self.snapshot_refusals = 0
         # Items upserted or deleted since the serving version was loaded: their golden hits
         # no longer hold, so the canary leaves them out.
         self._changed_ids: set[int] = set()
@@ -186,6 +189,7 @@ class ShardHost:
             try:
                 shard = await self._run(snapshots.load, self.expectations, version)
             except SnapshotInvalid:
+                self.snapshot_refusals += 1  # logged by the caller (watcher or RPC)
                 if version is None or version == await self._run(
                     snapshots.store.current, self.shard_id
                 ):

@@ -489,7 +489,8 @@ class VersionsCollector(Collector):
     """What the process serves, read at each scrape: the ranking model's version, and each
     hosted shard's index and embedding versions (build-info style gauges of value 1), and each
     hosted shard's quality canary (`recsys_index_canary_failing`, alerted on, and the count of
-    failed checks; see `recsys.index.canary`)."""
+    failed checks; see `recsys.index.canary`) and the snapshot versions it refused to load
+    (`recsys_index_snapshot_refusals_total`, alerted on)."""
 
     def __init__(self, components: Any) -> None:
         self.components = components
@@ -524,11 +525,19 @@ class VersionsCollector(Collector):
             "Golden-query canary checks the serving index failed (each one rolls back).",
             labels=["shard_id"],
         )
+        refusals = CounterMetricFamily(
+            "recsys_index_snapshot_refusals",
+            "Snapshot versions this shard refused to load (checksum, manifest or contents "
+            "check); the serving version stayed.",
+            labels=["shard_id"],
+        )
         for host in self.components.shard_hosts:
             failing.add_metric([str(host.shard_id)], int(host.canary_failing))
             failures.add_metric([str(host.shard_id)], host.canary_failures)
+            refusals.add_metric([str(host.shard_id)], host.snapshot_refusals)
         yield failing
         yield failures
+        yield refusals
 
 
 class UserEmbeddingVersionsCollector(Collector):
