@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from sqlalchemy import delete, desc, func, select, update
@@ -44,6 +45,8 @@ class SqlMetadataRepository(MetadataRepository):
         # For the pool metrics: connections handed out, and the time spent waiting for them.
         self._checkouts = 0
         self._wait_seconds = 0.0
+        # Calls whose callers gave up, still cancelling their queries (see `_run`).
+        self._abandoned: set[asyncio.Task[Any]] = set()
 
     def pool_status(self) -> PoolStatus:
         pool = self.engine.pool
@@ -56,6 +59,20 @@ class SqlMetadataRepository(MetadataRepository):
         return cls(create_engine(settings.database))
 
     async def _run(self, work: Any, *, write: bool = False) -> Any:
+        """`work` on a connection, in a task of its own: a caller that gives up (its budget
+        ran out) is cancelled at once, and the task cancels the query in the background.
+        Awaited in the caller, psycopg's cancellation of a query waits for the server, up to
+        10 s when the server hangs (a frozen or unreachable primary): past any deadline."""
+        task = asyncio.get_running_loop().create_task(self._attempts(work, write=write))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.cancel()
+            self._abandoned.add(task)
+            task.add_done_callback(_forget(self._abandoned))
+            raise
+
+    async def _attempts(self, work: Any, *, write: bool) -> Any:
         try:
             return await self._attempt(work, write=write)
         except DBAPIError as error:
@@ -412,6 +429,9 @@ class SqlMetadataRepository(MetadataRepository):
         return result
 
     async def close(self) -> None:
+        if self._abandoned:
+            # Their cancellations, briefly: a hung server is not waited for.
+            await asyncio.wait(set(self._abandoned), timeout=1.0)
         await self.engine.dispose()
 
 
@@ -425,6 +445,17 @@ def _item(row: Any, categories: Iterable[str]) -> ItemMetadata:
         created_at=row.created_at,
         categories=tuple(sorted(categories)),
     )
+
+
+def _forget(abandoned: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    """Drops a finished abandoned call, its outcome read (nobody awaits it any more)."""
+
+    def done(task: asyncio.Task[Any]) -> None:
+        abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    return done
 
 
 def _raise_translated(error: DBAPIError) -> NoReturn:

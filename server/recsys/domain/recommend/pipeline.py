@@ -538,6 +538,11 @@ class RecommendPipeline:
                     functools.partial(source.candidates, request),
                     fallback=CandidatePool(),
                     trace=trace,
+                    # Popular items are metadata reads: without their budget a locked or
+                    # stalled table would spend the caller's whole deadline here.
+                    budget_seconds=self.config.metadata_timeout_seconds,
+                    # A source lost: said so, or a cold start left empty looks whole.
+                    flag=Flag.PARTIAL_CANDIDATES,
                 )
                 for source in self.sources.cold_start
             )
