@@ -91,6 +91,16 @@ def test_a_feature_preload_is_for_the_in_memory_store() -> None:
         load_settings(features={"store": "redis", "preload_path": "var/features.npz"})
 
 
+def test_a_feature_restore_is_for_a_shared_store() -> None:
+    features = load_settings(features={"store": "redis", "restore_path": "f.npz"}).features
+    assert features.restore_path is not None
+    assert features.restore_check_seconds == 5.0
+    with pytest.raises(ConfigurationError, match=r"features\.restore_path is for a shared"):
+        load_settings(features={"restore_path": "var/features.npz"})
+    with pytest.raises(ConfigurationError, match=r"restore_check_seconds"):
+        load_settings(features={"store": "redis", "restore_check_seconds": 0})
+
+
 def test_one_nested_field_from_the_environment_keeps_its_siblings_defaults(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -115,7 +115,8 @@ def features(
     config: ConfigOption = None,
 ) -> None:
     """Load a feature snapshot (user embeddings, preferences, item features) into the
-    configured feature store, leaving out the users erased in the configured metadata store."""
+    configured feature store, leaving out the users erased in the configured metadata store.
+    The store is then marked loaded, so the warm-up (features.restore_path) leaves it be."""
     from recsys.cli_train import load_features_into_store
 
     settings = settings_or_exit(config, {})
@@ -128,7 +129,24 @@ def features(
         raise typer.Exit(code=2)
     from sqlalchemy.exc import SQLAlchemyError
 
+    from recsys.adapters.redis.warmup import RedisLoadMarker
+    from recsys.data.warmup import load_exclusively
+
+    async def run() -> None:
+        # Under the warm-up's lock (a restore in progress finishes first), then marked.
+        marker = RedisLoadMarker.from_settings(settings)
+        try:
+            await load_exclusively(
+                marker,
+                snapshot,
+                lambda: asyncio.to_thread(load_features_into_store, settings, snapshot),
+                source="recsys data features",
+                wait_seconds=600,
+            )
+        finally:
+            await marker.close()
+
     try:
-        load_features_into_store(settings, snapshot)
+        asyncio.run(run())
     except (RecsysError, SQLAlchemyError) as error:
         raise fail(error) from error

@@ -162,6 +162,8 @@ class Components:
         if self.settings.features.preload_path is not None:
             # Before the hooks of the services that read the store.
             self.startup_hooks.append(functools.partial(self._preload, store))
+        if self.settings.features.restore_path is not None:
+            self._restore_when_empty()
         self.dependencies.register("feature_store", store.get_default_user_embedding)
         from recsys.observability.metrics import UserEmbeddingVersionsCollector
 
@@ -195,6 +197,41 @@ class Components:
                 "embedding_version": snapshot.embedding_version,
             },
         )
+
+    def _restore_when_empty(self) -> None:
+        """features.restore_path: the shared store's warm-up (`recsys.data.warmup`), on a client
+        of its own; once a load is seen, a hosted Recommend reads the default embedding again
+        (a process started beside an empty store has none)."""
+        from recsys.adapters.redis.warmup import RedisLoadMarker, bulk_feature_store
+        from recsys.data.erasures import erasure_records
+        from recsys.data.warmup import FeatureRestoreMetrics, FeatureWarmup
+
+        features = self.settings.features
+        assert features.restore_path is not None
+        marker = RedisLoadMarker.from_settings(self.settings)
+        self.resources.push_async_callback(marker.close)
+
+        async def loaded() -> None:
+            if self.recommend_pipeline is not None:
+                await self.recommend_pipeline.refresh_default_embedding()
+
+        warmup = FeatureWarmup(
+            features.restore_path,
+            marker=marker,
+            store=bulk_feature_store(self.settings, marker),
+            tombstones=functools.partial(erasure_records, self.settings),
+            check_seconds=features.restore_check_seconds,
+            metrics=FeatureRestoreMetrics(self.registry),
+            on_loaded=loaded,
+        )
+
+        async def first_check() -> None:
+            # A process started beside an empty store that wins the lock is ready once it
+            # restored the store; the others go on (the lock is taken, or the store is down).
+            await warmup.check()
+
+        self.startup_hooks.append(first_check)
+        self.run_in_background(warmup.run)
 
     @functools.cached_property
     def metadata(self) -> MetadataRepository:

@@ -616,6 +616,11 @@ class FeaturesSettings(_Section):
     # A feature snapshot (`recsys train` writes one) loaded into the store at every start;
     # meant for the in-memory store of the embedded mode, which keeps nothing across runs.
     preload_path: Path | None = None
+    # A shared store's warm-up (`recsys.data.warmup`): the feature snapshot restored into it
+    # whenever it is found without one (a Redis restarted empty), by one process at a time.
+    # Every process holding the store checks every restore_check_seconds (one cheap read).
+    restore_path: Path | None = None
+    restore_check_seconds: float = Field(default=5.0, gt=0)
 
     @model_validator(mode="after")
     def _preload_is_for_memory(self) -> FeaturesSettings:
@@ -623,7 +628,13 @@ class FeaturesSettings(_Section):
             # Every process of a deployment would rewrite the shared store at each start.
             raise ValueError(
                 "features.preload_path is for the in_memory store; load a shared store once "
-                "with `recsys data features FILE`"
+                "with `recsys data features FILE`, or restore it when empty with "
+                "features.restore_path"
+            )
+        if self.restore_path is not None and self.store != "redis":
+            raise ValueError(
+                "features.restore_path is for a shared (redis) store; the in_memory store "
+                "loads features.preload_path at every start"
             )
         return self
 
