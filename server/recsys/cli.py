@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from recsys import registry, services
+from recsys.cli_backup import backup_app
 from recsys.cli_common import ConfigOption, settings_or_exit
 from recsys.cli_data import data_app
 from recsys.cli_db import db_app
@@ -38,6 +39,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
 app.add_typer(db_app, name="db")
 app.add_typer(release_app, name="release")
+app.add_typer(backup_app, name="backup")
 app.command("train")(train)
 app.command("eval")(evaluate)
 app.command("demo")(demo)

@@ -661,6 +661,23 @@ class ReleaseSettings(_Section):
     directory: Path | None = None
 
 
+class BackupSettings(_Section):
+    """`recsys backup` (recsys.backup, docs/backup.md): where backups go and how many stay."""
+
+    # A folder, or an fsspec URL (s3://bucket/recsys, gs://..., memory://...: needs fsspec and
+    # the filesystem's own package).
+    location: str = Field(default="var/backups", min_length=1)
+    # Retention, applied after each successful create: the newest `keep` backups stay and
+    # none older than `max_age_hours` (either may be None); the newest one always stays.
+    keep: int | None = Field(default=48, ge=1)
+    max_age_hours: float | None = Field(default=None, gt=0)
+    # Users of the quality probe (NDCG@10 of retrieval on their interactions), recorded at
+    # create and measured again after a restore; 0: no probe.
+    quality_users: int = Field(default=200, ge=0, le=100_000)
+    # Users asked for recommendations through the serving code after a restore.
+    sample_users: int = Field(default=20, ge=1, le=10_000)
+
+
 class RateLimitSettings(_Section):
     # Adapter short name: "in_memory" (one process) or "redis" (shared across processes).
     limiter: str = "in_memory"
@@ -826,6 +843,7 @@ class RecsysSettings(BaseSettings):
     rate_limit: RateLimitSettings = RateLimitSettings()
     database: DatabaseSettings = DatabaseSettings()
     release: ReleaseSettings = ReleaseSettings()
+    backup: BackupSettings = BackupSettings()
     outbound: OutboundSettings = OutboundSettings()
 
     @model_validator(mode="after")
