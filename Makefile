@@ -11,7 +11,7 @@ MOVIELENS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install node-install run test test-only lint format typecheck protos check-protos \
-	node-protos check-node-protos buf-lint buf-breaking check bench lock clean monitoring-tools check-monitoring
+	node-protos check-node-protos buf-lint buf-breaking check bench drills lock clean monitoring-tools check-monitoring
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -54,12 +54,12 @@ test-only: install node-install ## Run the tests only
 check: lint typecheck buf-lint check-protos check-node-protos buf-breaking check-monitoring ## Every static check
 
 lint: install ## ruff lint and format check
-	$(BIN)/ruff check server clients tests bench scripts
-	$(BIN)/ruff format --check server clients tests bench scripts
+	$(BIN)/ruff check server clients tests bench drills scripts
+	$(BIN)/ruff format --check server clients tests bench drills scripts
 
 format: install ## Apply ruff fixes and formatting
-	$(BIN)/ruff check --fix server clients tests bench scripts
-	$(BIN)/ruff format server clients tests bench scripts
+	$(BIN)/ruff check --fix server clients tests bench drills scripts
+	$(BIN)/ruff format server clients tests bench drills scripts
 
 typecheck: install ## mypy (strict) on server/ and clients/
 	$(BIN)/mypy server/recsys clients/python/recsys_client
@@ -101,6 +101,9 @@ check-monitoring: monitoring-tools ## promtool checks and unit tests of monitori
 
 bench: install ## Benchmarks (results in bench/results/ and docs/benchmarks.md); SCALE=10m: only the 10M-item scale run
 	$(if $(filter 10m,$(SCALE)),BENCH_ONLY=scale )$(BIN)/python -m bench.run
+
+drills: install ## Failure drills under load on the distributed layout, then disaster recovery (docs/drills.md; ~25 min; not part of make test). DRILLS_ONLY=a,b: a subset
+	$(BIN)/python -m drills.run
 
 lock: install ## Re-pin constraints.txt from the installed environment
 	@{ echo "# Every package of the development environment, pinned (make install uses it as pip"; \
