@@ -331,11 +331,21 @@ def overload(platform: Platform) -> DrillResult:
             code: count for code, count in observed.result.errors.items()
             if code not in REFUSALS
         }  # fmt: skip
+        refusal_p50 = observed.refusals.percentile(0.5) * 1000
         refusal_p99 = observed.refusals.percentile(0.99) * 1000
+        # Fast: a refusal comes back while the caller has most of its deadline left to try
+        # elsewhere (a quarter of the load's 2 s), and no call runs into its deadline instead.
+        limit_ms = 500.0
+        timed_out = observed.result.errors.get("DEADLINE_EXCEEDED", 0)
         result.check(
-            f"refusals: {refused} (UNAVAILABLE/OVERLOADED) at p99 {refusal_p99:.1f} ms; other "
-            f"errors {others or 0}; aim: fast refusals (p99 < 50 ms)",
-            refusal_p99 < 50.0,
+            f"refusals: {refused} (UNAVAILABLE, OVERLOADED) at p50 {refusal_p50:.0f} ms, p99 "
+            f"{refusal_p99:.0f} ms; other errors {others or 0}; aim: p99 under {limit_ms:.0f} ms "
+            "(a quarter of the deadline) and no DEADLINE_EXCEEDED",
+            refused > 0 and refusal_p99 < limit_ms and timed_out == 0,
+        )
+        result.notes.append(
+            "admission control queues a call at most server.max_queue_wait_ms (100 ms); the rest "
+            "of a refusal's time is the saturated event loop and the client's own"
         )
         result.notes.append(
             "client errors here are the overload's refusals (load shedding), counted apart"
