@@ -39,10 +39,10 @@ class Observed:
         return found
 
     def detect(self, flag: str | None) -> float | None:
-        """Seconds from the fault to the first second showing it (1 s resolution: the start of
-        that second, at least 0)."""
+        """Seconds from the fault to the end of the first second showing it: an upper bound at
+        the timeline's 1 s resolution (the buckets hold requests by intended start)."""
         after = [second for second in self.seconds_with(flag) if second + 1 > self.fault_at]
-        return max(0.0, after[0] - self.fault_at) if after else None
+        return round(after[0] + 1 - self.fault_at, 1) if after else None
 
     def recover(self, flag: str | None, since: float | None = None) -> float | None:
         """Seconds from `since` (the repair, else the fault) to the end of the last second
@@ -58,7 +58,7 @@ class Observed:
         last = showing[-1]
         if last >= math.floor(self.duration_s) - 2:
             return None
-        return max(0.0, last + 1 - origin)
+        return round(max(0.0, last + 1 - origin), 1)
 
     def share(self, flag: str = "degraded") -> float:
         return self.result.degraded.get(flag, 0) / max(1, self.result.successes)
@@ -119,16 +119,30 @@ def under_load(
             retry=retry,
         )
     )  # fmt: skip
-    time.sleep(max(0.0, start_at + before_s - time.time()))
-    fault_at = time.time() - start_at
-    fault()
-    repair_at = None
-    if repair is not None:
-        time.sleep(max(0.0, start_at + fault_at + hold_s - time.time()))
-        repair_at = time.time() - start_at
-        repair()
-    result, refusals = running.result()
-    return Observed(result, refusals, fault_at, repair_at, duration)
+    fault_wall: float | None = None
+    repair_wall = None
+    try:
+        time.sleep(max(0.0, start_at + before_s - time.time()))
+        fault_wall = time.time()
+        fault()
+        if repair is not None:
+            time.sleep(max(0.0, fault_wall + hold_s - time.time()))
+            repair_wall = time.time()
+            repair()
+    except BaseException:
+        running.cancel()
+        if fault_wall is not None and repair is not None and repair_wall is None:
+            # Never leave the fault in place for the drills after this one.
+            repair()
+        raise
+    result, refusals, began = running.result()
+    late = began - start_at
+    if late > before_s / 2:
+        raise RuntimeError(f"the load began {late:.1f} s late: the fault came before the load")
+    return Observed(
+        result, refusals, fault_wall - began,
+        None if repair_wall is None else repair_wall - began, duration,
+    )  # fmt: skip
 
 
 def timed(name: str, criterion: str, run: Callable[[DrillResult], None]) -> DrillResult:

@@ -24,6 +24,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import signal
@@ -201,6 +202,15 @@ def _interactions(database: Path, prefix: str) -> int:
     return int(count)
 
 
+def _newest_interaction(database: Path) -> dt.datetime | None:
+    with sqlite3.connect(database) as connection:
+        (newest,) = connection.execute("SELECT max(event_time) FROM interactions").fetchone()
+    if newest is None:
+        return None
+    moment = dt.datetime.fromisoformat(str(newest))
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
 def _wait_persisted(database: Path, prefix: str, count: int, deadline_s: float = 30.0) -> None:
     """The embedded consumer writes ingested events to SQL in the background."""
     started = time.monotonic()
@@ -246,7 +256,7 @@ def run(folder: Path) -> DrillResult:
     servers: list[_Server] = []
     try:
         _drill(folder, result, servers)
-    except (RuntimeError, TimeoutError, OSError, ValueError) as error:
+    except Exception as error:  # a drill that cannot finish is a failed drill, reported
         result.check(f"the drill ran to its end: {type(error).__name__}: {error}", False)
     finally:
         for server in servers:
@@ -358,7 +368,9 @@ def _drill(folder: Path, result: DrillResult, servers: list[_Server]) -> None:
         return sum(seconds for name, seconds in steps.items() if name.startswith(names))
 
     def status_of(*names: str) -> str:
-        return "pass" if all(checks[name]["ok"] for name in names if name in checks) else "FAIL"
+        # A check the restore did not run is not a pass.
+        ok = bool(names) and all(name in checks and checks[name]["ok"] for name in names)
+        return "pass" if ok else "FAIL"
 
     rows.append(_row(
         "Load FAISS index from latest snapshot (copy and verify checksums, write the snapshots)",
@@ -404,9 +416,10 @@ def _drill(folder: Path, result: DrillResult, servers: list[_Server]) -> None:
         "pass" if correct == len(sample) else "FAIL",
     ))  # fmt: skip
 
-    newest = dt.datetime.fromisoformat(report["newest_interaction_at"])
-    rpo = (fault_wall - newest).total_seconds()
     database = restored / "recsys.db"
+    # What the restored deployment holds, not what the backup's manifest says it should.
+    newest = _newest_interaction(database)
+    rpo = (fault_wall - newest).total_seconds() if newest is not None else math.inf
     kept = _interactions(database, "drill-before")
     # Ingested after the backup: not restored (what the RPO bounds).
     lost = AFTER_BACKUP - _interactions(database, "drill-after")
@@ -439,7 +452,10 @@ def _drill(folder: Path, result: DrillResult, servers: list[_Server]) -> None:
 
     result.requests = len(sample)
     result.client_errors = sum(answer is None for answer in after)
-    result.check(f"RTO: {rto:.1f} s (< {RTO_TARGET_S} s)", rto < RTO_TARGET_S)
+    result.check(
+        f"RTO: {rto:.1f} s (< {RTO_TARGET_S} s), {correct}/{len(sample)} answered correctly",
+        rto < RTO_TARGET_S and correct == len(sample),
+    )
     result.check(f"RPO: {rpo:.1f} s (< {RPO_TARGET_S} s)", rpo < RPO_TARGET_S)
     result.check(
         f"restore checks: {sum(c['ok'] for c in checks.values())}/{len(checks)} pass "
@@ -461,6 +477,11 @@ def _drill(folder: Path, result: DrillResult, servers: list[_Server]) -> None:
         f"{lost} of {AFTER_BACKUP} interactions ingested after the backup are not in the "
         "restored deployment: the loss the RPO bounds",
         f"RTO counts from the SIGKILL to the first round of {len(sample)} correct answers",
+        "RPO here is the age of the newest interaction in the restored database at the fault, "
+        "with the backup taken seconds before it; with the hourly CronJob the worst case is "
+        f"the interval plus a backup's duration (1 h + {manifest['seconds']:.0f} s on this "
+        "deployment), at the seed's 1 h target rather than under it: schedule backups more "
+        "often than hourly (or ship the WAL) to stay under it",
     ]
 
 

@@ -64,9 +64,7 @@ def _events(prefix: str, started: dt.datetime, items: int) -> Iterator[object]:
 
 
 def _topic(platform: Platform, name: str) -> str:
-    from recsys.settings import KafkaSettings
-
-    value: str = getattr(KafkaSettings(), name)
+    value: str = getattr(platform.recsys_settings().kafka, name)
     return value
 
 
@@ -137,7 +135,7 @@ def consumer_kills(platform: Platform) -> DrillResult:
             f"the producer had every event acknowledged ({failures or 'no failure'})", not failures
         )
         result.check(
-            f"{KILLS} SIGKILLs landed during the burst (the last at "
+            f"{KILLS} SIGKILLs landed while the burst was being consumed (the last at "
             f"{kills[-1]['stored when killed']} of {EVENTS} stored)",
             len(kills) == KILLS and int(kills[-1]["stored when killed"]) < EVENTS,  # type: ignore[call-overload]
         )

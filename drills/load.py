@@ -84,11 +84,12 @@ async def _run(load: Load) -> dict[str, Any]:
             return flags_of(response)
 
         await asyncio.sleep(max(0.0, load.start_at - time.time()))
+        began = time.time()  # offset 0 of the buckets, whatever start_at said
         result = await run_open_loop(
             call, load.rate_per_second, load.duration_s, 0.0,
             max_outstanding=load.max_outstanding,
         )  # fmt: skip
-    return {"result": result.to_dict(), "refusals": refusals.to_dict()}
+    return {"result": result.to_dict(), "refusals": refusals.to_dict(), "began": began}
 
 
 def _child(load: Load, connection: Any) -> None:
@@ -110,7 +111,13 @@ class Running:
         self._process = context.Process(target=_child, args=(load, send), daemon=True)
         self._process.start()
 
-    def result(self) -> tuple[LoadResult, Histogram]:
+    def cancel(self) -> None:
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join(10)
+
+    def result(self) -> tuple[LoadResult, Histogram, float]:
+        """The load's result, its refusals' latencies and the wall time its buckets start at."""
         timeout = self.load.start_at - time.time() + self.load.duration_s + 60
         if not self._receive.poll(max(1.0, timeout)):
             self._process.kill()
@@ -119,7 +126,11 @@ class Running:
         self._process.join(10)
         if "error" in data:
             raise RuntimeError(f"the load generator failed: {data['error']}")
-        return LoadResult.from_dict(data["result"]), Histogram.from_dict(data["refusals"])
+        return (
+            LoadResult.from_dict(data["result"]),
+            Histogram.from_dict(data["refusals"]),
+            float(data["began"]),
+        )
 
 
 def start(load: Load) -> Running:

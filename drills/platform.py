@@ -11,6 +11,7 @@ folder; its SQL side is loaded into the PostgreSQL primary and its feature snaps
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -177,6 +178,8 @@ class Platform:
         self.public_port = 0
         self.config = folder / "drills.toml"
         self.settings: dict[str, Any] = {}
+        # Every child pid seen (stopped at the end even if the supervisor died first).
+        self._known_children: dict[int, list[str]] = {}
 
     # ------------------------------------------------------------------ addresses
 
@@ -197,6 +200,12 @@ class Platform:
         from recsys.deploy.supervisor import BROKER_OFFSET
 
         return f"127.0.0.1:{self.base_port + BROKER_OFFSET}"
+
+    def recsys_settings(self) -> Any:
+        """The layout's settings as its processes read them (drills.toml)."""
+        from recsys.settings import load_settings
+
+        return load_settings(config_file=self.config)
 
     def environment(self) -> dict[str, str]:
         return {**os.environ, "RECSYS_CONFIG_FILE": str(self.config)}
@@ -361,19 +370,34 @@ class Platform:
         return _health(self.address, "liveness", timeout)
 
     def stop(self) -> None:
-        if self.supervisor is not None and self.supervisor.poll() is None:
+        """Stops everything started, each step on its own: one failing leaves none running."""
+        steps = [self._stop_layout, self.redis.stop, self.postgres.stop]
+        if self.mlserver is not None:
+            steps.insert(1, functools.partial(self.mlserver.stop, kill=True))
+        for step in steps:
+            try:
+                step()
+            except Exception as error:  # the next steps still run
+                say(f"stopping: {error!r}")
+
+    def _stop_layout(self) -> None:
+        if self.supervisor is None:
+            return
+        self._known_children.update(
+            {pid: _cmdline(pid) for pid in _children(self.supervisor.pid, recursive=True)}
+        )
+        if self.supervisor.poll() is None:
             self.supervisor.terminate()
             try:
                 self.supervisor.wait(90)
             except subprocess.TimeoutExpired:
-                for pid in self.child_pids().values():
-                    _signal(pid, signal.SIGKILL)
                 self.supervisor.kill()
                 self.supervisor.wait()
-        if self.mlserver is not None:
-            self.mlserver.stop(kill=True)
-        self.redis.stop()
-        self.postgres.stop()
+        for pid, arguments in self._known_children.items():
+            # Orphans of a supervisor that died first; a pid seen earlier may belong to another
+            # process by now, so only one with the same command line (ports included) is ours.
+            if arguments and _cmdline(pid) == arguments:
+                _signal(pid, signal.SIGKILL)
 
     # ------------------------------------------------------------------ children
 
@@ -383,7 +407,9 @@ class Platform:
         assert self.supervisor is not None
         children: dict[str, int] = {}
         recommend = 0
-        for pid in sorted(_children(self.supervisor.pid)):
+        found = _children(self.supervisor.pid)
+        self._known_children.update({pid: _cmdline(pid) for pid in found})
+        for pid in sorted(found):
             arguments = _cmdline(pid)
             if "serve" not in arguments:
                 if arguments and "broker" in arguments:
@@ -452,7 +478,8 @@ class Platform:
         return None
 
 
-def _children(root: int) -> set[int]:
+def _children(root: int, *, recursive: bool = False) -> set[int]:
+    """The children of `root` (with `recursive`, every descendant), read from /proc."""
     found: set[int] = set()
     frontier = [root]
     while frontier:
@@ -464,6 +491,8 @@ def _children(root: int) -> set[int]:
                 for child in map(int, text):
                     if child not in found:
                         found.add(child)
+                        if recursive:
+                            frontier.append(child)
         except OSError:
             continue
     return found

@@ -80,9 +80,10 @@ def write_docs(results: list[DrillResult], started: dt.datetime, seconds: float)
         "Columns: *client errors* are failed calls as the load generator saw them; "
         "*degraded share* the answered calls carrying any degradation flag over the whole "
         "window (before and after the fault included); *time to detect* from the fault to "
-        "the first second showing it; *time to recover* from the repair (or the fault, for "
-        "faults the platform heals itself) to the end of the last second showing it. "
-        "Timelines have one-second resolution.",
+        "the end of the first second showing it (an upper bound); *time to recover* from the "
+        "repair (or the fault, for faults the platform heals itself) to the end of the last "
+        "second showing it. Timelines have one-second resolution: seconds are counted by each "
+        "request's intended start, from the load's actual start.",
         "",
         "## Summary",
         "",
@@ -140,11 +141,17 @@ def main() -> int:
                     _progress(folder, results[-1])
         except Exception as error:  # the environment failed: every drill not run fails
             say(f"the platform failed: {error!r}")
-            ran = {result.name for result in results}
-            failed = DrillResult("platform setup", "the layout starts and stays up", passed=False)
-            failed.check(f"{type(error).__name__}: {error}"[:500], False)
-            if "platform setup" not in ran:
-                results.append(failed)
+            reason = f"{type(error).__name__}: {error}"[:500]
+            ran = len(results)
+            stage = "the platform stopped cleanly" if ran == len(layout_drills) else "ran"
+            for name, _ in layout_drills[ran:]:
+                missed = DrillResult(name, "the drill runs", passed=False)
+                missed.check(f"not run: the platform failed ({reason})", False)
+                results.append(missed)
+            if ran == len(layout_drills):
+                teardown = DrillResult("platform teardown", stage, passed=False)
+                teardown.check(reason, False)
+                results.append(teardown)
     if "disaster_recovery" in selected:
         from drills import disaster_recovery
 

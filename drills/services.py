@@ -55,8 +55,6 @@ def _no_errors(result: DrillResult, observed: Observed) -> bool:
 
 def kill_shard(platform: Platform) -> DrillResult:
     def run(result: DrillResult) -> None:
-        from recsys.settings import RetrieveSettings
-
         marks: dict[str, float] = {}
         threads: list[threading.Thread] = []
 
@@ -77,7 +75,7 @@ def kill_shard(platform: Platform) -> DrillResult:
             f"(partial_retrieval on {partial}); aim > 0, every partial one naming it",
             named > 0 and partial == named,
         )
-        breaker = RetrieveSettings().breaker_open_seconds
+        breaker = platform.recsys_settings().retrieve.breaker_open_seconds
         ready = marks.get("ready")
         result.notes.append(
             f"the shard was SERVING again {ready:.1f} s after the kill (supervisor back-off "
@@ -148,9 +146,7 @@ def kill_rank(platform: Platform) -> DrillResult:
 
 def stop_model_server(platform: Platform) -> DrillResult:
     def run(result: DrillResult) -> None:
-        from recsys.settings import RankSettings
-
-        settings = RankSettings()
+        settings = platform.recsys_settings().rank
         assert platform.mlserver is not None
         samples: list[tuple[float, float | None]] = []
         stop = threading.Event()
@@ -164,10 +160,13 @@ def stop_model_server(platform: Platform) -> DrillResult:
                 samples.append((time.monotonic() - origin, state))
                 stop.wait(0.5)
 
-        opened_before = platform.metric(
-            "rank", "recsys_circuit_breaker_transitions_total",
-            {"breaker": "ranking-model", "to_state": "open"},
-        ) or 0.0  # fmt: skip
+        def transitions(to_state: str) -> float:
+            return platform.metric(
+                "rank", "recsys_circuit_breaker_transitions_total",
+                {"breaker": "ranking-model", "to_state": to_state},
+            ) or 0.0  # fmt: skip
+
+        opened_before, half_open_before = transitions("open"), transitions("half_open")
         sampler = threading.Thread(target=sample_breaker, daemon=True)
         sampler.start()
         marks: dict[str, float] = {}
@@ -211,12 +210,10 @@ def stop_model_server(platform: Platform) -> DrillResult:
             at for at, state in samples
             if state == 0 and at >= marks.get("restarted", math.inf)
         ]  # fmt: skip
-        half_open = platform.metric(
-            "rank", "recsys_circuit_breaker_transitions_total",
-            {"breaker": "ranking-model", "to_state": "half_open"},
-        ) or 0.0  # fmt: skip
+        half_open = transitions("half_open") - half_open_before
         result.check(
-            f"closed again through half-open ({half_open:.0f} half-open transitions) "
+            f"closed again through half-open ({half_open:.0f} half-open transition(s) in the "
+            "drill) "
             f"{closed[0] - marks['restarted']:.1f} s after MLServer was back"
             if closed
             else "the breaker did not close again within the drill",
@@ -259,14 +256,19 @@ def rolling_restart(platform: Platform) -> DrillResult:
 
             waited = platform.wait_for(replaced, timeout=90, poll=0.5)
             marks["replaced"] = waited if waited is not None else math.nan
-            marks["took"] = time.monotonic() - started
+            ready = platform.wait_for(lambda: _every_replica_ready(platform), timeout=90)
+            marks["ready"] = time.monotonic() - started if ready is not None else math.nan
 
-        observed = under_load(platform, before_s=5, fault=fault, after_s=10, retry=True)
+        # The load runs 40 s past the SIGHUP; both replicas must be new and ready 5 s before
+        # it ends, so the whole restart happens under load.
+        after = 40.0
+        observed = under_load(platform, before_s=5, fault=fault, after_s=after, retry=True)
         observed.fill(result, None)
         _no_errors(result, observed)
         result.check(
-            f"both replicas replaced by new processes in {marks['replaced']:.1f} s",
-            not math.isnan(marks["replaced"]),
+            f"both replicas replaced by new processes in {marks['replaced']:.1f} s, both ready "
+            f"(recsys_server_ready) {marks['ready']:.1f} s after the SIGHUP, all under load",
+            not math.isnan(marks["replaced"]) and marks["ready"] < after - 5,
         )
         result.notes.append(
             "the load uses the client library with its default retries (UNAVAILABLE, "
@@ -277,6 +279,13 @@ def rolling_restart(platform: Platform) -> DrillResult:
         "rolling SIGTERM restart of 2 recommend replicas",
         "0 failed calls for the client library",
         run,
+    )
+
+
+def _every_replica_ready(platform: Platform) -> bool:
+    names = [name for name in platform.child_pids() if name.startswith("recommend")]
+    return len(names) == 2 and all(
+        platform.metric(name, "recsys_server_ready") == 1.0 for name in names
     )
 
 
@@ -348,7 +357,10 @@ def overload(platform: Platform) -> DrillResult:
             "of a refusal's time is the saturated event loop and the client's own"
         )
         result.notes.append(
-            "client errors here are the overload's refusals (load shedding), counted apart"
+            "client errors here are the overload's refusals (load shedding), counted apart; "
+            f"goodput counts every answer ({observed.count('degraded')} of them degraded); "
+            "capacity is the highest ladder step answered whole, so the real one lies between "
+            "it and the next step"
         )
 
     return timed(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -46,7 +47,13 @@ def _serving_version(platform: Platform) -> str | None:
     return None
 
 
-def _publish_copy(platform: Platform, version: str, *, shuffled: bool) -> str:
+def _publish_copy(
+    platform: Platform,
+    version: str,
+    *,
+    shuffled: bool,
+    damage: Callable[[str], None] | None = None,
+) -> str:
     """Publishes shard SHARD's serving index again as `version` (CURRENT), with its golden
     queries; `shuffled`: each item gets another item's vector (the manifest matches)."""
     from recsys.index.canary import GOLDEN_FILE
@@ -68,7 +75,10 @@ def _publish_copy(platform: Platform, version: str, *, shuffled: bool) -> str:
         embedding_version=manifest.embedding_version, built_at=dt.datetime.now(dt.UTC),
     )  # fmt: skip
     golden = manager.store.read_file(SHARD, serving, GOLDEN_FILE)
-    manager.publish(copy, extra_files={GOLDEN_FILE: golden})
+    manager.publish(copy, extra_files={GOLDEN_FILE: golden}, make_current=False)
+    if damage is not None:
+        damage(version)  # before CURRENT names it: the watcher never sees it whole
+    manager.store.set_current(SHARD, version)
     return serving
 
 
@@ -99,8 +109,10 @@ def _bad_publication(platform: Platform, *, shuffled: bool) -> DrillResult:
                 marks["previous"] = _publish_copy(platform, version, shuffled=True)
             else:
                 # Published whole, then a byte of its index file changes (disk or copy damage).
-                marks["previous"] = _publish_copy(platform, version, shuffled=False)
-                _corrupt_file(platform, version)
+                marks["previous"] = _publish_copy(
+                    platform, version, shuffled=False,
+                    damage=lambda name: _corrupt_file(platform, name),
+                )  # fmt: skip
 
         observed: Observed = under_load(platform, before_s=6, fault=fault, after_s=20)
         observed.fill(result, None)
@@ -134,11 +146,14 @@ def _bad_publication(platform: Platform, *, shuffled: bool) -> DrillResult:
         "snapshot with a rewritten manifest matching corrupted contents"
         if shuffled else "corrupted snapshot published"
     )  # fmt: skip
-    return timed(
-        name,
-        "refused by its check, the previous version serves, 0 client errors, alert metric raised",
-        run,
+    criterion = (
+        "caught by its check (the canary, after the swap) and rolled back, the previous version "
+        "serves, 0 client errors, alert metric raised"
+        if shuffled
+        else "refused by its check, the previous version serves, 0 client errors, alert metric "
+        "raised"
     )
+    return timed(name, criterion, run)
 
 
 def corrupted_snapshot(platform: Platform) -> DrillResult:

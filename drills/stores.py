@@ -60,6 +60,15 @@ def _redis_drill(platform: Platform, *, freeze: bool) -> DrillResult:
         def repair() -> None:
             redis.thaw() if freeze else redis.start()
 
+        def restores() -> dict[str, float]:
+            return {
+                name: platform.metric(
+                    name, "recsys_feature_restores_total", {"outcome": "restored"}
+                ) or 0.0
+                for name in sorted(platform.child_pids())
+            }  # fmt: skip
+
+        restores_before = restores()
         with Liveness(platform) as liveness:
             observed = under_load(
                 platform, before_s=6, fault=fault, hold_s=REDIS_OUTAGE_S, repair=repair,
@@ -86,18 +95,14 @@ def _redis_drill(platform: Platform, *, freeze: bool) -> DrillResult:
             recovered is not None,
         )
         if not freeze:
-            restores = {
-                name: value
-                for name in sorted(platform.child_pids())
-                if (
-                    value := platform.metric(
-                        name, "recsys_feature_restores_total", {"outcome": "restored"}
-                    )
-                )
+            restored = {
+                name: value - restores_before.get(name, 0.0)
+                for name, value in restores().items()
+                if value > restores_before.get(name, 0.0)
             }
             result.check(
-                f"restores of the feature snapshot by the layout's processes: {restores or 'none'}",
-                bool(restores),
+                f"restores of the feature snapshot during the drill: {restored or 'none'}",
+                bool(restored),
             )
 
     if freeze:
@@ -158,7 +163,8 @@ def table_lock(platform: Platform) -> DrillResult:
             )
             thread.start()
             threads.append(thread)
-            ready.wait(10)
+            if not ready.wait(10):
+                errors.append("the lock was not taken within 10 s")
 
         observed = under_load(platform, before_s=6, fault=fault, after_s=TABLE_LOCK_S + 14)
         for thread in threads:
@@ -169,10 +175,11 @@ def table_lock(platform: Platform) -> DrillResult:
         )
         _no_errors(result, observed)
         flagged = observed.count("metadata_unavailable")
-        result.notes.append(
-            f"answers flagged metadata_unavailable while the tables were locked: {flagged} "
-            "(reads give up after recommend.metadata_timeout_ms; the item metadata cache "
-            "answers what it holds)"
+        result.check(
+            f"answers flagged metadata_unavailable while the tables were locked: {flagged}; aim > "
+            "0 (the lock reached the serving path; reads give up after "
+            "recommend.metadata_timeout_ms)",
+            flagged > 0,
         )
 
     return timed(
@@ -196,9 +203,14 @@ def primary_failure(platform: Platform) -> DrillResult:
             platform.postgres.promote()
             marks["promoted"] = time.monotonic() - origin
 
+        pids_before = platform.child_pids()
         observed = under_load(
             platform, before_s=6, fault=fault, hold_s=PROMOTE_AFTER_S, repair=repair, after_s=30
         )  # fmt: skip
+        restarted = sorted(
+            name for name, pid in platform.child_pids().items() if pids_before.get(name) != pid
+        )
+        result.check(f"no process restarted: {restarted or 'none'}", not restarted)
         observed.fill(result, "metadata_unavailable")
         _no_errors(result, observed)
         flagged = observed.count("metadata_unavailable")

@@ -36,9 +36,9 @@ def test_detection_and_recovery_are_read_from_the_seconds_showing_the_fault() ->
          10: (10, 0, 0), 11: (10, 0, 0)},
         fault_at=3.2, repair_at=6.0,
     )  # fmt: skip
-    assert run.detect("degraded") == 4 - 3.2
-    assert run.recover("degraded") == 8 - 6.0  # the end of second 7, from the repair
-    assert run.recover("degraded", since=run.fault_at) == 8 - 3.2
+    assert run.detect("degraded") == 1.8  # the end of second 4: an upper bound
+    assert run.recover("degraded") == 2.0  # the end of second 7, from the repair
+    assert run.recover("degraded", since=run.fault_at) == 4.8
     assert run.share() == 17 / 119
     assert run.result.error_count == 1
 

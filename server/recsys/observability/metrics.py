@@ -527,8 +527,9 @@ class VersionsCollector(Collector):
         )
         refusals = CounterMetricFamily(
             "recsys_index_snapshot_refusals",
-            "Snapshot versions this shard refused to load (checksum, manifest or contents "
-            "check); the serving version stayed.",
+            "Times this shard refused to load a snapshot version (checksum, manifest or "
+            "contents check; the serving version stayed). A version CURRENT keeps naming is "
+            "refused again at each poll.",
             labels=["shard_id"],
         )
         for host in self.components.shard_hosts:
