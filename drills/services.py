@@ -310,13 +310,24 @@ def overload(platform: Platform) -> DrillResult:
         # Capacity: the highest steady rate answered whole (no errors) at p99 under 500 ms.
         ladder = []
         capacity = 0.0
-        for rate in (8.0, 12.0, 16.0, 20.0, 25.0, 30.0, 40.0):
+        failed_at = None
+
+        def whole(rate: float) -> bool:
             step = _step(platform, rate, 10.0, first_user=0)
             ladder.append({key: value for key, value in step.items() if key != "observed"})
             say(f"  capacity step {rate:.0f}/s: goodput {step['goodput']}, p99 {step['p99_ms']} ms")
-            if step["errors"] or step["p99_ms"] > 500 or step["goodput"] < 0.97 * rate:
+            return not (step["errors"] or step["p99_ms"] > 500 or step["goodput"] < 0.97 * rate)
+
+        for rate in (8.0, 12.0, 16.0, 20.0, 25.0, 30.0, 40.0):
+            if not whole(rate):
+                failed_at = rate
                 break
             capacity = rate
+        if capacity and failed_at is not None:
+            # One more step halfway to the first failing one: capacity within a quarter step.
+            middle = (capacity + failed_at) / 2
+            if whole(middle):
+                capacity = middle
         result.tables.append(("Capacity ladder (10 s per step)", [
             {"offered/s": row["rate"], "goodput/s": row["goodput"], "p99 ms": row["p99_ms"],
              "errors": row["errors"] or "-"} for row in ladder
@@ -359,8 +370,8 @@ def overload(platform: Platform) -> DrillResult:
         result.notes.append(
             "client errors here are the overload's refusals (load shedding), counted apart; "
             f"goodput counts every answer ({observed.count('degraded')} of them degraded); "
-            "capacity is the highest ladder step answered whole, so the real one lies between "
-            "it and the next step"
+            "capacity is the highest ladder step answered whole (with one step halfway to the "
+            "first that was not), so the real one lies below the next step tried"
         )
 
     return timed(
