@@ -141,11 +141,16 @@ def consumer_kills(platform: Platform) -> DrillResult:
         )
         result.check(f"events lost: {EVENTS - distinct}; aim 0", distinct == EVENTS)
         result.check(
-            f"duplicated effects (SQL rows beyond one per event): {total - distinct}; aim 0",
-            total == distinct,
+            f"SQL rows: {total} for {distinct} events (event_id is unique)", total == distinct
         )
         counters_ok, detail = asyncio.run(_counters_match(platform, prefix, started, items))
-        result.check(f"item counters equal a recount of the events ({detail})", counters_ok)
+        # The effect a redelivery would double: each kill leaves uncommitted events that the
+        # next consumer applies again, and only the counters' per-event markers keep them once.
+        result.check(
+            f"duplicated effects: item counters equal a recount of the events, each once "
+            f"({detail})",
+            counters_ok,
+        )
         result.notes.append(
             f"{EVENTS} events produced straight to the layout's broker (topic {topic}); all "
             f"stored {took:.0f} s after the burst began"

@@ -12,6 +12,7 @@ features or as a cold start."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import time
@@ -43,6 +44,7 @@ class Load:
     retry: bool = False
     max_outstanding: int = 512
     limit: int = 20
+    connections: int = 4
 
 
 def flags_of(response: Any) -> list[str]:
@@ -69,12 +71,20 @@ async def _run(load: Load) -> dict[str, Any]:
     if not load.retry:
         options = ClientOptions(target=load.target, timeout_seconds=load.timeout_s, retry=None)
     refusals = Histogram()
-    async with AsyncRecsysClient(options) as client:
-        await client.check_health(timeout=30)
+    async with contextlib.AsyncExitStack() as stack:
+        # Several connections, as an application's pool (or several of its pods) has: the
+        # kernel spreads connections, not calls, over the Recommend replicas on the port.
+        clients = [
+            await stack.enter_async_context(AsyncRecsysClient(options))
+            for _ in range(load.connections)
+        ]
+        for client in clients:
+            await client.check_health(timeout=30)
 
         async def call(number: int) -> Sequence[str]:
             started = time.perf_counter()
             user = f"user{load.first_user + number % load.users}"
+            client = clients[number % len(clients)]
             try:
                 response = await client.recommend(user, surface="homepage", limit=load.limit)
             except Exception as error:

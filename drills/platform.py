@@ -263,7 +263,7 @@ class Platform:
             # the client's 2 s deadline, so a dead or frozen dependency shows as a flag.
             retrieve_timeout_ms=400,
             rank_timeout_ms=400,
-            metadata_timeout_ms=400,
+            metadata_timeout_ms=200,
             feature_timeout_ms=100,
             cache_timeout_ms=100,
         )

@@ -134,8 +134,9 @@ def _bad_publication(platform: Platform, *, shuffled: bool) -> DrillResult:
         partial = observed.count("partial_retrieval")
         result.check(f"answers missing a shard meanwhile: {partial}; aim 0", partial == 0)
         result.notes.append(
-            "caught by the golden-query canary after the swap (the manifest matched, so "
-            "checksum verification passed); the shard rolled back to the newest older version "
+            "caught by the golden-query canary right after the swap (the manifest matched, so "
+            "checksum verification passed): the wrong version served searches between the swap "
+            "and the canary's check, then the shard rolled back to the newest older version "
             "that passes"
             if shuffled
             else "caught by the manifest checksum (sha256 of every file) when the shard's snapshot "
