@@ -102,7 +102,7 @@ check-monitoring: monitoring-tools ## promtool checks and unit tests of monitori
 bench: install ## Benchmarks (results in bench/results/ and docs/benchmarks.md); SCALE=10m: only the 10M-item scale run
 	$(if $(filter 10m,$(SCALE)),BENCH_ONLY=scale )$(BIN)/python -m bench.run
 
-drills: install ## Failure drills under load on the distributed layout, then disaster recovery (docs/drills.md; ~25 min; not part of make test). DRILLS_ONLY=a,b: a subset
+drills: install ## Failure drills under load on the distributed layout, then disaster recovery (docs/drills.md; ~15 min plus setup; not part of make test). DRILLS_ONLY=a,b: a subset
 	$(BIN)/python -m drills.run
 
 lock: install ## Re-pin constraints.txt from the installed environment
