@@ -23,16 +23,17 @@ import tomllib
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from recsys.deploy.ports import free_port, free_port_range
+from recsys.deploy.ports import free_port_range
 from recsys.deploy.supervisor import RANK_OFFSET, RETRIEVE_OFFSET, layout_offsets
 from tests.support import mlserver
+from tests.support.own_redis import OwnRedis
 from tests.support.postgres_cluster import PostgresCluster
 
 RECSYS = str(Path(sys.executable).with_name("recsys"))
@@ -87,56 +88,6 @@ def run_command(
         raise RuntimeError(f"{' '.join(arguments[1:3])} failed ({completed.returncode}):\n{tail}")
 
 
-@dataclass
-class RedisServer:
-    """A redis-server of the drills' own: no persistence, so a restart comes back empty."""
-
-    folder: Path
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout: float = 20) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        log = (self.folder / "redis.log").open("ab")
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder), "--protected-mode", "no"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        log.close()
-        import redis
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if redis.Redis(port=self.port, socket_timeout=1).ping():
-                    return
-            except redis.RedisError:
-                time.sleep(0.1)
-        raise RuntimeError(f"redis-server on {self.port} did not start; see {self.folder}")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)  # a frozen one cannot die otherwise
-            self.process.kill()
-            self.process.wait(10)
-
-    def freeze(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        self.kill()
-
-
 def _health(address: str, service: str, timeout: float = 1.0) -> bool:
     try:
         with grpc.insecure_channel(address) as channel:
@@ -170,7 +121,7 @@ class Platform:
         self.catalogue = catalogue
         self.deployment = folder / "deployment"
         self.logs = folder / "logs"
-        self.redis = RedisServer(folder / "redis")
+        self.redis = OwnRedis(folder / "redis")
         self.postgres = PostgresCluster(folder / "postgres")
         self.mlserver: mlserver.MLServerProcess | None = None
         self.supervisor: subprocess.Popen[bytes] | None = None

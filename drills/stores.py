@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 from drills.core import Observed, timed, under_load
 from drills.platform import Platform
@@ -260,6 +259,3 @@ def _write_through_platform_url(platform: Platform) -> str:
         return repr(error)[:200]
     finally:
         engine.dispose()
-
-
-Drill = Callable[[Platform], DrillResult]
